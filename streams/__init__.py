@@ -1,0 +1,1 @@
+"""The streaming half of COMPASS-ECDA: Faust agents from prompt-events to drift-events."""

@@ -91,3 +91,19 @@ def settings(tmp_path: Path, broker_bootstrap: str, database_url: str) -> Settin
         broker_bootstrap_servers=broker_bootstrap,
         database_url=database_url,
     )
+
+
+@pytest.fixture(scope="module")
+def migrated_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database for one test module, migrated to the newest schema (``compass db
+    upgrade``), dropped afterwards."""
+    from compass.storage.migrate import upgrade
+
+    url = create_database(pg_admin_url)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        name = make_url(url).database
+        assert name is not None
+        drop_database(pg_admin_url, name)

@@ -1,0 +1,614 @@
+"""The SQL implementation of the storage ports (PostgreSQL through SQLAlchemy Core).
+
+:class:`SqlStore` holds the engine and makes :class:`SqlUnitOfWork` objects: one connection,
+one transaction, every repository sharing it. Statements are PostgreSQL-specific on purpose
+(``ON CONFLICT``, ``unnest`` arrays, ``FOR UPDATE SKIP LOCKED``): the hot path
+(:meth:`SqlUsageRepository.record_usage`) is two statements per batch whatever its size.
+Adapters and jobs live in :mod:`compass.storage.sql_adapters`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import structlog
+from pydantic_core import to_jsonable_python
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from compass.errors import DataError
+from compass.events import DeadLetter, DriftEvent
+from compass.languages import normalize_language
+from compass.semantic_map import SemanticMap
+from compass.storage.ports import (
+    ClusterCount,
+    DeadLetterRecord,
+    DeadLetterRepository,
+    DriftRecord,
+    DriftRepository,
+    MaintenanceRepository,
+    OutboxMessage,
+    OutboxRepository,
+    PurgeResult,
+    SemanticMapRecord,
+    SemanticMapRepository,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    UsageObservation,
+    UsageRepository,
+)
+
+log = structlog.get_logger(__name__)
+
+_SEMANTIC_MAP_LOCK = 7_302_211_410  # advisory lock key: "activate a semantic map"
+
+
+def utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def float_or_none(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types for a jsonb column (datetimes, UUIDs, pydantic models included)."""
+    return to_jsonable_python(value)
+
+
+def _require_aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise DataError(f"{what} must carry a time zone, got {value.isoformat()}")
+    return value
+
+
+# =========================================================================== usage
+_INSERT_PROCESSED = text(
+    """
+    INSERT INTO processed_events (event_id, window_start)
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:windows AS timestamptz[]))
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+    """
+)
+
+_UPSERT_COUNTS = text(
+    """
+    INSERT INTO usage_counts AS u
+           (language, window_start, window_seconds, semantic_map_version, cluster,
+            total_count, sampled_count)
+    SELECT * FROM unnest(CAST(:languages AS text[]), CAST(:windows AS timestamptz[]),
+                         CAST(:seconds AS integer[]), CAST(:versions AS integer[]),
+                         CAST(:clusters AS integer[]), CAST(:totals AS numeric[]),
+                         CAST(:sampled AS bigint[]))
+    ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
+    DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
+                  sampled_count = u.sampled_count + EXCLUDED.sampled_count
+    """
+)
+
+_CountKey = tuple[str, datetime, int, int, int]
+
+
+class SqlUsageRepository(UsageRepository):
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def record_usage(self, events: Sequence[UsageObservation]) -> int:
+        if not events:
+            return 0
+        first: dict[str, UsageObservation] = {}
+        for event in events:
+            first.setdefault(event.event_id, event)
+        ids = list(first)
+        new_ids = self._conn.execute(
+            _INSERT_PROCESSED,
+            {"ids": ids, "windows": [first[i].window_start for i in ids]},
+        ).scalars()
+        totals: dict[_CountKey, list[float]] = {}
+        n_new = 0
+        for event_id in new_ids:
+            n_new += 1
+            event = first[event_id]
+            key = (
+                event.language,
+                event.window_start,
+                event.window_seconds,
+                event.semantic_map_version,
+                event.cluster,
+            )
+            slot = totals.setdefault(key, [0.0, 0])
+            slot[0] += event.weight
+            slot[1] += 1 if event.sampled else 0
+        if not totals:
+            return 0
+        keys = sorted(totals)  # one lock order for every writer: no deadlocks between batches
+        self._conn.execute(
+            _UPSERT_COUNTS,
+            {
+                "languages": [k[0] for k in keys],
+                "windows": [k[1] for k in keys],
+                "seconds": [k[2] for k in keys],
+                "versions": [k[3] for k in keys],
+                "clusters": [k[4] for k in keys],
+                "totals": [Decimal(repr(totals[k][0])) for k in keys],
+                "sampled": [int(totals[k][1]) for k in keys],
+            },
+        )
+        return n_new
+
+    def usage_distribution(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        semantic_map_version: int,
+    ) -> dict[int, ClusterCount]:
+        rows = self._conn.execute(
+            text(
+                """
+                SELECT cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
+                  FROM usage_counts
+                 WHERE language = :language AND semantic_map_version = :version
+                   AND window_start >= :since AND window_start < :until
+                 GROUP BY cluster ORDER BY cluster
+                """
+            ),
+            {
+                "language": normalize_language(language),
+                "version": semantic_map_version,
+                "since": _require_aware(since, "since"),
+                "until": _require_aware(until, "until"),
+            },
+        )
+        return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
+
+    def window_counts(
+        self, language: str, window_start: datetime, semantic_map_version: int | None = None
+    ) -> dict[int, ClusterCount]:
+        rows = self._conn.execute(
+            text(
+                """
+                SELECT cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
+                  FROM usage_counts
+                 WHERE language = :language AND window_start = :window_start
+                   AND (CAST(:version AS integer) IS NULL
+                        OR semantic_map_version = CAST(:version AS integer))
+                 GROUP BY cluster ORDER BY cluster
+                """
+            ),
+            {
+                "language": normalize_language(language),
+                "window_start": _require_aware(window_start, "window_start"),
+                "version": semantic_map_version,
+            },
+        )
+        return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
+
+    def languages_with_usage(self, since: datetime) -> list[str]:
+        rows = self._conn.execute(
+            text(
+                "SELECT DISTINCT language FROM usage_counts WHERE window_start >= :since "
+                "ORDER BY language"
+            ),
+            {"since": _require_aware(since, "since")},
+        )
+        return [str(r) for r in rows.scalars()]
+
+
+# =========================================================================== semantic maps
+class SqlSemanticMapRepository(SemanticMapRepository):
+    _COLUMNS = "version, content_hash, embedder_id, k, dim, centroids, metadata, active, " + (
+        "created_at, activated_at"
+    )
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def save_semantic_map(
+        self, semantic_map: SemanticMap, *, activate: bool = True
+    ) -> SemanticMapRecord:
+        centroids = np.ascontiguousarray(semantic_map.centroids, dtype="<f4")
+        meta = json_safe(semantic_map.metadata())
+        version = self._conn.execute(
+            text(
+                """
+                INSERT INTO semantic_maps (content_hash, embedder_id, method, k, dim, centroids,
+                                           metadata)
+                VALUES (:hash, :embedder, :method, :k, :dim, :centroids, :metadata)
+                ON CONFLICT (content_hash) DO NOTHING
+                RETURNING version
+                """
+            ).bindparams(bindparam("metadata", type_=JSONB)),
+            {
+                "hash": semantic_map.version,
+                "embedder": semantic_map.embedder_id,
+                "method": semantic_map.method,
+                "k": int(centroids.shape[0]),
+                "dim": int(centroids.shape[1]),
+                "centroids": centroids.tobytes(),
+                "metadata": meta,
+            },
+        ).scalar_one_or_none()
+        if version is None:
+            version = self._conn.execute(
+                text("SELECT version FROM semantic_maps WHERE content_hash = :hash"),
+                {"hash": semantic_map.version},
+            ).scalar_one()
+        if activate:
+            return self.activate_semantic_map(int(version))
+        record = self.get_semantic_map(int(version))
+        assert record is not None
+        return record
+
+    def activate_semantic_map(self, version: int) -> SemanticMapRecord:
+        self._conn.execute(text(f"SELECT pg_advisory_xact_lock({_SEMANTIC_MAP_LOCK})"))
+        exists = self._conn.execute(
+            text("SELECT 1 FROM semantic_maps WHERE version = :v"), {"v": version}
+        ).scalar_one_or_none()
+        if exists is None:
+            raise DataError(f"semantic map version {version} does not exist")
+        self._conn.execute(
+            text("UPDATE semantic_maps SET active = false WHERE active AND version <> :v"),
+            {"v": version},
+        )
+        self._conn.execute(
+            text(
+                "UPDATE semantic_maps SET active = true, activated_at = now() "
+                "WHERE version = :v AND NOT active"
+            ),
+            {"v": version},
+        )
+        record = self.get_semantic_map(version)
+        assert record is not None
+        return record
+
+    def active_semantic_map(self) -> SemanticMapRecord | None:
+        row = (
+            self._conn.execute(text(f"SELECT {self._COLUMNS} FROM semantic_maps WHERE active"))
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else _semantic_map_record(row)
+
+    def get_semantic_map(self, version: int) -> SemanticMapRecord | None:
+        row = (
+            self._conn.execute(
+                text(f"SELECT {self._COLUMNS} FROM semantic_maps WHERE version = :v"),
+                {"v": version},
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else _semantic_map_record(row)
+
+
+def _semantic_map_record(row: RowMapping) -> SemanticMapRecord:
+    meta = dict(row["metadata"])
+    centroids = np.frombuffer(bytes(row["centroids"]), dtype="<f4").reshape(row["k"], row["dim"])
+    semantic_map = SemanticMap(
+        centroids=centroids.astype(np.float32),
+        embedder_id=str(row["embedder_id"]),
+        method=meta.get("method", "kmeans"),
+        seed=int(meta.get("seed", 0)),
+        n_fit=int(meta.get("n_fit", 0)),
+        silhouette=meta.get("silhouette"),
+        silhouette_by_k=tuple((int(a), float(b)) for a, b in meta.get("silhouette_by_k", [])),
+        created_at=str(meta.get("created_at", "")),
+        version=str(row["content_hash"]),
+    )
+    return SemanticMapRecord(
+        version=int(row["version"]),
+        semantic_map=semantic_map,
+        active=bool(row["active"]),
+        created_at=utc(row["created_at"]),
+        activated_at=utc_or_none(row["activated_at"]),
+    )
+
+
+# =========================================================================== drift
+class SqlDriftRepository(DriftRepository):
+    _COLUMNS = (
+        "drift_id, language, window_start, window_end, statistic, threshold, p_value, n_events, "
+        "n_sampled, semantic_map_version, reference_version, top_cluster_changes, detected_at"
+    )
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def record_drift_event(self, event: DriftEvent) -> bool:
+        inserted = self._conn.execute(
+            text(
+                f"""
+                INSERT INTO drift_events ({self._COLUMNS})
+                VALUES (:drift_id, :language, :window_start, :window_end, :statistic, :threshold,
+                        :p_value, :n_events, :n_sampled, :semantic_map_version,
+                        :reference_version, :top_cluster_changes, :detected_at)
+                ON CONFLICT DO NOTHING
+                RETURNING drift_id
+                """
+            ).bindparams(bindparam("top_cluster_changes", type_=JSONB)),
+            {
+                "drift_id": event.drift_id,
+                "language": event.language,
+                "window_start": event.window_start,
+                "window_end": event.window_end,
+                "statistic": event.statistic,
+                "threshold": event.threshold,
+                "p_value": event.p_value,
+                "n_events": event.n_events,
+                "n_sampled": event.n_sampled,
+                "semantic_map_version": event.semantic_map_version,
+                "reference_version": event.reference_version,
+                "top_cluster_changes": [
+                    c.model_dump(mode="json") for c in event.top_cluster_changes
+                ],
+                "detected_at": event.detected_at,
+            },
+        ).scalar_one_or_none()
+        return inserted is not None
+
+    def get_drift_event(self, drift_id: uuid.UUID) -> DriftRecord | None:
+        row = (
+            self._conn.execute(
+                text(f"SELECT {self._COLUMNS} FROM drift_events WHERE drift_id = :d"),
+                {"d": drift_id},
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else _drift_record(row)
+
+    def last_drift_event(self, language: str) -> DriftRecord | None:
+        row = (
+            self._conn.execute(
+                text(
+                    f"SELECT {self._COLUMNS} FROM drift_events WHERE language = :language "
+                    "ORDER BY detected_at DESC LIMIT 1"
+                ),
+                {"language": normalize_language(language)},
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else _drift_record(row)
+
+
+def _drift_record(row: RowMapping) -> DriftRecord:
+    return DriftRecord(
+        drift_id=row["drift_id"],
+        language=row["language"],
+        window_start=utc(row["window_start"]),
+        window_end=utc(row["window_end"]),
+        statistic=float(row["statistic"]),
+        threshold=float(row["threshold"]),
+        p_value=float_or_none(row["p_value"]),
+        n_events=int(row["n_events"]),
+        n_sampled=int(row["n_sampled"]),
+        semantic_map_version=row["semantic_map_version"],
+        reference_version=row["reference_version"],
+        top_cluster_changes=list(row["top_cluster_changes"]),
+        detected_at=utc(row["detected_at"]),
+    )
+
+
+# =========================================================================== outbox
+class SqlOutboxRepository(OutboxRepository):
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add_outbox(self, topic: str, key: str, payload: Mapping[str, Any]) -> int:
+        if not topic:
+            raise DataError("outbox topic is empty")
+        message_id = self._conn.execute(
+            text(
+                "INSERT INTO outbox (topic, key, payload) VALUES (:topic, :key, :payload) "
+                "RETURNING id"
+            ).bindparams(bindparam("payload", type_=JSONB)),
+            {"topic": topic, "key": key, "payload": json_safe(dict(payload))},
+        ).scalar_one()
+        return int(message_id)
+
+    def unpublished_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        rows = self._conn.execute(
+            text(
+                """
+                SELECT id, topic, key, payload, created_at, published_at FROM outbox
+                 WHERE published_at IS NULL
+                 ORDER BY id LIMIT :limit
+                   FOR UPDATE SKIP LOCKED
+                """
+            ),
+            {"limit": limit},
+        ).mappings()
+        return [
+            OutboxMessage(
+                message_id=int(r["id"]),
+                topic=r["topic"],
+                key=r["key"],
+                payload=dict(r["payload"]),
+                created_at=utc(r["created_at"]),
+                published_at=utc_or_none(r["published_at"]),
+            )
+            for r in rows
+        ]
+
+    def mark_published(self, message_ids: Sequence[int]) -> int:
+        if not message_ids:
+            return 0
+        result = self._conn.execute(
+            text(
+                "UPDATE outbox SET published_at = now() "
+                "WHERE id = ANY(CAST(:ids AS bigint[])) AND published_at IS NULL"
+            ),
+            {"ids": [int(i) for i in message_ids]},
+        )
+        return int(result.rowcount)
+
+
+# =========================================================================== dead letters
+class SqlDeadLetterRepository(DeadLetterRepository):
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def record_dead_letter(self, letter: DeadLetter) -> bool:
+        inserted = self._conn.execute(
+            text(
+                """
+                INSERT INTO dead_letters (source, partition, "offset", stage, reason, detail, raw,
+                                          received_at)
+                VALUES (:source, :partition, :offset, :stage, :reason, :detail, :raw,
+                        :received_at)
+                ON CONFLICT DO NOTHING
+                RETURNING id
+                """
+            ),
+            {
+                "source": letter.source_topic,
+                "partition": letter.partition,
+                "offset": letter.offset,
+                "stage": letter.stage,
+                "reason": letter.reason,
+                "detail": letter.detail,
+                "raw": letter.raw,
+                "received_at": letter.received_at,
+            },
+        ).scalar_one_or_none()
+        return inserted is not None
+
+    def recent_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        rows = self._conn.execute(
+            text(
+                'SELECT id, source, partition, "offset", stage, reason, detail, raw, received_at '
+                "FROM dead_letters ORDER BY received_at DESC, id DESC LIMIT :limit"
+            ),
+            {"limit": limit},
+        ).mappings()
+        return [
+            DeadLetterRecord(
+                dead_letter_id=int(r["id"]),
+                source=r["source"],
+                partition=r["partition"],
+                offset=r["offset"],
+                stage=r["stage"],
+                reason=r["reason"],
+                detail=r["detail"],
+                raw=bytes(r["raw"]),
+                received_at=utc(r["received_at"]),
+            )
+            for r in rows
+        ]
+
+
+# =========================================================================== maintenance
+_PURGES = {
+    "processed_events": "processed_at < :cutoff",
+    "usage_counts": "window_start < :cutoff",
+    "dead_letters": "received_at < :cutoff",
+    "outbox": "published_at IS NOT NULL AND published_at < :cutoff",
+}
+
+
+class SqlMaintenanceRepository(MaintenanceRepository):
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
+        if older_than <= timedelta(0):
+            raise DataError(f"retention must be positive, got {older_than}")
+        cutoff = self._conn.execute(
+            text("SELECT now() - CAST(:age AS interval)"), {"age": older_than}
+        ).scalar_one()
+        counts: dict[str, int] = {}
+        for table, condition in _PURGES.items():
+            verb = "SELECT count(*) FROM" if dry_run else "WITH gone AS (DELETE FROM"
+            if dry_run:
+                sql = f"{verb} {table} WHERE {condition}"
+            else:
+                sql = f"{verb} {table} WHERE {condition} RETURNING 1) SELECT count(*) FROM gone"
+            counts[table] = int(self._conn.execute(text(sql), {"cutoff": cutoff}).scalar_one())
+        log.info("db.purged", dry_run=dry_run, cutoff=str(cutoff), **counts)
+        return PurgeResult(**counts)
+
+
+# =========================================================================== unit of work
+class SqlUnitOfWork(UnitOfWork):
+    """One connection and transaction; ``commit()`` keeps the work and opens the next one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside its 'with' block")
+        return self._conn
+
+    def _begin(self) -> None:
+        from compass.storage.sql_adapters import SqlAdapterRepository, SqlJobRepository
+
+        conn = self._engine.connect()
+        conn.begin()
+        self._conn = conn
+        self.usage = SqlUsageRepository(conn)
+        self.semantic_maps = SqlSemanticMapRepository(conn)
+        self.drift = SqlDriftRepository(conn)
+        self.adapters = SqlAdapterRepository(conn)
+        self.jobs = SqlJobRepository(conn)
+        self.outbox = SqlOutboxRepository(conn)
+        self.dead_letters = SqlDeadLetterRepository(conn)
+        self.maintenance = SqlMaintenanceRepository(conn)
+
+    def _end(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def commit(self) -> None:
+        conn = self.connection
+        conn.commit()
+        conn.begin()
+
+    def rollback(self) -> None:
+        conn = self.connection
+        if conn.in_transaction():
+            conn.rollback()
+        conn.begin()
+
+
+class SqlStore(UnitOfWorkFactory):
+    """The engine plus a factory of units of work: what agents and workers hold."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        from compass.infra.postgres import make_db_engine
+
+        self.url = url
+        self.engine = make_db_engine(url, pool_size=pool_size, max_overflow=pool_size)
+
+    def __call__(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
+
+def open_store(url: str, *, pool_size: int = 5) -> SqlStore:
+    """A :class:`SqlStore` on ``url`` (run ``compass db upgrade`` first)."""
+    return SqlStore(url, pool_size=pool_size)

@@ -8,6 +8,7 @@ database becomes one :class:`~compass.errors.InfraError` line, checked before Al
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 log = structlog.get_logger(__name__)
+# Alembic narrates every plugin it loads and every step at INFO; callers print their own summary.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
@@ -58,7 +61,7 @@ def upgrade(url: str, revision: str = "head") -> str | None:
     check_connection(url)
     command.upgrade(alembic_config(url), revision)
     now = current(url)
-    log.info("db.upgraded", revision=now)
+    log.debug("db.upgraded", revision=now)
     return now
 
 
@@ -71,7 +74,7 @@ def downgrade(url: str, revision: str) -> str | None:
     check_connection(url)
     command.downgrade(alembic_config(url), revision)
     now = current(url)
-    log.info("db.downgraded", revision=now)
+    log.debug("db.downgraded", revision=now)
     return now
 
 

@@ -97,6 +97,7 @@ VIEWS = {
                v.artifact_sha256,
                v.base_model_revision,
                v.sampler,
+               v.sampler_params,
                v.metrics,
                v.drift_id,
                v.parent_version,

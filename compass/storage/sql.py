@@ -307,6 +307,11 @@ def _semantic_map_record(row: RowMapping) -> SemanticMapRecord:
         created_at=str(meta.get("created_at", "")),
         version=str(row["content_hash"]),
     )
+    # SemanticMap re-normalises its rows, which can move the last bit of a float; keep the exact
+    # stored centroids so that a map read back assigns exactly like the one that was saved.
+    exact = centroids.astype(np.float32)
+    exact.setflags(write=False)
+    object.__setattr__(semantic_map, "centroids", exact)
     return SemanticMapRecord(
         version=int(row["version"]),
         semantic_map=semantic_map,

@@ -112,7 +112,6 @@ class ProcessedEventRow(Base):
     __tablename__ = "processed_events"
 
     event_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    window_start: Mapped[dt.datetime] = mapped_column(TZ)
     processed_at: Mapped[dt.datetime] = _now()
 
     __table_args__ = (

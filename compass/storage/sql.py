@@ -9,8 +9,9 @@ Adapters and jobs live in :mod:`compass.storage.sql_adapters`.
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -73,10 +74,26 @@ def _require_aware(value: datetime, what: str) -> datetime:
 
 
 # =========================================================================== usage
+def text_array_literal(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of strings (``{"a","b\\"c"}``).
+
+    The hot path sends one array per batch as a single text parameter: building it with two
+    ``str.replace`` calls per element is several times faster than adapting a Python list
+    element by element, and quoting every element makes any content safe (commas, braces,
+    spaces, the word NULL); only backslash and double quote need escaping inside quotes.
+    """
+    quoted = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
+    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
+
+
+def _int_array_literal(values: Iterable[int]) -> str:
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
+
+
 _INSERT_PROCESSED = text(
     """
-    INSERT INTO processed_events (event_id, window_start)
-    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:windows AS timestamptz[]))
+    INSERT INTO processed_events (event_id)
+    SELECT unnest(CAST(:ids AS text[]))
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
     """
@@ -105,15 +122,15 @@ class SqlUsageRepository(UsageRepository):
         self._conn = conn
 
     def record_usage(self, events: Sequence[UsageObservation]) -> int:
+        """Two statements per batch: the new event ids (``ON CONFLICT DO NOTHING RETURNING``),
+        then one upsert of the counts aggregated over the new events only."""
         if not events:
             return 0
         first: dict[str, UsageObservation] = {}
         for event in events:
             first.setdefault(event.event_id, event)
-        ids = list(first)
         new_ids = self._conn.execute(
-            _INSERT_PROCESSED,
-            {"ids": ids, "windows": [first[i].window_start for i in ids]},
+            _INSERT_PROCESSED, {"ids": text_array_literal(first)}
         ).scalars()
         totals: dict[_CountKey, list[float]] = {}
         n_new = 0
@@ -127,22 +144,29 @@ class SqlUsageRepository(UsageRepository):
                 event.semantic_map_version,
                 event.cluster,
             )
-            slot = totals.setdefault(key, [0.0, 0])
+            slot = totals.get(key)
+            if slot is None:
+                slot = totals[key] = [0.0, 0]
+            if not 0.0 < event.weight < math.inf:
+                raise DataError(f"event {event_id}: weight must be positive, got {event.weight}")
             slot[0] += event.weight
-            slot[1] += 1 if event.sampled else 0
+            if event.sampled:
+                slot[1] += 1
         if not totals:
             return 0
         keys = sorted(totals)  # one lock order for every writer: no deadlocks between batches
         self._conn.execute(
             _UPSERT_COUNTS,
             {
-                "languages": [k[0] for k in keys],
-                "windows": [k[1] for k in keys],
-                "seconds": [k[2] for k in keys],
-                "versions": [k[3] for k in keys],
-                "clusters": [k[4] for k in keys],
-                "totals": [Decimal(repr(totals[k][0])) for k in keys],
-                "sampled": [int(totals[k][1]) for k in keys],
+                "languages": text_array_literal(k[0] for k in keys),
+                "windows": text_array_literal(
+                    _require_aware(k[1], "window_start").isoformat() for k in keys
+                ),
+                "seconds": _int_array_literal(k[2] for k in keys),
+                "versions": _int_array_literal(k[3] for k in keys),
+                "clusters": _int_array_literal(k[4] for k in keys),
+                "totals": "{" + ",".join(repr(float(totals[k][0])) for k in keys) + "}",
+                "sampled": _int_array_literal(int(totals[k][1]) for k in keys),
             },
         )
         return n_new

@@ -93,7 +93,6 @@ def upgrade() -> None:
     op.create_table(
         "processed_events",
         sa.Column("event_id", sa.Text(), nullable=False),
-        sa.Column("window_start", TZ, nullable=False),
         sa.Column("processed_at", TZ, nullable=False, server_default=NOW),
         sa.PrimaryKeyConstraint("event_id", name="pk_processed_events"),
     )

@@ -131,6 +131,21 @@ def test_record_usage_counts_each_event_once(store: SqlStore, map_version: int) 
         assert "de" in uow.usage.languages_with_usage(WINDOW)
 
 
+def test_record_usage_keeps_any_event_id_intact(store: SqlStore, map_version: int) -> None:
+    ids = ['q"uote', "back\\slash", "{brace,comma}", "NULL", " space ", "日本語", 'a\\"b', ""]
+    events = [UsageObservation(i, "ca", 0, WINDOW, 3600, map_version) for i in ids]
+    with store() as uow:
+        assert uow.usage.record_usage(events) == len(ids)
+        assert uow.usage.record_usage(events) == 0
+        uow.commit()
+        stored = uow.connection.execute(
+            text("SELECT event_id FROM processed_events WHERE event_id = ANY(:ids)"), {"ids": ids}
+        ).scalars()
+        assert sorted(stored) == sorted(ids)
+        with pytest.raises(DataError, match="weight"):
+            uow.usage.record_usage([UsageObservation("w0", "ca", 0, WINDOW, 60, 1, weight=0.0)])
+
+
 def test_record_usage_rolled_back_leaves_no_dedup_rows(store: SqlStore, map_version: int) -> None:
     events = [UsageObservation(f"it-{i}", "it", 1, WINDOW, 3600, map_version) for i in range(5)]
     with store() as uow:

@@ -1,0 +1,176 @@
+"""Usage-count ingestion: ``record_usage`` (dedup + counting, batched) vs a plain COPY.
+
+Both sides get the same rows (with a share of redelivered duplicates) in the same batches, one
+transaction per batch as the stream commits them, in the same run on the same server:
+
+- **record_usage**: the streaming hot path — insert the event ids into ``processed_events``
+  (``ON CONFLICT DO NOTHING RETURNING``), then one aggregated upsert into ``usage_counts`` for
+  the new events only;
+- **COPY**: the raw rows copied into a bare table (no key, no index) — the floor of what writing
+  these rows to PostgreSQL costs, with no de-duplication and no aggregation.
+
+The ratio ``record_usage rows/s ÷ COPY rows/s`` says how much the idempotent counting costs.
+
+    COMPASS_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python benchmarks/bench_usage_ingest.py --events 200000 --batch 1000
+Without ``COMPASS_DATABASE_URL`` it runs on the embedded pgserver. It creates and drops its own
+database; results go to stdout (copy them to benchmarks/results/usage_ingest.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy import make_url, text
+
+from compass.config import Settings
+from compass.infra.postgres import (
+    check_connection,
+    create_database,
+    database_url,
+    drop_database,
+)
+from compass.semantic_map import SemanticMap
+from compass.storage.migrate import upgrade
+from compass.storage.ports import UsageObservation
+from compass.storage.sql import SqlStore, open_store
+
+LANGUAGES = ("en", "fr", "de", "es", "ja", "zh", "sw", "hi", "pt-BR", "ar")
+
+
+def make_events(n: int, duplicate_share: float, seed: int) -> list[UsageObservation]:
+    """``n`` observations over one hour of 60 s windows, 64 clusters, 10 languages; a share of
+    them repeat an earlier event id (a redelivery after a consumer restart)."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    events: list[UsageObservation] = []
+    for i in range(n):
+        if events and rng.random() < duplicate_share:
+            events.append(events[rng.randrange(len(events))])
+            continue
+        offset = i * 3600 // n
+        events.append(
+            UsageObservation(
+                event_id=f"evt-{seed}-{i:09d}",
+                language=LANGUAGES[rng.randrange(len(LANGUAGES))],
+                cluster=min(63, int(rng.expovariate(1 / 12))),
+                window_start=start + timedelta(seconds=offset - offset % 60),
+                window_seconds=60,
+                semantic_map_version=1,
+                sampled=rng.random() > 0.1,
+            )
+        )
+    return events
+
+
+def batches(events: Sequence[UsageObservation], size: int) -> Iterator[Sequence[UsageObservation]]:
+    for i in range(0, len(events), size):
+        yield events[i : i + size]
+
+
+def run_record_usage(store: SqlStore, events: Sequence[UsageObservation], size: int) -> float:
+    start = time.perf_counter()
+    new = 0
+    for batch in batches(events, size):
+        with store() as uow:
+            new += uow.usage.record_usage(batch)
+            uow.commit()
+    elapsed = time.perf_counter() - start
+    with store.engine.connect() as conn:
+        counted = conn.execute(text("SELECT sum(total_count) FROM usage_counts")).scalar_one()
+    unique = len({e.event_id for e in events})
+    assert new == unique == int(counted), (new, unique, counted)
+    return elapsed
+
+
+def run_copy(store: SqlStore, events: Sequence[UsageObservation], size: int) -> float:
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE bare_usage (event_id text, language text, cluster integer, "
+                "window_start timestamptz, window_seconds integer, semantic_map_version integer, "
+                "sampled boolean, weight double precision)"
+            )
+        )
+    raw = store.engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        assert driver is not None
+        start = time.perf_counter()
+        for batch in batches(events, size):
+            with (
+                driver.cursor() as cursor,
+                cursor.copy(  # type: ignore[attr-defined]
+                    "COPY bare_usage FROM STDIN"
+                ) as copy,
+            ):
+                for e in batch:
+                    copy.write_row(
+                        (
+                            e.event_id,
+                            e.language,
+                            e.cluster,
+                            e.window_start,
+                            e.window_seconds,
+                            e.semantic_map_version,
+                            e.sampled,
+                            e.weight,
+                        )
+                    )
+            driver.commit()  # type: ignore[attr-defined]
+        elapsed = time.perf_counter() - start
+    finally:
+        raw.close()
+    with store.engine.connect() as conn:
+        copied = conn.execute(text("SELECT count(*) FROM bare_usage")).scalar_one()
+    assert copied == len(events)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--duplicates", type=float, default=0.1, help="share of redeliveries")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    admin_url = database_url(Settings(database_url=os.environ.get("COMPASS_DATABASE_URL")))
+    server = check_connection(admin_url)
+    print(f"PostgreSQL {server}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs (shared); {args.events:,} events, "
+          f"{args.duplicates:.0%} redelivered")  # fmt: skip
+    print(f"{'batch':>6} {'record_usage rows/s':>20} {'COPY rows/s':>12} {'ratio':>7}")
+    for size in args.batch:
+        events = make_events(args.events, args.duplicates, args.seed)
+        url = create_database(admin_url)
+        store = open_store(url, pool_size=1)
+        try:
+            upgrade(url)
+            with store() as uow:  # usage counts refer to semantic map version 1
+                centroids = np.random.default_rng(0).normal(size=(64, 8))
+                uow.semantic_maps.save_semantic_map(SemanticMap(centroids=centroids))
+                uow.commit()
+            copy_s = run_copy(store, events, size)
+            ingest_s = run_record_usage(store, events, size)
+        finally:
+            store.dispose()
+            name = make_url(url).database
+            assert name is not None
+            drop_database(admin_url, name)
+        ingest_rate, copy_rate = len(events) / ingest_s, len(events) / copy_s
+        print(
+            f"{size:>6} {ingest_rate:>20,.0f} {copy_rate:>12,.0f} {ingest_rate / copy_rate:>7.2f}"
+        )
+    print("ratio = record_usage rows/s ÷ COPY rows/s (same rows, same batches, same run)")
+
+
+if __name__ == "__main__":
+    main()

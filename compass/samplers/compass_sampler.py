@@ -9,10 +9,12 @@
 3. Within a cluster, items are ranked by cosine similarity to the *target's* centre of that
    cluster (the normalised mean of the target vectors assigned to it; the map centroid when the
    target has none there), so the selection resembles what users ask, not just the topic.
-4. Diversity guard: an item whose cosine similarity to an item already chosen in the same cluster
-   is at least ``dedup_threshold`` is skipped (greedy suppression, evaluated block-wise with
-   matrix products). The guard is soft: near-duplicates fill a cluster only when it has run out
-   of distinct items, so the budget is always met exactly.
+   Similarities are taken in the map's language-neutral space (:meth:`SemanticMap.transform`),
+   so items are not preferred merely for sharing the target's language.
+4. Diversity guard: an item whose cosine similarity (neutral space) to an item already chosen in
+   the same cluster is at least ``dedup_threshold`` is skipped (greedy suppression, evaluated
+   block-wise with matrix products). The guard is soft: near-duplicates fill a cluster only when
+   it has run out of distinct items, so the budget is always met exactly.
 
 Everything is vectorised per cluster (a loop over clusters, never over items), so selecting
 10,000 from 1,000,000 takes a few seconds.
@@ -40,9 +42,10 @@ def target_centres(request: SelectionRequest) -> np.ndarray:
     vectors = request.target_vectors
     if vectors is None or len(vectors) == 0:
         return centres
-    ids = semantic_map.assign(vectors)
+    neutral = semantic_map.transform(vectors)
+    ids = (neutral @ semantic_map.centroids.T).argmax(axis=1)
     sums = np.zeros_like(centres)
-    np.add.at(sums, ids, vectors)
+    np.add.at(sums, ids, neutral)
     norms = np.linalg.norm(sums, axis=1)
     present = norms > 0
     centres[present] = sums[present] / norms[present, None]
@@ -149,9 +152,11 @@ class CompassSampler(Sampler):
         picks: list[np.ndarray] = []
         for cluster in np.flatnonzero(alloc):
             idx = members[starts[cluster] : starts[cluster + 1]]
-            scores = vectors[idx] @ centres[cluster]
-            ranked = idx[np.lexsort((idx, -scores))]
-            picks.append(_diverse_top(vectors, ranked, int(alloc[cluster]), self.dedup_threshold))
+            neutral = semantic_map.transform(vectors[idx])
+            scores = neutral @ centres[cluster]
+            ranked = np.lexsort((idx, -scores))
+            local = _diverse_top(neutral, ranked, int(alloc[cluster]), self.dedup_threshold)
+            picks.append(idx[local])
         chosen = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
         total_gap = float(gaps.sum()) or 1.0

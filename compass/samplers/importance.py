@@ -4,8 +4,9 @@ DSIR estimates the importance weight ``w(x) = p_target(x) / p_pool(x)`` with has
 models and resamples the pool by ``w``. We do the same in the embedding space (our choice):
 
 * ``density="logistic"`` (default when target vectors are given): a logistic regression that
-  tells target vectors from a pool subsample; with balanced class weights its log-odds estimate
-  ``log w(x)`` up to a constant (the classifier trick for density ratios);
+  tells target vectors from a pool subsample, in the semantic map's language-neutral space (so
+  it weighs meaning rather than the target's language); with balanced class weights its
+  log-odds estimate ``log w(x)`` up to a constant (the classifier trick for density ratios);
 * ``density="cluster"`` (or when usage is given only as per-cluster counts): the ratio of the
   target's and the pool's smoothed cluster histograms.
 
@@ -69,7 +70,8 @@ class ImportanceSampler(Sampler):
         sample = eligible
         if len(eligible) > self.pool_sample:
             sample = np.sort(rng.choice(eligible, size=self.pool_sample, replace=False))
-        features = np.concatenate([target, request.pool.vectors[sample]])
+        transform = request.semantic_map.transform
+        features = np.concatenate([transform(target), transform(request.pool.vectors[sample])])
         labels = np.concatenate([np.ones(len(target)), np.zeros(len(sample))])
         model = LogisticRegression(
             C=self.regularisation, class_weight="balanced", max_iter=500, random_state=0
@@ -81,7 +83,7 @@ class ImportanceSampler(Sampler):
         vectors = request.pool.vectors
         for start in range(0, len(eligible), 262_144):
             chunk = eligible[start : start + 262_144]
-            out[start : start + len(chunk)] = vectors[chunk] @ coef + intercept
+            out[start : start + len(chunk)] = transform(vectors[chunk]) @ coef + intercept
         return out
 
     def select(self, request: SelectionRequest) -> Selection:

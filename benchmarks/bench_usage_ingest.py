@@ -12,7 +12,7 @@ transaction per batch as the stream commits them, in the same run on the same se
 The ratio ``record_usage rows/s ÷ COPY rows/s`` says how much the idempotent counting costs.
 
     COMPASS_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
-        .venv/bin/python benchmarks/bench_usage_ingest.py --events 200000 --batch 1000
+        .venv/bin/python benchmarks/bench_usage_ingest.py --events 100000 --batch 500 2000
 Without ``COMPASS_DATABASE_URL`` it runs on the embedded pgserver. It creates and drops its own
 database; results go to stdout (copy them to benchmarks/results/usage_ingest.txt).
 """
@@ -20,6 +20,7 @@ database; results go to stdout (copy them to benchmarks/results/usage_ingest.txt
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import random
@@ -28,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import structlog
 from sqlalchemy import make_url, text
 
 from compass.config import Settings
@@ -107,9 +109,7 @@ def run_copy(store: SqlStore, events: Sequence[UsageObservation], size: int) -> 
         for batch in batches(events, size):
             with (
                 driver.cursor() as cursor,
-                cursor.copy(  # type: ignore[attr-defined]
-                    "COPY bare_usage FROM STDIN"
-                ) as copy,
+                cursor.copy("COPY bare_usage FROM STDIN") as copy,
             ):
                 for e in batch:
                     copy.write_row(
@@ -124,7 +124,7 @@ def run_copy(store: SqlStore, events: Sequence[UsageObservation], size: int) -> 
                             e.weight,
                         )
                     )
-            driver.commit()  # type: ignore[attr-defined]
+            driver.commit()
         elapsed = time.perf_counter() - start
     finally:
         raw.close()
@@ -134,38 +134,57 @@ def run_copy(store: SqlStore, events: Sequence[UsageObservation], size: int) -> 
     return elapsed
 
 
+def measure(
+    admin_url: str, events: Sequence[UsageObservation], size: int, *, copy_first: bool
+) -> tuple[float, float]:
+    """Seconds for record_usage and for COPY of ``events`` in a fresh, migrated database."""
+    url = create_database(admin_url)
+    store = open_store(url, pool_size=1)
+    try:
+        upgrade(url)
+        with store() as uow:  # usage counts refer to semantic map version 1
+            centroids = np.random.default_rng(0).normal(size=(64, 8))
+            uow.semantic_maps.save_semantic_map(SemanticMap(centroids=centroids))
+            uow.commit()
+        if copy_first:
+            copy_s = run_copy(store, events, size)
+            ingest_s = run_record_usage(store, events, size)
+        else:
+            ingest_s = run_record_usage(store, events, size)
+            copy_s = run_copy(store, events, size)
+    finally:
+        store.dispose()
+        name = make_url(url).database
+        assert name is not None
+        drop_database(admin_url, name)
+    return ingest_s, copy_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--duplicates", type=float, default=0.1, help="share of redeliveries")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     admin_url = database_url(Settings(database_url=os.environ.get("COMPASS_DATABASE_URL")))
     server = check_connection(admin_url)
     print(f"PostgreSQL {server}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (shared); {args.events:,} events, "
           f"{args.duplicates:.0%} redelivered")  # fmt: skip
+    print(f"median of {args.repeats} runs (fresh database each, order alternated)")
     print(f"{'batch':>6} {'record_usage rows/s':>20} {'COPY rows/s':>12} {'ratio':>7}")
+    events = make_events(args.events, args.duplicates, args.seed)
     for size in args.batch:
-        events = make_events(args.events, args.duplicates, args.seed)
-        url = create_database(admin_url)
-        store = open_store(url, pool_size=1)
-        try:
-            upgrade(url)
-            with store() as uow:  # usage counts refer to semantic map version 1
-                centroids = np.random.default_rng(0).normal(size=(64, 8))
-                uow.semantic_maps.save_semantic_map(SemanticMap(centroids=centroids))
-                uow.commit()
-            copy_s = run_copy(store, events, size)
-            ingest_s = run_record_usage(store, events, size)
-        finally:
-            store.dispose()
-            name = make_url(url).database
-            assert name is not None
-            drop_database(admin_url, name)
-        ingest_rate, copy_rate = len(events) / ingest_s, len(events) / copy_s
+        ingest_rates, copy_rates = [], []
+        for repeat in range(args.repeats):
+            ingest_s, copy_s = measure(admin_url, events, size, copy_first=repeat % 2 == 0)
+            ingest_rates.append(len(events) / ingest_s)
+            copy_rates.append(len(events) / copy_s)
+        ingest_rate, copy_rate = float(np.median(ingest_rates)), float(np.median(copy_rates))
         print(
             f"{size:>6} {ingest_rate:>20,.0f} {copy_rate:>12,.0f} {ingest_rate / copy_rate:>7.2f}"
         )

@@ -239,6 +239,17 @@ class UsageRepository(abc.ABC):
     def languages_with_usage(self, since: datetime) -> list[str]:
         """Languages that have counts in windows starting at or after ``since``."""
 
+    @abc.abstractmethod
+    def usage_by_window(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        semantic_map_version: int,
+    ) -> dict[datetime, dict[int, ClusterCount]]:
+        """Counts per window start and cluster over windows starting in ``[since, until)``
+        (the stream's drift check: window sizes, reference blocks), oldest first."""
+
 
 class SemanticMapRepository(abc.ABC):
     @abc.abstractmethod

@@ -219,6 +219,38 @@ class SqlUsageRepository(UsageRepository):
         )
         return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
 
+    def usage_by_window(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        semantic_map_version: int,
+    ) -> dict[datetime, dict[int, ClusterCount]]:
+        rows = self._conn.execute(
+            text(
+                """
+                SELECT window_start, cluster, sum(total_count) AS total,
+                       sum(sampled_count) AS sampled
+                  FROM usage_counts
+                 WHERE language = :language AND semantic_map_version = :version
+                   AND window_start >= :since AND window_start < :until
+                 GROUP BY window_start, cluster ORDER BY window_start, cluster
+                """
+            ),
+            {
+                "language": normalize_language(language),
+                "version": semantic_map_version,
+                "since": _require_aware(since, "since"),
+                "until": _require_aware(until, "until"),
+            },
+        )
+        out: dict[datetime, dict[int, ClusterCount]] = {}
+        for r in rows:
+            out.setdefault(utc(r.window_start), {})[int(r.cluster)] = ClusterCount(
+                float(r.total), int(r.sampled)
+            )
+        return out
+
     def languages_with_usage(self, since: datetime) -> list[str]:
         rows = self._conn.execute(
             text(

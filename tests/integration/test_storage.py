@@ -127,6 +127,17 @@ def test_record_usage_counts_each_event_once(store: SqlStore, map_version: int) 
         }
         span = uow.usage.usage_distribution("de", WINDOW, WINDOW + timedelta(hours=1), map_version)
         assert span == counts
+        later = [
+            UsageObservation("de-later", "de", 4, WINDOW + timedelta(hours=1), 3600, map_version)
+        ]
+        assert uow.usage.record_usage(later) == 1
+        by_window = uow.usage.usage_by_window(
+            "de", WINDOW, WINDOW + timedelta(hours=2), map_version
+        )
+        assert list(by_window) == [WINDOW, WINDOW + timedelta(hours=1)]  # oldest first
+        assert by_window[WINDOW] == counts and by_window[WINDOW + timedelta(hours=1)] == {
+            4: (1.0, 1)
+        }
         assert uow.usage.usage_distribution("de", WINDOW, WINDOW, map_version) == {}
         assert "de" in uow.usage.languages_with_usage(WINDOW)
 

@@ -47,15 +47,18 @@ class DictUnitOfWork(UnitOfWork):
 
 def test_unit_of_work_keeps_only_committed_work() -> None:
     store: dict[str, int] = {}
-    with DictUnitOfWork(store) as uow:
+    uow = DictUnitOfWork(store)  # one object reused: leftovers would leak into a later commit
+    with uow:
         uow.staged["forgotten"] = 1  # no commit
-    with pytest.raises(ValueError), DictUnitOfWork(store) as uow:
+    with pytest.raises(ValueError), uow:
         uow.staged["failed"] = 2
         raise ValueError("boom")
-    with DictUnitOfWork(store) as uow:
+    with uow:
         uow.staged["kept"] = 3
         uow.commit()
         uow.staged["after-commit"] = 4  # the next transaction, never committed
+    with uow:
+        uow.commit()
     assert store == {"kept": 3}
     assert not uow.open
 

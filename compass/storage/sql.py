@@ -3,22 +3,20 @@
 :class:`SqlStore` holds the engine and makes :class:`SqlUnitOfWork` objects: one connection,
 one transaction, every repository sharing it. Statements are PostgreSQL-specific on purpose
 (``ON CONFLICT``, ``unnest`` arrays, ``FOR UPDATE SKIP LOCKED``): the hot path
-(:meth:`SqlUsageRepository.record_usage`) is two statements per batch whatever its size.
-Adapters and jobs live in :mod:`compass.storage.sql_adapters`.
+(:meth:`~compass.storage.sql_usage.SqlUsageRepository.record_usage`) is two statements per
+batch whatever its size. Usage counts live in :mod:`compass.storage.sql_usage`, adapters and
+jobs in :mod:`compass.storage.sql_adapters`.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import structlog
-from pydantic_core import to_jsonable_python
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -28,7 +26,6 @@ from compass.events import DeadLetter, DriftEvent
 from compass.languages import normalize_language
 from compass.semantic_map import SemanticMap
 from compass.storage.ports import (
-    ClusterCount,
     DeadLetterRecord,
     DeadLetterRepository,
     DriftRecord,
@@ -41,225 +38,24 @@ from compass.storage.ports import (
     SemanticMapRepository,
     UnitOfWork,
     UnitOfWorkFactory,
-    UsageObservation,
-    UsageRepository,
 )
+from compass.storage.sql_adapters import SqlAdapterRepository, SqlJobRepository
+from compass.storage.sql_common import float_or_none, json_safe, utc, utc_or_none
+from compass.storage.sql_usage import SqlUsageRepository, text_array_literal
+
+__all__ = [
+    "SqlAdapterRepository",
+    "SqlJobRepository",
+    "SqlStore",
+    "SqlUnitOfWork",
+    "SqlUsageRepository",
+    "open_store",
+    "text_array_literal",
+]
 
 log = structlog.get_logger(__name__)
 
 _SEMANTIC_MAP_LOCK = 7_302_211_410  # advisory lock key: "activate a semantic map"
-
-
-def utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-def utc_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
-
-
-def float_or_none(value: Decimal | float | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON types for a jsonb column (datetimes, UUIDs, pydantic models included)."""
-    return to_jsonable_python(value)
-
-
-def _require_aware(value: datetime, what: str) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise DataError(f"{what} must carry a time zone, got {value.isoformat()}")
-    return value
-
-
-# =========================================================================== usage
-def text_array_literal(values: Iterable[str]) -> str:
-    """A PostgreSQL array literal of strings (``{"a","b\\"c"}``).
-
-    The hot path sends one array per batch as a single text parameter: building it with two
-    ``str.replace`` calls per element is several times faster than adapting a Python list
-    element by element, and quoting every element makes any content safe (commas, braces,
-    spaces, the word NULL); only backslash and double quote need escaping inside quotes.
-    """
-    quoted = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
-    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
-
-
-def _int_array_literal(values: Iterable[int]) -> str:
-    return "{" + ",".join(str(int(v)) for v in values) + "}"
-
-
-_INSERT_PROCESSED = text(
-    """
-    INSERT INTO processed_events (event_id)
-    SELECT unnest(CAST(:ids AS text[]))
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-    """
-)
-
-_UPSERT_COUNTS = text(
-    """
-    INSERT INTO usage_counts AS u
-           (language, window_start, window_seconds, semantic_map_version, cluster,
-            total_count, sampled_count)
-    SELECT * FROM unnest(CAST(:languages AS text[]), CAST(:windows AS timestamptz[]),
-                         CAST(:seconds AS integer[]), CAST(:versions AS integer[]),
-                         CAST(:clusters AS integer[]), CAST(:totals AS numeric[]),
-                         CAST(:sampled AS bigint[]))
-    ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
-    DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
-                  sampled_count = u.sampled_count + EXCLUDED.sampled_count
-    """
-)
-
-_CountKey = tuple[str, datetime, int, int, int]
-
-
-class SqlUsageRepository(UsageRepository):
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def record_usage(self, events: Sequence[UsageObservation]) -> int:
-        """Two statements per batch: the new event ids (``ON CONFLICT DO NOTHING RETURNING``),
-        then one upsert of the counts aggregated over the new events only."""
-        if not events:
-            return 0
-        first: dict[str, UsageObservation] = {}
-        for event in events:
-            first.setdefault(event.event_id, event)
-        new_ids = self._conn.execute(
-            _INSERT_PROCESSED, {"ids": text_array_literal(first)}
-        ).scalars()
-        totals: dict[_CountKey, list[float]] = {}
-        n_new = 0
-        for event_id in new_ids:
-            n_new += 1
-            event = first[event_id]
-            key = (
-                event.language,
-                event.window_start,
-                event.window_seconds,
-                event.semantic_map_version,
-                event.cluster,
-            )
-            slot = totals.get(key)
-            if slot is None:
-                slot = totals[key] = [0.0, 0]
-            if not 0.0 < event.weight < math.inf:
-                raise DataError(f"event {event_id}: weight must be positive, got {event.weight}")
-            slot[0] += event.weight
-            if event.sampled:
-                slot[1] += 1
-        if not totals:
-            return 0
-        keys = sorted(totals)  # one lock order for every writer: no deadlocks between batches
-        self._conn.execute(
-            _UPSERT_COUNTS,
-            {
-                "languages": text_array_literal(k[0] for k in keys),
-                "windows": text_array_literal(
-                    _require_aware(k[1], "window_start").isoformat() for k in keys
-                ),
-                "seconds": _int_array_literal(k[2] for k in keys),
-                "versions": _int_array_literal(k[3] for k in keys),
-                "clusters": _int_array_literal(k[4] for k in keys),
-                "totals": "{" + ",".join(repr(float(totals[k][0])) for k in keys) + "}",
-                "sampled": _int_array_literal(int(totals[k][1]) for k in keys),
-            },
-        )
-        return n_new
-
-    def usage_distribution(
-        self,
-        language: str,
-        since: datetime,
-        until: datetime,
-        semantic_map_version: int,
-    ) -> dict[int, ClusterCount]:
-        rows = self._conn.execute(
-            text(
-                """
-                SELECT cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
-                  FROM usage_counts
-                 WHERE language = :language AND semantic_map_version = :version
-                   AND window_start >= :since AND window_start < :until
-                 GROUP BY cluster ORDER BY cluster
-                """
-            ),
-            {
-                "language": normalize_language(language),
-                "version": semantic_map_version,
-                "since": _require_aware(since, "since"),
-                "until": _require_aware(until, "until"),
-            },
-        )
-        return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
-
-    def window_counts(
-        self, language: str, window_start: datetime, semantic_map_version: int | None = None
-    ) -> dict[int, ClusterCount]:
-        rows = self._conn.execute(
-            text(
-                """
-                SELECT cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
-                  FROM usage_counts
-                 WHERE language = :language AND window_start = :window_start
-                   AND (CAST(:version AS integer) IS NULL
-                        OR semantic_map_version = CAST(:version AS integer))
-                 GROUP BY cluster ORDER BY cluster
-                """
-            ),
-            {
-                "language": normalize_language(language),
-                "window_start": _require_aware(window_start, "window_start"),
-                "version": semantic_map_version,
-            },
-        )
-        return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
-
-    def usage_by_window(
-        self,
-        language: str,
-        since: datetime,
-        until: datetime,
-        semantic_map_version: int,
-    ) -> dict[datetime, dict[int, ClusterCount]]:
-        rows = self._conn.execute(
-            text(
-                """
-                SELECT window_start, cluster, sum(total_count) AS total,
-                       sum(sampled_count) AS sampled
-                  FROM usage_counts
-                 WHERE language = :language AND semantic_map_version = :version
-                   AND window_start >= :since AND window_start < :until
-                 GROUP BY window_start, cluster ORDER BY window_start, cluster
-                """
-            ),
-            {
-                "language": normalize_language(language),
-                "version": semantic_map_version,
-                "since": _require_aware(since, "since"),
-                "until": _require_aware(until, "until"),
-            },
-        )
-        out: dict[datetime, dict[int, ClusterCount]] = {}
-        for r in rows:
-            out.setdefault(utc(r.window_start), {})[int(r.cluster)] = ClusterCount(
-                float(r.total), int(r.sampled)
-            )
-        return out
-
-    def languages_with_usage(self, since: datetime) -> list[str]:
-        rows = self._conn.execute(
-            text(
-                "SELECT DISTINCT language FROM usage_counts WHERE window_start >= :since "
-                "ORDER BY language"
-            ),
-            {"since": _require_aware(since, "since")},
-        )
-        return [str(r) for r in rows.scalars()]
 
 
 # =========================================================================== semantic maps
@@ -617,8 +413,6 @@ class SqlUnitOfWork(UnitOfWork):
         return self._conn
 
     def _begin(self) -> None:
-        from compass.storage.sql_adapters import SqlAdapterRepository, SqlJobRepository
-
         conn = self._engine.connect()
         conn.begin()
         self._conn = conn

@@ -28,7 +28,7 @@ from compass.storage.ports import (
     TrainingJob,
     VersionStatus,
 )
-from compass.storage.sql import float_or_none, json_safe, utc, utc_or_none
+from compass.storage.sql_common import float_or_none, json_safe, utc, utc_or_none
 
 _ADAPTER_COLUMNS = "id, language, base_model, last_version, created_at"
 _VERSION_SELECT = """

@@ -12,11 +12,14 @@ two maps with the same version assign identically.
 **Language neutralisation (our addition, measured).** Raw multilingual-e5 vectors carry a strong
 language component: k-means on them partly clusters by language (on LibreOffice help in en, de,
 fr, ja only ~30 % of translation pairs shared a cluster at k = 16). Before clustering, the map
-therefore subtracts the (language-balanced) mean vector and projects out the subspace spanned by
-the per-language mean offsets, estimated from the fit data when ``languages`` are given to
+therefore projects out a small subspace: the (language-balanced) mean direction and the
+per-language mean offsets, estimated from the fit data when ``languages`` are given to
 :meth:`SemanticMap.fit`. This lifted the rate to ~80 %, also for languages absent from the fit,
-and needs no language at assignment time. It is stored with the map, so every vector — pool,
-target, live prompt — goes through the same :meth:`transform`.
+and needs no language at assignment time. Because it is a pure projection and the centroids lie
+in the complement of the removed subspace, ``argmax_c c·x`` on the *raw* vector gives exactly the
+same cluster as on the projected one: any nearest-centroid search (SQL, Qdrant, another
+process) over the stored centroids assigns identically. :meth:`transform` gives the projected
+unit vectors, used by the samplers for within-cluster similarities.
 """
 
 from __future__ import annotations
@@ -60,28 +63,29 @@ def _content_version(arrays: tuple[np.ndarray, ...], embedder_id: str) -> str:
 
 def language_neutraliser(
     vectors: np.ndarray, languages: Sequence[str] | None, min_per_language: int = 5
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """``(mean, basis, languages)``: the language-balanced mean and an orthonormal basis of the
-    per-language mean offsets (languages with fewer than ``min_per_language`` items are left
-    out). Without languages: the plain mean and an empty basis."""
-    dim = vectors.shape[1]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``(basis, languages)``: an orthonormal basis (rows) of the subspace spanned by the
+    language-balanced mean direction and the per-language mean offsets (languages with fewer
+    than ``min_per_language`` items are left out). Without languages: the mean direction only."""
     if languages is None:
-        return vectors.mean(axis=0), np.zeros((0, dim), np.float32), ()
+        mean = vectors.mean(axis=0, dtype=np.float64)
+        return (mean / max(np.linalg.norm(mean), 1e-12))[None, :].astype(np.float32), ()
     labels = np.asarray(list(languages))
     if labels.shape[0] != vectors.shape[0]:
         raise DataError(f"{labels.shape[0]} languages for {vectors.shape[0]} vectors")
     names, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     keep = counts >= min_per_language
     if keep.sum() < 2:
-        return vectors.mean(axis=0), np.zeros((0, dim), np.float32), ()
-    sums = np.zeros((len(names), dim), dtype=np.float64)
+        basis, _ = language_neutraliser(vectors, None)
+        return basis, ()
+    sums = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
     np.add.at(sums, inverse, vectors)
     means = (sums / counts[:, None])[keep]
-    mean = means.mean(axis=0)
-    _, singular, rows = np.linalg.svd(means - mean, full_matrices=False)
+    balanced = means.mean(axis=0)
+    span = np.concatenate([balanced[None, :], means - balanced])
+    _, singular, rows = np.linalg.svd(span, full_matrices=False)
     rank = int((singular > 1e-4 * max(float(singular[0]), 1e-12)).sum())
-    basis = rows[:rank].astype(np.float32)
-    return mean.astype(np.float32), basis, tuple(str(n) for n in names[keep])
+    return rows[:rank].astype(np.float32), tuple(str(n) for n in names[keep])
 
 
 def _check_vectors(vectors: np.ndarray, what: str) -> np.ndarray:
@@ -98,7 +102,6 @@ class SemanticMap:
     """Centroids of the clusters plus what is needed to trust and reproduce them."""
 
     centroids: np.ndarray
-    mean: np.ndarray | None = None
     language_basis: np.ndarray | None = None
     fit_languages: tuple[str, ...] = ()
     embedder_id: str = ""
@@ -117,21 +120,16 @@ class SemanticMap:
         centroids.setflags(write=False)
         object.__setattr__(self, "centroids", centroids)
         dim = centroids.shape[1]
-        mean = np.zeros(dim, np.float32) if self.mean is None else np.asarray(self.mean, np.float32)
         basis = (
             np.zeros((0, dim), np.float32)
             if self.language_basis is None
-            else np.asarray(self.language_basis, np.float32).reshape(-1, dim)
+            else np.array(self.language_basis, np.float32).reshape(-1, dim)
         )
-        if mean.shape != (dim,):
-            raise DataError(f"semantic map mean has shape {mean.shape}, expected ({dim},)")
-        for array in (mean, basis):
-            array.setflags(write=False)
-        object.__setattr__(self, "mean", mean)
+        basis.setflags(write=False)
         object.__setattr__(self, "language_basis", basis)
         if not self.version:
             object.__setattr__(
-                self, "version", _content_version((centroids, mean, basis), self.embedder_id)
+                self, "version", _content_version((centroids, basis), self.embedder_id)
             )
 
     @property
@@ -161,20 +159,16 @@ class SemanticMap:
         """Cluster ``vectors`` (rows are embeddings).
 
         With ``k=None`` the k-means ``k`` is chosen among ``n_candidates`` values spread
-        geometrically over ``k_range`` by the cosine silhouette on a ``silhouette_sample``
+        geometrically over ``k_range`` (capped at ``n/10``) by the cosine silhouette on a ``silhouette_sample``
         subsample (deterministic under ``seed``). ``method='hdbscan'`` ignores ``k``.
         ``languages`` (one code per row) enables the language neutralisation described in the
         module docstring; give it whenever the fit data is multilingual.
         """
         raw = _normalise_rows(_check_vectors(vectors, "semantic map fit"))
-        mean, basis, fit_languages = language_neutraliser(raw, languages)
-        data = _neutralise(raw, mean, basis)
+        basis, fit_languages = language_neutraliser(raw, languages)
+        data = _project(raw, basis)
         n = data.shape[0]
-        extra: dict[str, Any] = {
-            "mean": mean,
-            "language_basis": basis,
-            "fit_languages": fit_languages,
-        }
+        extra: dict[str, Any] = {"language_basis": basis, "fit_languages": fit_languages}
         if method == "hdbscan":
             return cls._fit_hdbscan(data, seed, embedder_id, min_cluster_size, extra)
         if method != "kmeans":
@@ -184,12 +178,14 @@ class SemanticMap:
         if k is not None:
             if not 2 <= k <= n:
                 raise DataError(f"k={k} must be between 2 and the number of vectors ({n})")
-            centroids, labels = _kmeans(data, k, seed)
+            centroids, labels = _kmeans(data, k, seed, basis)
             score = _silhouette(data[sample], labels[sample])
             scores: tuple[tuple[int, float], ...] = ((k, score),)
         else:
             low, high = k_range
-            high = min(high, n - 1)
+            # Silhouette keeps rising as clusters shrink toward groups of near-duplicates (e.g.
+            # translations of one sentence), so k is capped at n/10: clusters of ~10+ items.
+            high = min(high, max(low, n // 10), n - 1)
             if low < 2 or high < low:
                 raise DataError(f"k_range {k_range} is invalid for {n} vectors")
             grid = sorted(
@@ -198,7 +194,7 @@ class SemanticMap:
             results = []
             best: tuple[float, int, np.ndarray] | None = None
             for candidate in grid:
-                cents, labels = _kmeans(data, candidate, seed)
+                cents, labels = _kmeans(data, candidate, seed, basis)
                 score = _silhouette(data[sample], labels[sample])
                 results.append((candidate, score))
                 log.debug("semantic_map.k_candidate", k=candidate, silhouette=round(score, 4))
@@ -239,7 +235,9 @@ class SemanticMap:
             raise DataError(
                 f"HDBSCAN found {len(clusters)} cluster(s); lower min_cluster_size or use kmeans"
             )
-        centroids = np.stack([data[labels == c].mean(axis=0) for c in clusters])
+        centroids = _project(
+            np.stack([data[labels == c].mean(axis=0) for c in clusters]), extra["language_basis"]
+        )
         kept = labels >= 0
         score = _silhouette(data[kept][:4000], labels[kept][:4000])
         return cls(
@@ -255,8 +253,18 @@ class SemanticMap:
 
     # --------------------------------------------------------------- assignment
     def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """Nearest centroid (cosine) for every row: ``int32 (n,)``; chunked, pure numpy."""
-        return self.assign_with_similarity(vectors)[0]
+        """Nearest centroid (cosine, neutral space) for every row: ``int32 (n,)``; chunked numpy.
+
+        Centroids are orthogonal to the removed subspace, so the raw dot product has the same
+        argmax as the neutral cosine — no projection needed here.
+        """
+        array = self._check_dim(vectors)
+        ids = np.empty(array.shape[0], dtype=np.int32)
+        centroids_t = np.ascontiguousarray(self.centroids.T)
+        for start in range(0, array.shape[0], _ASSIGN_CHUNK):
+            chunk = array[start : start + _ASSIGN_CHUNK]
+            ids[start : start + len(chunk)] = (chunk @ centroids_t).argmax(axis=1)
+        return ids
 
     def _check_dim(self, vectors: np.ndarray) -> np.ndarray:
         array = np.asarray(vectors, dtype=np.float32)
@@ -271,8 +279,31 @@ class SemanticMap:
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Embeddings → the map's language-neutral unit vectors (the space clusters live in)."""
         array = self._check_dim(vectors)
-        assert self.mean is not None and self.language_basis is not None
-        return _neutralise(array, self.mean, self.language_basis)
+        assert self.language_basis is not None
+        return _project(array, self.language_basis)
+
+    def neutral_dot(self, vectors: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """``transform(vectors) @ directions.T`` without materialising the transformed vectors:
+        with ``P = I − BᵀB``, ``w·Px/|Px| = (Pw)·x / sqrt(|x|² − |Bx|²)`` — one matrix product
+        ``x @ [Pw, Bᵀ]`` (a few times faster on large pools)."""
+        array = self._check_dim(vectors)
+        basis = self.language_basis
+        assert basis is not None
+        dirs = np.asarray(directions, dtype=np.float32).reshape(-1, self.dim)
+        projected = dirs - (dirs @ basis.T) @ basis
+        m = projected.shape[0]
+        stacked = np.ascontiguousarray(np.concatenate([projected, basis]).T)
+        out = np.empty((array.shape[0], m), dtype=np.float32)
+        for start in range(0, array.shape[0], _ASSIGN_CHUNK):
+            chunk = array[start : start + _ASSIGN_CHUNK]
+            products = chunk @ stacked
+            in_basis = products[:, m:].astype(np.float64)
+            squared = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - (
+                in_basis * in_basis
+            ).sum(axis=1)
+            norms = np.sqrt(np.maximum(squared, 1e-12)).astype(np.float32)
+            out[start : start + len(chunk)] = products[:, :m] / norms[:, None]
+        return out
 
     def assign_with_similarity(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cluster ids and the cosine similarity (in the neutral space) to the chosen centroid."""
@@ -280,9 +311,8 @@ class SemanticMap:
         n = array.shape[0]
         ids = np.empty(n, dtype=np.int32)
         sims = np.empty(n, dtype=np.float32)
-        centroids_t = np.ascontiguousarray(self.centroids.T)
         for start in range(0, n, _ASSIGN_CHUNK):
-            scores = self.transform(array[start : start + _ASSIGN_CHUNK]) @ centroids_t
+            scores = self.neutral_dot(array[start : start + _ASSIGN_CHUNK], self.centroids)
             best = scores.argmax(axis=1)
             ids[start : start + len(best)] = best
             sims[start : start + len(best)] = scores[np.arange(len(best)), best]
@@ -307,6 +337,9 @@ class SemanticMap:
             "k": self.k,
             "dim": self.dim,
             "fit_languages": list(self.fit_languages),
+            # The neutraliser travels in the metadata too, so a store that keeps only the
+            # metadata JSON and the centroid bytes can rebuild the map with from_dict().
+            "language_basis_b64": _b64(self.language_basis),
             "silhouette": self.silhouette,
             "silhouette_by_k": [list(pair) for pair in self.silhouette_by_k],
             "created_at": self.created_at,
@@ -316,8 +349,6 @@ class SemanticMap:
         """JSON-safe form for a database row: metadata + base64 float32 centroids."""
         data = self.metadata()
         data["centroids_b64"] = _b64(self.centroids)
-        data["mean_b64"] = _b64(self.mean)
-        data["language_basis_b64"] = _b64(self.language_basis)
         return data
 
     @classmethod
@@ -329,7 +360,6 @@ class SemanticMap:
                 )
             dim = int(data["dim"])
             centroids = _unb64(data["centroids_b64"]).reshape(int(data["k"]), dim)
-            mean = _unb64(data["mean_b64"]) if data.get("mean_b64") else None
             basis = (
                 _unb64(data["language_basis_b64"]).reshape(-1, dim)
                 if data.get("language_basis_b64") is not None
@@ -337,7 +367,6 @@ class SemanticMap:
             )
             semantic_map = cls(
                 centroids=centroids,
-                mean=mean,
                 language_basis=basis,
                 fit_languages=tuple(data.get("fit_languages", ())),
                 embedder_id=str(data.get("embedder_id", "")),
@@ -355,7 +384,7 @@ class SemanticMap:
             raise DataError(f"not a valid semantic map: {exc}") from None
         expected = data.get("version")
         if expected and expected != _content_version(
-            (semantic_map.centroids, semantic_map.mean, semantic_map.language_basis),  # type: ignore[arg-type]
+            (semantic_map.centroids, semantic_map.language_basis),  # type: ignore[arg-type]
             semantic_map.embedder_id,
         ):
             raise DataError(f"semantic map {expected}: content does not match its version")
@@ -366,12 +395,9 @@ class SemanticMap:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        assert self.mean is not None and self.language_basis is not None
         np.savez(
             buffer,
             centroids=self.centroids,
-            mean=self.mean,
-            language_basis=self.language_basis,
             metadata=np.frombuffer(json.dumps(self.metadata()).encode("utf-8"), dtype=np.uint8),
         )
         tmp = path.with_name(path.name + ".tmp")
@@ -388,8 +414,6 @@ class SemanticMap:
             with np.load(path, allow_pickle=False) as archive:
                 meta = json.loads(bytes(archive["metadata"]).decode("utf-8"))
                 meta["centroids_b64"] = _b64(archive["centroids"])
-                meta["mean_b64"] = _b64(archive["mean"])
-                meta["language_basis_b64"] = _b64(archive["language_basis"])
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path} is not a semantic map file: {exc}") from None
         return cls.from_dict(meta)
@@ -404,9 +428,9 @@ def _unb64(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
 
 
-def _neutralise(vectors: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Subtract the mean, remove the language subspace, re-normalise."""
-    out = np.asarray(vectors, dtype=np.float32) - mean
+def _project(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Remove the ``basis`` subspace from every row and re-normalise."""
+    out = np.array(vectors, dtype=np.float32, copy=True)
     if basis.shape[0]:
         out -= (out @ basis.T) @ basis
     norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -415,7 +439,9 @@ def _neutralise(vectors: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.
     return out
 
 
-def _kmeans(data: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans(
+    data: np.ndarray, k: int, seed: int, basis: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.cluster import MiniBatchKMeans
     from threadpoolctl import threadpool_limits
 
@@ -430,7 +456,9 @@ def _kmeans(data: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     # machine their spin-waiting made it up to 100x slower (measured): run it single-threaded.
     with threadpool_limits(limits=1, user_api="openmp"):
         model.fit(data)
-    centroids = _normalise_rows(model.cluster_centers_)
+    # Project again so that centroids are exactly orthogonal to the removed subspace (then raw
+    # and projected vectors have the same nearest centroid).
+    centroids = _project(model.cluster_centers_, basis)
     # Labels by the final nearest (cosine) centroid so that fit and assign agree exactly.
     labels = (data @ centroids.T).argmax(axis=1)
     return centroids, labels.astype(np.int32)

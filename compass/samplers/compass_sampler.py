@@ -152,11 +152,15 @@ class CompassSampler(Sampler):
         picks: list[np.ndarray] = []
         for cluster in np.flatnonzero(alloc):
             idx = members[starts[cluster] : starts[cluster + 1]]
-            neutral = semantic_map.transform(vectors[idx])
-            scores = neutral @ centres[cluster]
-            ranked = np.lexsort((idx, -scores))
-            local = _diverse_top(neutral, ranked, int(alloc[cluster]), self.dedup_threshold)
-            picks.append(idx[local])
+            want = int(alloc[cluster])
+            scores = semantic_map.neutral_dot(vectors[idx], centres[cluster])[:, 0]
+            ranked = idx[np.lexsort((idx, -scores))]
+            # The guard looks at the best 4·want + 256 candidates (enough unless the cluster is
+            # mostly duplicates; then near-duplicates fill the rest, see the module docstring).
+            head = ranked[: 4 * want + 256]
+            neutral = semantic_map.transform(vectors[head])
+            local = _diverse_top(neutral, np.arange(len(head)), want, self.dedup_threshold)
+            picks.append(head[local])
         chosen = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
         total_gap = float(gaps.sum()) or 1.0

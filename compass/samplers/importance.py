@@ -81,9 +81,15 @@ class ImportanceSampler(Sampler):
         intercept = float(model.intercept_[0])
         out = np.empty(len(eligible), dtype=np.float64)
         vectors = request.pool.vectors
+        whole = len(eligible) == len(vectors)
         for start in range(0, len(eligible), 262_144):
-            chunk = eligible[start : start + 262_144]
-            out[start : start + len(chunk)] = transform(vectors[chunk]) @ coef + intercept
+            chunk = (
+                vectors[start : start + 262_144]
+                if whole
+                else vectors[eligible[start : start + 262_144]]
+            )
+            scores = request.semantic_map.neutral_dot(chunk, coef)[:, 0]
+            out[start : start + len(chunk)] = scores + intercept
         return out
 
     def select(self, request: SelectionRequest) -> Selection:

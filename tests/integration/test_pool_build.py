@@ -1,0 +1,126 @@
+"""``build_pool`` against a real Qdrant Edge store, and the method CLI end to end on real text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from compass.cli import app
+from compass.data import TextRecord, load_chatterbot, load_gettext, write_records
+from compass.data.pool import build_pool, load_snapshot, point_id
+from compass.errors import DataError
+from compass.infra.vectorstore import VectorStore
+from compass.samplers import BudgetError, SelectionRequest, get_sampler
+from tests.unit.method_support import cached_embedder
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def records() -> list[TextRecord]:
+    chat = load_chatterbot(["en", "fr", "es"], limit_per_language=20, min_chars=12)
+    software = load_gettext(["fr", "es"], limit_per_language=10, min_chars=25)
+    return chat + software
+
+
+def test_pool_build_is_incremental_and_stores_payloads(
+    records: list[TextRecord], vector_store: VectorStore, tmp_path: Path, cache_dir: Path
+) -> None:
+    embedder = cached_embedder(cache_dir)
+    folder = tmp_path / "pools" / "aux"
+    first = build_pool(records[:50], embedder, folder, store=vector_store, k=4)
+    assert (first.n_total, first.n_new, first.n_upserted, first.refitted) == (50, 50, 50, True)
+    assert vector_store.count() == 50
+    [point] = vector_store.retrieve([point_id("aux", records[0].id)])
+    assert point.payload["record_id"] == records[0].id
+    assert point.payload["language"] == records[0].language
+    assert point.payload["map_version"] == first.map_version
+    assert 0 <= point.payload["cluster"] < 4
+
+    n = len(records)
+    second = build_pool(records, embedder, folder, store=vector_store)
+    assert (second.n_total, second.n_new, second.n_upserted) == (n, n - 50, n - 50)
+    assert second.map_version == first.map_version and not second.refitted
+    assert vector_store.count() == n
+
+    again = build_pool(records, embedder, folder, store=vector_store)
+    assert (again.n_new, again.n_upserted) == (0, 0)
+
+    refit = build_pool(records, embedder, folder, store=vector_store, k=5, refit=True)
+    assert refit.n_upserted == n and refit.map_version != first.map_version
+    assert vector_store.count() == n
+    [point] = vector_store.retrieve([point_id("aux", records[0].id)])
+    assert point.payload["map_version"] == refit.map_version
+
+    snapshot = load_snapshot(folder)
+    assert [r.id for r in snapshot.records] == [r.id for r in records]
+    np.testing.assert_allclose(snapshot.vectors, embedder.embed([r.text for r in records]))
+    pool = snapshot.to_pool()
+    request = SelectionRequest(
+        "de", 5, pool, snapshot.semantic_map, target_vectors=snapshot.vectors[:3]
+    )
+    assert len(get_sampler("compass").select(request)) == 5
+
+
+def test_pool_embedded_with_another_model_is_refused(
+    records: list[TextRecord], tmp_path: Path, cache_dir: Path
+) -> None:
+    folder = tmp_path / "pools" / "p"
+    build_pool(records[:20], cached_embedder(cache_dir), folder, k=2)
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(meta | {"embedder_id": "other@1"}))
+    with pytest.raises(DataError, match="embedded with other@1"):
+        build_pool(records, cached_embedder(cache_dir), folder)
+    with pytest.raises(DataError, match="no pool"):
+        load_snapshot(tmp_path / "pools" / "missing")
+
+
+def test_cli_pool_build_select_and_gaps(
+    records: list[TextRecord], tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "cache").symlink_to(cache_dir, target_is_directory=True)  # reuse embeddings
+    monkeypatch.setenv("COMPASS_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("COMPASS_QDRANT_URL", raising=False)
+    pool_file = write_records(records, tmp_path / "pool.jsonl")
+    target = write_records(load_chatterbot(["de"], limit_per_language=20), tmp_path / "t.jsonl")
+    coverage = write_records(load_gettext(["de"], limit_per_language=10), tmp_path / "c.jsonl")
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["pool", "build", "-c", str(pool_file), "--name", "t", "--k", "4"])
+    assert result.exit_code == 0, result.output
+    n = len(records)
+    assert f"{n} records ({n} new, {n} upserted)" in result.output
+
+    out = tmp_path / "selection"
+    args = ["select", "-l", "de", "-b", "12", "--target", str(target)]
+    args += ["--coverage", str(coverage), "--pool", "t", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and [r["rank"] for r in rows] == list(range(12))
+    assert {r["id"] for r in rows} <= {r.id for r in records}
+    report = json.loads((out / "report.json").read_text())
+    assert report["sampler"] == "compass" and report["n_selected"] == 12
+    assert "Gap analysis for `de`" in (out / "report.md").read_text()
+    assert (out / "gaps.png").stat().st_size > 5000
+
+    result = runner.invoke(app, [*args[:5], "--sampler", "linguistic", *args[5:]])
+    assert result.exit_code == 0, result.output
+
+    result = runner.invoke(
+        app, ["gaps", "-l", "de", "--target", str(target), "--pool", "t", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "gaps for de" in result.output and (out / "gaps-de.png").exists()
+
+    result = runner.invoke(app, ["select", "-l", "de", "-b", "999", "--target", str(target),
+                                 "--pool", "t", "-o", str(out)])  # fmt: skip
+    assert isinstance(result.exception, BudgetError)  # compass.cli.main prints it as one line
+    result = runner.invoke(app, ["gaps", "-l", "de", "--target", str(target), "--pool", "nope"])
+    assert isinstance(result.exception, DataError)

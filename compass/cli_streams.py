@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -13,6 +14,9 @@ def streams(
         None, "--sample-rate", min=0.0001, max=1.0, help="Force the load-shedding sample rate."
     ),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING…"),
+    semantic_map: Path | None = typer.Option(
+        None, "--semantic-map", exists=True, dir_okay=False, help="Store and activate this map."
+    ),
 ) -> None:
     """Consume prompt-events: embed, count, detect drift, emit drift-events (Ctrl-C stops)."""
     import faust
@@ -20,7 +24,7 @@ def streams(
     from compass.config import load_settings
     from compass.logs import configure_logging
     from streams.app import create_app
-    from streams.runtime import arm_shutdown_watchdog, prepare_services
+    from streams.runtime import arm_shutdown_watchdog, preflight, prepare_services
 
     overrides: dict[str, Any] = {}
     if sample_rate is not None:
@@ -30,9 +34,10 @@ def streams(
     settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     settings = prepare_services(settings)
+    version = preflight(settings, semantic_map)
     typer.echo(
         f"streams: broker {settings.broker_bootstrap_servers}, topic "
-        f"{settings.topic_prompt_events}, group {settings.stream_app_id}",
+        f"{settings.topic_prompt_events}, group {settings.stream_app_id}, semantic map v{version}",
         err=True,
     )
     app = create_app(settings)

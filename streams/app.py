@@ -152,9 +152,11 @@ def __getattr__(name: str) -> Any:
     if _APP is None:
         from compass.config import load_settings
         from compass.logs import configure_logging
-        from streams.runtime import prepare_services
+        from streams.runtime import preflight, prepare_services
 
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
-        _APP = create_app(prepare_services(settings))
+        settings = prepare_services(settings)
+        preflight(settings)
+        _APP = create_app(settings)
     return _APP

@@ -48,6 +48,7 @@ class StreamMetrics:
     retries: int = 0
     sample_rate: float = 1.0
     lag_events: int | None = None
+    max_lag_events: int = 0
     lag_seconds: float | None = None
     embed_capacity: float | None = None
     arrival_rate: float | None = None
@@ -64,6 +65,7 @@ class StreamMetrics:
         self.windows_checked += report.windows_checked
         self.sample_rate = decision.rate
         self.lag_events = decision.lag_events
+        self.max_lag_events = max(self.max_lag_events, decision.lag_events or 0)
         self.lag_seconds = decision.lag_seconds
         self.embed_capacity = decision.capacity
         self.arrival_rate = decision.arrival_rate
@@ -259,3 +261,30 @@ def prepare_services(settings: Settings) -> Settings:
     assert ready.database_url is not None
     upgrade(ready.database_url)
     return ready
+
+
+def preflight(settings: Settings, semantic_map_path: Path | None = None) -> int:
+    """Make sure a semantic map is active; return its database version.
+
+    ``semantic_map_path`` (a ``SemanticMap.save`` file) is stored and activated. Without it and
+    without an active map, the default pool's map (``compass pool build``) is activated.
+    Otherwise: one clear :class:`ConfigError` line instead of a worker that cannot assign.
+    """
+    from compass.errors import ConfigError
+    from compass.semantic_map import SemanticMap
+    from compass.storage.sql import open_store
+
+    assert settings.database_url is not None
+    default = settings.data_dir / "pools" / "default" / "semantic_map.npz"
+    with open_store(settings.database_url, pool_size=1) as store, store() as uow:
+        record = uow.semantic_maps.active_semantic_map()
+        path = semantic_map_path or (default if record is None and default.exists() else None)
+        if path is not None:
+            record = uow.semantic_maps.save_semantic_map(SemanticMap.load(path), activate=True)
+            uow.commit()
+            log.info("stream.semantic_map_activated", path=str(path), version=record.version)
+    if record is None:
+        raise ConfigError(
+            "no active semantic map: run `compass pool build` first or pass --semantic-map FILE"
+        )
+    return record.version

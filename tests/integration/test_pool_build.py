@@ -124,3 +124,40 @@ def test_cli_pool_build_select_and_gaps(
     assert isinstance(result.exception, BudgetError)  # compass.cli.main prints it as one line
     result = runner.invoke(app, ["gaps", "-l", "de", "--target", str(target), "--pool", "nope"])
     assert isinstance(result.exception, DataError)
+
+
+def test_cli_gaps_from_live_usage_counts(
+    records: list[TextRecord],
+    tmp_path: Path,
+    cache_dir: Path,
+    migrated_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --target, `compass gaps` reads the usage the stream counted in PostgreSQL."""
+    from datetime import UTC, datetime, timedelta
+
+    from compass.storage.ports import UsageObservation
+    from compass.storage.sql import open_store
+
+    folder = tmp_path / "data" / "pools" / "live"
+    build_pool(records, cached_embedder(cache_dir), folder, k=4)
+    snapshot = load_snapshot(folder)
+    now = datetime.now(UTC).replace(microsecond=0)
+    with open_store(migrated_database_url, pool_size=1) as store, store() as uow:
+        version = uow.semantic_maps.save_semantic_map(snapshot.semantic_map).version
+        observations = [
+            UsageObservation(f"e{i}", "de", i % 2, now - timedelta(minutes=5), 60, version)
+            for i in range(9)
+        ]
+        uow.usage.record_usage(observations)
+        uow.commit()
+    (tmp_path / "data" / "cache").symlink_to(cache_dir, target_is_directory=True)
+    monkeypatch.setenv("COMPASS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COMPASS_DATABASE_URL", migrated_database_url)
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(app, ["gaps", "-l", "de", "--pool", "live", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    markdown = (out / "gaps-de.md").read_text()
+    assert "9 usage items" in markdown
+    result = CliRunner().invoke(app, ["gaps", "-l", "fr", "--pool", "live", "-o", str(out)])
+    assert isinstance(result.exception, DataError)

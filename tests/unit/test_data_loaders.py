@@ -189,14 +189,22 @@ def test_pure_python_deb_extraction_matches_dpkg(debian_data_dir: Path, tmp_path
     extract_deb(deb, tmp_path / "dpkg")
     from compass.data import debian
 
-    real_which = debian.shutil.which
-    try:
-        debian.shutil.which = lambda name: None  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(debian.shutil, "which", lambda name: None)
         extract_deb(deb, tmp_path / "python")
-    finally:
-        debian.shutil.which = real_which  # type: ignore[assignment]
     files = sorted(p.relative_to(tmp_path / "dpkg") for p in (tmp_path / "dpkg").rglob("*.html"))
     again = sorted(
         p.relative_to(tmp_path / "python") for p in (tmp_path / "python").rglob("*.html")
     )
     assert files == again and len(files) > 2000
+
+
+def test_fetch_without_apt_gives_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compass.data import debian
+
+    monkeypatch.setattr(debian.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match="apt-get is not available"):
+        fetch_packages(tmp_path, ["libreoffice-help-de"])
+    assert read_manifest(tmp_path) == {}

@@ -6,8 +6,9 @@ offsets only after it returns. Order of effects, each idempotent:
 
 1. dead letters → the ``dead_letters`` table (by source/partition/offset; the DLQ topic send
    happens in the agent before this);
-2. sampled events → embed → nearest centroid → vector store upsert (id = uuid5(event_id)) and
-   flush;
+2. sampled events → embed → nearest centroid → vector store upsert (id = uuid5(event_id));
+   the upsert is in the store's write-ahead log when it returns (segments are flushed every few
+   seconds and on shutdown);
 3. every valid event → ``record_usage`` (dedup row and counts in one transaction);
 4. per language, base windows that became final → drift check; a drift is written to
    ``drift_events`` and the outbox in one transaction, and only a *new* row goes to the outbox.
@@ -48,6 +49,7 @@ from streams.shedding import SamplingController
 log = structlog.get_logger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACTIVE_LOOKBACK = timedelta(days=7)
+VECTOR_FLUSH_S = 5.0
 
 
 def window_policy(settings: Settings) -> WindowPolicy:
@@ -328,6 +330,7 @@ class BatchProcessor:
         )
         self.checker = DriftChecker(settings, uow_factory, vector_store, self.policy)
         self.watermarks: dict[str, datetime] = {}
+        self._flushed_at = time.monotonic()
 
     def check_ready(self) -> SemanticMap:
         """Fail early (clear message) when there is no usable semantic map."""
@@ -357,8 +360,8 @@ class BatchProcessor:
             chosen, vectors, clusters, map_version=record.version, policy=self.policy
         )
         if points:
-            self.vector_store.upsert(points)
-            self.vector_store.flush()
+            self.vector_store.upsert(points)  # in Qdrant's write-ahead log once this returns
+            self._maybe_flush()
 
         observations = stages.usage_observations(
             events, mask, clusters, map_version=record.version, policy=self.policy
@@ -393,6 +396,15 @@ class BatchProcessor:
             windows_checked=checked,
             drift_events=drift_events,
         )
+
+    def _maybe_flush(self) -> None:
+        """Flush store segments every ``VECTOR_FLUSH_S``: an upsert is already in Qdrant's
+        write-ahead log, which survives a killed worker (tested); a flush per batch would cost
+        ~0.1 s of every ~1 s batch for protection against power loss only."""
+        now = time.monotonic()
+        if now - self._flushed_at >= VECTOR_FLUSH_S:
+            self.vector_store.flush()
+            self._flushed_at = now
 
     def _count_late(self, events: list[PromptEvent]) -> int:
         """Events whose base window was already judged when they arrived (counted anyway)."""

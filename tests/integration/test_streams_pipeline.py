@@ -111,3 +111,27 @@ def test_pipeline_counts_once_dead_letters_and_detects_the_shift(
         assert sum(c.total for c in totals.values()) == pytest.approx(600)
     vector_store.close()
     assert np.isfinite(drift.statistic)
+
+
+def test_upserted_points_survive_a_killed_worker(tmp_path: Path) -> None:
+    """Why the pipeline does not flush the store every batch: an upsert is in Qdrant's
+    write-ahead log once it returns, and a process killed without flush or close keeps it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, uuid, numpy as np\n"
+        "from compass.infra.vectorstore import QdrantEdgeStore, VectorPoint\n"
+        f"store = QdrantEdgeStore({str(tmp_path / 'q')!r}, 384)\n"
+        "rng = np.random.default_rng(0)\n"
+        "store.upsert([VectorPoint(uuid.uuid4(), rng.standard_normal(384).astype(np.float32),"
+        " {'n': i}) for i in range(150)])\n"
+        "os._exit(9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, timeout=120)
+    assert result.returncode == 9
+    store = QdrantEdgeStore(tmp_path / "q", 384)
+    try:
+        assert store.count() == 150
+    finally:
+        store.close()

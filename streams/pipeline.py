@@ -141,7 +141,7 @@ class DriftChecker:
             if last is not None and last.window_end >= boundary:
                 return None  # judged past this point already (a replay)
             active = uow.adapters.active_version(language, self.settings.base_model_id)
-            use_adapter = _adapter_reference_applies(active, last)
+            use_adapter = _adapter_reference_applies(active, last, record)
             since = (
                 EPOCH if last is None else last.window_end + policy.base * policy.cooldown_windows
             )
@@ -283,10 +283,17 @@ class DriftChecker:
 
 
 def _adapter_reference_applies(
-    active: AdapterVersionRecord | None, last: DriftRecord | None
+    active: AdapterVersionRecord | None, last: DriftRecord | None, record: SemanticMapRecord
 ) -> bool:
-    """An adapter's reference counts once it answers the latest drift (or there was none)."""
+    """An adapter's reference counts once it answers the latest drift (or there was none), and
+    only if it was activated under the current semantic map (its cluster ids are that map's)."""
     if active is None or not active.reference_distribution:
+        return False
+    if (
+        record.activated_at is not None
+        and active.activated_at is not None
+        and active.activated_at < record.activated_at
+    ):
         return False
     if last is None or active.drift_id == last.drift_id:
         return True

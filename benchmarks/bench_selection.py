@@ -13,6 +13,7 @@ random vectors. Each sampler runs once per size after one warm-up on the smalles
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import time
@@ -98,10 +99,14 @@ def main() -> None:
         print(line, flush=True)
         del vectors, pool, request
     print()
-    print("per-item time (microseconds per pool item) — constant means linear in N:")
+    print("time per pool item (microseconds; falls while fixed costs dominate):")
     for n, times in rows:
         per = " ".join(f"{name}={times[name] / n * 1e6:.2f}" for name in SAMPLERS)
         print(f"  N={n:>9}: {per}")
+    print("marginal time per extra pool item between sizes (the linear term, microseconds):")
+    for (n0, t0), (n1, t1) in itertools.pairwise(rows):
+        per = " ".join(f"{name}={(t1[name] - t0[name]) / (n1 - n0) * 1e6:.2f}" for name in SAMPLERS)
+        print(f"  {n0:>9} -> {n1:>9}: {per}")
     if rows and rows[-1][0] >= 1_000_000:
         worst = max(rows[-1][1].values())
         verdict = "PASS" if worst <= 10 else "FAIL"

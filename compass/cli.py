@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "compass.cli_db",
     "compass.cli_train",
     "compass.cli_streams",
+    "compass.cli_worker",
     "compass.cli_demo",
 )
 

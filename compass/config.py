@@ -40,9 +40,6 @@ class Settings(BaseSettings):
         None, description="Qdrant server URL 'http://host:6333'. Unset: Qdrant Edge on a path."
     )
     qdrant_collection: str = Field("prompt_events", description="Vector store collection name.")
-    pool_collection: str = Field(
-        "aux_pool", description="Collection holding the embedded auxiliary pool."
-    )
     artifacts_dir: Path | None = Field(
         None, description="Where adapter versions are written (default <data_dir>/adapters)."
     )

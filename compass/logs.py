@@ -14,9 +14,30 @@ import warnings
 import structlog
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def _stderr_logger(*_: object) -> structlog.PrintLogger:
+    """A logger on the *current* ``sys.stderr`` (looked up when a logger is made, not when
+    logging is configured), so a replaced or closed stderr — a test runner capturing output —
+    never breaks later log calls."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s", force=True)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
     for noisy in ("kafka", "aiokafka", "urielplus", "faust", "mode", "httpx", "pgserver"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     # pgserver's import asks platformdirs for a runtime dir that containers rarely have
@@ -34,6 +55,6 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

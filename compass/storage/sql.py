@@ -10,6 +10,7 @@ jobs in :mod:`compass.storage.sql_adapters`.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -148,16 +149,17 @@ class SqlSemanticMapRepository(SemanticMapRepository):
 def _semantic_map_record(row: RowMapping) -> SemanticMapRecord:
     meta = dict(row["metadata"])
     centroids = np.frombuffer(bytes(row["centroids"]), dtype="<f4").reshape(row["k"], row["dim"])
-    semantic_map = SemanticMap(
-        centroids=centroids.astype(np.float32),
-        embedder_id=str(row["embedder_id"]),
-        method=meta.get("method", "kmeans"),
-        seed=int(meta.get("seed", 0)),
-        n_fit=int(meta.get("n_fit", 0)),
-        silhouette=meta.get("silhouette"),
-        silhouette_by_k=tuple((int(a), float(b)) for a, b in meta.get("silhouette_by_k", [])),
-        created_at=str(meta.get("created_at", "")),
-        version=str(row["content_hash"]),
+    # from_dict restores the whole map (the language neutraliser travels in the metadata) and
+    # checks the content against its hash
+    semantic_map = SemanticMap.from_dict(
+        {
+            **meta,
+            "k": int(row["k"]),
+            "dim": int(row["dim"]),
+            "embedder_id": str(row["embedder_id"]),
+            "version": str(row["content_hash"]),
+            "centroids_b64": base64.b64encode(centroids.astype("<f4").tobytes()).decode("ascii"),
+        }
     )
     # SemanticMap re-normalises its rows, which can move the last bit of a float; keep the exact
     # stored centroids so that a map read back assigns exactly like the one that was saved.

@@ -206,6 +206,27 @@ def test_semantic_map_round_trip_and_single_active(store: SqlStore, map_version:
         uow.semantic_maps.activate_semantic_map(9999)
 
 
+def test_semantic_map_keeps_its_language_neutraliser(store: SqlStore, map_version: int) -> None:
+    """A map fitted with languages comes back with the same projection (samplers rank items
+    in that space), not only the same centroids."""
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(120, 16)).astype(np.float32)
+    languages = ["de", "fr", "ja"] * 40
+    fitted = SemanticMap.fit(vectors, languages=languages, k=4, seed=0)
+    assert fitted.language_basis is not None
+    with store() as uow:
+        stored = uow.semantic_maps.save_semantic_map(fitted, activate=False)
+        loaded = uow.semantic_maps.get_semantic_map(stored.version)
+        uow.commit()
+    assert loaded is not None and not loaded.active
+    restored = loaded.semantic_map
+    assert restored.language_basis is not None
+    assert np.allclose(restored.language_basis, fitted.language_basis)
+    assert restored.fit_languages == fitted.fit_languages
+    assert np.allclose(restored.transform(vectors), fitted.transform(vectors), atol=1e-6)
+    assert np.array_equal(restored.assign(vectors), fitted.assign(vectors))
+
+
 # --------------------------------------------------------------------------- drift, DLQ
 def test_drift_event_unique_by_id_and_by_window(store: SqlStore) -> None:
     event = drift("es", top_cluster_changes=[])

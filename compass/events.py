@@ -172,11 +172,18 @@ def encode(event: BaseModel) -> bytes:
 
 
 def decode(raw: bytes, model: type[EventT]) -> EventT:
-    """Decode a trusted message of a known type (raises :class:`InvalidEventError`)."""
+    """Decode a message of a known type; raises :class:`InvalidEventError` with the reason
+    codes of :func:`parse_prompt_event` (``invalid_utf8``, ``invalid_json``, ``missing_field``)."""
     try:
-        return model.model_validate_json(raw)
+        payload = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidEventError("invalid_utf8", str(exc), stage="decode") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidEventError("invalid_json", str(exc), stage="decode") from None
+    try:
+        return model.model_validate(payload)
     except ValidationError as exc:
-        raise InvalidEventError("schema", _first_error(exc), stage="schema") from None
+        raise InvalidEventError(_reason(exc), _first_error(exc), stage="schema") from None
 
 
 _FIELD_REASONS = {

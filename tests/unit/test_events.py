@@ -150,3 +150,20 @@ def test_raw_b64_is_valid_base64() -> None:
     letter = decode_prompt_event(b"\x00\x01garbage")
     assert isinstance(letter, DeadLetter)
     assert base64.b64decode(letter.raw_b64) == b"\x00\x01garbage"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "stage"),
+    [
+        (b"{not json", "invalid_json", "decode"),
+        (b"\xff\xfe", "invalid_utf8", "decode"),
+        (b"{}", "missing_field", "schema"),
+        (b'{"drift_id": "not-a-uuid"}', "invalid_field", "schema"),
+    ],
+)
+def test_decode_of_known_types_gives_reason_codes(raw: bytes, reason: str, stage: str) -> None:
+    from compass.errors import InvalidEventError
+
+    with pytest.raises(InvalidEventError) as info:
+        decode(raw, DriftEvent)
+    assert (info.value.reason, info.value.stage) == (reason, stage)

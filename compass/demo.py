@@ -244,48 +244,19 @@ def _wait_for_stream(
 
 
 def _run_worker(settings: Settings, drift_id: uuid.UUID, steps: int, budget: int) -> Any:
-    from compass.data.pool import pools_dir
-    from compass.infra.vectorstore import open_vector_store
-    from compass.storage.sql import open_store
     from compass.training.config import AdapterTrainingConfig
-    from workers.adapter_worker import AdapterWorker, WorkerSettings
-    from workers.kafka_io import KafkaMessageProducer
-    from workers.runner import DriftConsumer, load_pool
-    from workers.usage_texts import VectorStoreUsageTexts
+    from workers.runner import run_worker
 
-    assert settings.database_url and settings.broker_bootstrap_servers
-    store = open_store(settings.database_url)
-    events = open_vector_store(settings, dim=384)
-    producer = KafkaMessageProducer(settings.broker_bootstrap_servers)
-
-    def make_worker() -> AdapterWorker:
-        with store() as uow:
-            record = uow.semantic_maps.active_semantic_map()
-        assert record is not None
-        return AdapterWorker(
-            store,
-            load_pool(pools_dir(settings.data_dir) / "demo", record.semantic_map),
-            VectorStoreUsageTexts(events),
-            WorkerSettings(
-                base_model_id=settings.base_model_id,
-                artifacts_dir=settings.artifacts_dir or Path(settings.data_dir) / "adapters",
-                data_dir=Path(settings.data_dir),
-                topic_adapter_updated=settings.topic_adapter_updated,
-                budget=budget,
-                training=AdapterTrainingConfig(steps=steps, batch_size=8, max_length=48),
-                eval_texts=48,
-            ),
-        )
-
-    consumer = DriftConsumer(
-        settings, make_worker, store, producer, group_id=f"{settings.stream_app_id}-worker"
+    outcomes = run_worker(
+        settings,
+        pool_name="demo",
+        stop=threading.Event(),
+        until=lambda o: o.drift_id == drift_id,
+        group_id=f"{settings.stream_app_id}-worker",
+        budget=budget,
+        training=AdapterTrainingConfig(steps=steps, batch_size=8, max_length=48),
+        eval_texts=48,
     )
-    try:
-        outcomes = consumer.run(threading.Event(), until=lambda o: o.drift_id == drift_id)
-    finally:
-        producer.close()
-        events.close()
-        store.dispose()
     return next(o for o in outcomes if o.drift_id == drift_id)
 
 

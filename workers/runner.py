@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -118,3 +119,57 @@ class DriftConsumer:
             uow.dead_letters.record_dead_letter(letter)
             uow.commit()
         log.warning("worker.drift_event_dead_lettered", reason=error.reason, offset=offset)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    pool_name: str,
+    stop: threading.Event,
+    max_events: int | None = None,
+    until: Callable[[WorkerOutcome], bool] | None = None,
+    group_id: str = CONSUMER_GROUP,
+    **worker_options: Any,
+) -> list[WorkerOutcome]:
+    """Open what a worker needs (database, event vector store, producer), consume drift events
+    until told to stop, and close everything. ``worker_options`` are :class:`WorkerSettings`
+    fields (sampler, budget, training, eval_texts …)."""
+    from compass.data.pool import pools_dir
+    from compass.errors import DataError
+    from compass.infra.vectorstore import open_vector_store
+    from compass.storage.sql import open_store
+    from workers.adapter_worker import WorkerSettings
+    from workers.kafka_io import KafkaMessageProducer
+    from workers.usage_texts import VectorStoreUsageTexts
+
+    if not settings.database_url or not settings.broker_bootstrap_servers:
+        raise DataError("the worker needs a database and a broker (see `compass infra up`)")
+    store = open_store(settings.database_url)
+    events = open_vector_store(settings, dim=384)
+    producer = KafkaMessageProducer(settings.broker_bootstrap_servers)
+
+    def make_worker() -> AdapterWorker:
+        with store() as uow:
+            record = uow.semantic_maps.active_semantic_map()
+        if record is None:
+            raise DataError("no active semantic map: run 'compass pool build' first")
+        return AdapterWorker(
+            store,
+            load_pool(pools_dir(settings.data_dir) / pool_name, record.semantic_map),
+            VectorStoreUsageTexts(events),
+            WorkerSettings(
+                base_model_id=settings.base_model_id,
+                artifacts_dir=settings.artifacts_dir or Path(settings.data_dir) / "adapters",
+                data_dir=Path(settings.data_dir),
+                topic_adapter_updated=settings.topic_adapter_updated,
+                **worker_options,
+            ),
+        )
+
+    consumer = DriftConsumer(settings, make_worker, store, producer, group_id=group_id)
+    try:
+        return consumer.run(stop, max_events=max_events, until=until)
+    finally:
+        producer.close()
+        events.close()
+        store.dispose()

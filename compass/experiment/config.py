@@ -35,25 +35,27 @@ class ExperimentConfig:
     max_chars: int = 150
     max_chars_unspaced: int = 60
     k: int = 16
-    heldout_size: int = 64
+    heldout_size: int = 48
     usage_size: int = 150
     train_size: int = 150
     gap_share: float = 0.4
-    budget: int = 80
+    budget: int = 64
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     methods: tuple[str, ...] = METHODS
     training: AdapterTrainingConfig = field(
-        default_factory=lambda: AdapterTrainingConfig(steps=10, batch_size=8, max_length=32)
+        default_factory=lambda: AdapterTrainingConfig(
+            steps=8, batch_size=8, max_length=32, fisher_samples=16
+        )
     )
     eval_max_length: int = 32
     mc_options: int = 4
-    mc_max_length: int = 48
+    mc_max_length: int = 32
     # Continual part
     continual_languages: tuple[str, ...] = ("ru",)
     continual_seeds: tuple[int, ...] = (0, 1)
     continual_variants: tuple[str, ...] = CONTINUAL_VARIANTS
-    continual_steps: int = 8
-    continual_new_size: int = 80
+    continual_steps: int = 6
+    continual_new_size: int = 64
     permutations: int = 10_000
 
     def __post_init__(self) -> None:

@@ -14,7 +14,13 @@ from compass.experiment.stats import Comparison, permutation_test
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    """Rows of the results file; a run written twice (two shards) counts once."""
+    rows: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["key"], row)
+    return list(rows.values())
 
 
 def _main_values(

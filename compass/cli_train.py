@@ -164,6 +164,9 @@ def experiment(
         None, help="Only these target languages (comma-separated): run shards in parallel."
     ),
     seeds: str | None = typer.Option(None, help="Only these seeds (comma-separated): shards."),
+    methods: str | None = typer.Option(
+        None, help="Only these methods, in this order (comma-separated): shards."
+    ),
     threads: int = typer.Option(1, help="torch CPU threads per process (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -181,9 +184,10 @@ def experiment(
             raise DataError(f"unknown parts {unknown}; use main and/or continual")
         only = tuple(c.strip() for c in languages.split(",") if c.strip()) if languages else None
         seed_list = tuple(int(x) for x in seeds.split(",") if x.strip()) if seeds else None
+        method_list = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
         run_experiment(
             config, folder, load_settings().data_dir, progress, wanted, only, threads or None,
-            seed_list,
+            seed_list, method_list,
         )  # fmt: skip
     report = write_report(folder)
     if plot is not None:

@@ -312,6 +312,9 @@ def run_continual(
             bar.update(1)
             update = training.replace(steps=config.continual_steps)
             for variant in [v for v in variants if v != "retrain"]:
+                if results.has("continual", code, variant, seed):
+                    bar.update(1)
+                    continue
                 for name, param in first.model.named_parameters():
                     if name in anchor:
                         param.data.copy_(anchor[name].to(param.device))
@@ -333,7 +336,7 @@ def run_continual(
                 )  # fmt: skip
                 bar.update(1)
             first.detach()
-            if "retrain" in variants:
+            if "retrain" in variants and not results.has("continual", code, "retrain", seed):
                 # Full retraining: a fresh adapter on all data so far, with the steps of the
                 # first training plus the update (its cost is the point of the comparison).
                 full = training.replace(steps=(training.steps or 0) + config.continual_steps)
@@ -362,6 +365,7 @@ def run_experiment(
     languages: tuple[str, ...] | None = None,
     threads: int | None = 1,
     seeds: tuple[int, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
 ) -> Path:
     """Run (or resume) the experiment into ``out_dir``; returns the results file.
 
@@ -387,18 +391,23 @@ def run_experiment(
             target_languages=tuple(c for c in config.target_languages if c in languages),
             continual_languages=tuple(c for c in config.continual_languages if c in languages),
         )
+    if methods:
+        unknown_methods = sorted(set(methods) - set(config.methods))
+        if unknown_methods:
+            raise DataError(f"methods {unknown_methods} are not methods of this config")
+        config_run = replace(config_run, methods=tuple(methods))
     if seeds:
         unknown_seeds = sorted(set(seeds) - set(config.seeds) - set(config.continual_seeds))
         if unknown_seeds:
             raise DataError(f"seeds {unknown_seeds} are not seeds of this config")
-        methods = config.methods
+        kept = config_run.methods
         if config.seeds[0] not in seeds:
-            methods = tuple(m for m in methods if m != "zero-shot")
+            kept = tuple(m for m in kept if m != "zero-shot")
         config_run = replace(
             config_run,
             seeds=tuple(s for s in config.seeds if s in seeds) or config.seeds[:1],
             continual_seeds=tuple(s for s in config.continual_seeds if s in seeds),
-            methods=methods,
+            methods=kept,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

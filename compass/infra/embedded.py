@@ -69,6 +69,9 @@ def up(settings: Settings) -> StackState:
     broker_pid: int | None = None
     if settings.broker_bootstrap_servers:
         bootstrap = settings.broker_bootstrap_servers
+        # a child process handed the embedded broker's address must not forget who owns it
+        if previous is not None and previous.broker_bootstrap == bootstrap:
+            broker_pid = previous.broker_pid
     elif (running := _running_broker(previous)) is not None:
         bootstrap, broker_pid = running, previous.broker_pid if previous else None
     else:

@@ -56,3 +56,19 @@ def test_infra_up_status_down(tmp_path: Path) -> None:
         down = _compass("infra", "down", cwd=tmp_path)
     assert down.returncode == 0 and "broker (pid" in down.stdout
     assert "stopped" in _compass("infra", "status", cwd=tmp_path).stdout
+
+
+def test_down_stops_the_broker_after_a_child_reused_it(tmp_path: Path) -> None:
+    """A child process (the stream app) gets the embedded broker's address as a setting; its
+    own ``infra up`` must not make ``infra down`` forget the broker."""
+    up = _compass("infra", "up", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    bootstrap = up.stdout.splitlines()[0].split()[-1]
+    try:
+        child = _compass(
+            "infra", "up", cwd=tmp_path, env={"COMPASS_BROKER_BOOTSTRAP_SERVERS": bootstrap}
+        )
+        assert child.returncode == 0, child.stderr
+    finally:
+        down = _compass("infra", "down", cwd=tmp_path)
+    assert "broker (pid" in down.stdout

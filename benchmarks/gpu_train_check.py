@@ -20,6 +20,9 @@ from pathlib import Path
 
 import yaml
 
+# Run from a checkout without installing it: make the repository's ``compass`` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def chatterbot_texts(languages: list[str], limit: int) -> list[str]:
     spec = importlib.util.find_spec("chatterbot_corpus")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,26 +104,40 @@ def with_database(url: str, name: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_database(url: str, name: str | None = None) -> str:
-    """Create a fresh database on the server of ``url``; return its URL (for tests, demos)."""
-    name = name or f"compass_{uuid.uuid4().hex[:12]}"
-    if not _DB_NAME.match(name):
-        raise InfraError(f"invalid database name {name!r}")
+def _server_command(url: str, statement: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE refuse to run in one)."""
     engine = make_db_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def _checked_name(name: str) -> str:
+    if not _DB_NAME.match(name):
+        raise InfraError(f"invalid database name {name!r}")
+    return name
+
+
+def create_database(url: str, name: str | None = None) -> str:
+    """Create a fresh database on the server of ``url``; return its URL (for tests, demos)."""
+    name = _checked_name(name or f"compass_{uuid.uuid4().hex[:12]}")
+    _server_command(url, f'CREATE DATABASE "{name}"')
     return with_database(url, name)
 
 
 def drop_database(url: str, name: str) -> None:
-    if not _DB_NAME.match(name):
-        raise InfraError(f"invalid database name {name!r}")
-    engine = make_db_engine(url, isolation_level="AUTOCOMMIT")
+    _server_command(url, f'DROP DATABASE IF EXISTS "{_checked_name(name)}" WITH (FORCE)')
+
+
+@contextmanager
+def temporary_database(url: str) -> Iterator[str]:
+    """A fresh database on the server of ``url`` for the ``with`` block, dropped afterwards."""
+    database = create_database(url)
     try:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        yield database
     finally:
-        engine.dispose()
+        name = make_url(database).database
+        assert name is not None
+        drop_database(url, name)

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
 
 from compass.config import Settings
 from compass.infra.broker import EmbeddedBroker
-from compass.infra.postgres import EmbeddedPostgres, create_database, drop_database
+from compass.infra.postgres import EmbeddedPostgres, temporary_database
 from compass.infra.vectorstore import QdrantEdgeStore, VectorStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,13 +64,8 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def database_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh empty database for one test module."""
-    url = create_database(pg_admin_url)
-    try:
+    with temporary_database(pg_admin_url) as url:
         yield url
-    finally:
-        name = make_url(url).database
-        assert name is not None
-        drop_database(pg_admin_url, name)
 
 
 @pytest.fixture
@@ -99,11 +93,6 @@ def migrated_database_url(pg_admin_url: str) -> Iterator[str]:
     upgrade``), dropped afterwards."""
     from compass.storage.migrate import upgrade
 
-    url = create_database(pg_admin_url)
-    try:
+    with temporary_database(pg_admin_url) as url:
         upgrade(url)
         yield url
-    finally:
-        name = make_url(url).database
-        assert name is not None
-        drop_database(pg_admin_url, name)

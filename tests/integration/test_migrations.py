@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from compass.cli import app
-from compass.infra.postgres import create_database, drop_database, make_db_engine
+from compass.infra.postgres import make_db_engine, temporary_database
 from compass.storage import migrate
 from compass.storage.models import metadata
 
@@ -89,13 +89,8 @@ def test_models_match_the_migrations(migrated_database_url: str) -> None:
 
 @pytest.fixture
 def empty_database(pg_admin_url: str) -> Iterator[str]:
-    url = create_database(pg_admin_url)
-    try:
+    with temporary_database(pg_admin_url) as url:
         yield url
-    finally:
-        name = make_url(url).database
-        assert name is not None
-        drop_database(pg_admin_url, name)
 
 
 def test_cli_upgrade_on_empty_and_up_to_date_database(empty_database: str) -> None:
@@ -140,14 +135,8 @@ def test_cli_on_unreachable_database_prints_one_line(command: list[str]) -> None
 
 @pytest.fixture
 def fresh_databases(pg_admin_url: str) -> Iterator[list[str]]:
-    urls = [create_database(pg_admin_url) for _ in range(2)]
-    try:
-        yield urls
-    finally:
-        for url in urls:
-            name = make_url(url).database
-            assert name is not None
-            drop_database(pg_admin_url, name)
+    with temporary_database(pg_admin_url) as first, temporary_database(pg_admin_url) as second:
+        yield [first, second]
 
 
 def test_concurrent_upgrades_of_several_databases_and_of_one(fresh_databases: list[str]) -> None:

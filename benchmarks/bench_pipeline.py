@@ -36,15 +36,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from compass.config import Settings
-from compass.data import load_gettext
-from compass.embedding.factory import load_embedder
-from compass.events import PromptEvent, encode
-from compass.infra.broker import EmbeddedBroker, ensure_topics, topic_specs
-from compass.infra.postgres import EmbeddedPostgres, create_database, drop_database
-from compass.semantic_map import SemanticMap
-from compass.storage.migrate import upgrade
-from compass.storage.sql import SqlStore, open_store
-from streams.scenario import SHIFTED_TOPICS, STABLE_TOPICS
+from compass.core.events import PromptEvent, encode
+from compass.core.semantic_map import SemanticMap
+from compass.corpora import load_gettext
+from compass.embedders.factory import load_embedder
+from compass.kafka.broker import EmbeddedBroker, ensure_topics, topic_specs
+from compass.lab.scenario import SHIFTED_TOPICS, STABLE_TOPICS
+from compass.sql.migrate import upgrade
+from compass.sql.server import EmbeddedPostgres, create_database, drop_database
+from compass.sql.unit_of_work import SqlStore, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGES = ("fr", "de", "es")

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from compass.samplers import Pool, SelectionRequest, get_sampler
-from compass.semantic_map import SemanticMap
+from compass.core.samplers import Pool, SelectionRequest, get_sampler
+from compass.core.semantic_map import SemanticMap
 
 LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "ja"]
 LANGUAGES += ["zh", "ko", "ar", "hi", "id", "tr", "vi", "sv", "fi", "sw"]

@@ -33,16 +33,16 @@ import structlog
 from sqlalchemy import make_url, text
 
 from compass.config import Settings
-from compass.infra.postgres import (
+from compass.core.semantic_map import SemanticMap
+from compass.ports.storage import UsageObservation
+from compass.sql.migrate import upgrade
+from compass.sql.server import (
     check_connection,
     create_database,
     database_url,
     drop_database,
 )
-from compass.semantic_map import SemanticMap
-from compass.storage.migrate import upgrade
-from compass.storage.ports import UsageObservation
-from compass.storage.sql import SqlStore, open_store
+from compass.sql.unit_of_work import SqlStore, open_store
 
 LANGUAGES = ("en", "fr", "de", "es", "ja", "zh", "sw", "hi", "pt-BR", "ar")
 

@@ -31,7 +31,7 @@ def _random_model(config_dir: Path, device: str, seed: int) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from compass.models import LoadedModel
+    from compass.lm.models import LoadedModel
 
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(str(config_dir))
@@ -57,7 +57,7 @@ def _timed(device: str, fn: Any) -> tuple[Any, float]:
 
 
 def run(device: str, steps: int, args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
-    from compass.training import AdapterTrainingConfig, continue_adapter, train_adapter
+    from compass.lm.training import AdapterTrainingConfig, continue_adapter, train_adapter
 
     base = _random_model(args.config_dir, device, args.seed)
     config = AdapterTrainingConfig(

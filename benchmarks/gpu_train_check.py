@@ -51,8 +51,8 @@ def main() -> None:
 
     import torch
 
-    from compass.models import load_causal_lm
-    from compass.training import AdapterTrainingConfig, train_adapter
+    from compass.lm.models import load_causal_lm
+    from compass.lm.training import AdapterTrainingConfig, train_adapter
 
     started = time.perf_counter()
     base = load_causal_lm(args.model, Path(args.data_dir), device=args.device)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from compass.data import load_corpus
-from compass.embedding import default_cache_path, load_embedder
-from compass.errors import DataError
-from compass.semantic_map import SemanticMap
+from compass.core.errors import DataError
+from compass.core.semantic_map import SemanticMap
+from compass.corpora import load_corpus
+from compass.embedders import default_cache_path, load_embedder
 
 CORPORA = {
     "libreoffice": ("en", "de", "fr", "ja"),

@@ -25,11 +25,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
 
-    from compass.data import load_corpus
-    from compass.evaluation import text_nll
-    from compass.experiment.dataset import clip_text
-    from compass.models import load_causal_lm
-    from compass.training import AdapterTrainingConfig, train_adapter
+    from compass.corpora import load_corpus
+    from compass.lab.experiment.dataset import clip_text
+    from compass.lm.evaluation import text_nll
+    from compass.lm.models import load_causal_lm
+    from compass.lm.training import AdapterTrainingConfig, train_adapter
 
     data_dir = Path(args.data_dir)
     languages = ["de", "ru", "ja"]

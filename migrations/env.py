@@ -1,6 +1,6 @@
 """Alembic environment for COMPASS.
 
-The URL comes from ``config.attributes["url"]`` (set by :mod:`compass.storage.migrate`, i.e.
+The URL comes from ``config.attributes["url"]`` (set by :mod:`compass.sql.migrate`, i.e.
 ``compass db ...``), else ``sqlalchemy.url``, else ``COMPASS_DATABASE_URL``, else the embedded
 pgserver. All migrations of one run share a transaction guarded by an advisory lock, so two
 processes upgrading the same database at once run one after the other.
@@ -13,8 +13,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import pool, text
 
-from compass.infra.postgres import make_db_engine
-from compass.storage.models import metadata
+from compass.sql.server import make_db_engine
+from compass.sql.tables import metadata
 
 MIGRATION_LOCK_KEY = 7_302_211_409  # arbitrary, constant: "compass migrations"
 
@@ -28,7 +28,7 @@ def _url() -> str:
     if url:
         return str(url)
     from compass.config import load_settings
-    from compass.infra.postgres import database_url
+    from compass.sql.server import database_url
 
     return database_url(load_settings())
 

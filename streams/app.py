@@ -29,7 +29,7 @@ import faust
 import structlog
 
 from compass.config import Settings
-from compass.errors import ConfigError
+from compass.core.errors import ConfigError
 from streams.runtime import StreamRuntime, arm_shutdown_watchdog
 from streams.stages import RawMessage
 

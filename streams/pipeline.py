@@ -30,7 +30,7 @@ import numpy as np
 import structlog
 
 from compass.config import Settings
-from compass.drift import (
+from compass.core.drift import (
     DriftConfig,
     DriftResult,
     JSDriftDetector,
@@ -38,11 +38,11 @@ from compass.drift import (
     WindowPolicy,
     plan_windows,
 )
-from compass.embedding.base import Embedder
-from compass.events import DriftEvent, PromptEvent
-from compass.infra.vectorstore import VectorStore
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import AdapterVersionRecord, DriftRecord, SemanticMapRecord, UnitOfWork
+from compass.core.events import DriftEvent, PromptEvent
+from compass.core.semantic_map import SemanticMap
+from compass.ports.embedder import Embedder
+from compass.ports.storage import AdapterVersionRecord, DriftRecord, SemanticMapRecord, UnitOfWork
+from compass.qdrant.store import VectorStore
 from streams import stages
 from streams.shedding import SamplingController
 
@@ -79,7 +79,7 @@ class MapProvider:
             with self._uow_factory() as uow:
                 record = uow.semantic_maps.active_semantic_map()
             if record is None:
-                from compass.errors import ConfigError
+                from compass.core.errors import ConfigError
 
                 raise ConfigError(
                     "no active semantic map in the database: build and activate one first"
@@ -106,7 +106,7 @@ class BatchReport:
 
 
 class DriftChecker:
-    """Judges one language's window that just became final (see :mod:`compass.drift`)."""
+    """Judges one language's window that just became final (see :mod:`compass.core.drift`)."""
 
     def __init__(
         self,
@@ -344,7 +344,7 @@ class BatchProcessor:
         """Fail early (clear message) when there is no usable semantic map."""
         semantic_map = self.maps.current().semantic_map
         if semantic_map.dim != self.embedder.dim:
-            from compass.errors import ConfigError
+            from compass.core.errors import ConfigError
 
             raise ConfigError(
                 f"the active semantic map has dimension {semantic_map.dim} but the embedder "

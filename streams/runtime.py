@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import structlog
 
 from compass.config import Settings
-from compass.events import encode
+from compass.core.events import encode
 from streams.pipeline import BatchProcessor, BatchReport
 from streams.shedding import BatchStats, RateDecision
 from streams.stages import Decoded, RawMessage, dead_letter_key, decode_messages
@@ -99,13 +99,13 @@ class StreamRuntime:
         """Open every resource (blocking); idempotent."""
         if self.processor is not None:
             return self.processor
-        from compass.embedding.factory import load_embedder
-        from compass.infra.vectorstore import open_vector_store
-        from compass.storage.sql import open_store
+        from compass.embedders.factory import load_embedder
+        from compass.qdrant.store import open_vector_store
+        from compass.sql.unit_of_work import open_store
 
         settings = self.settings
         if not settings.database_url:
-            from compass.errors import ConfigError
+            from compass.core.errors import ConfigError
 
             raise ConfigError("the stream needs COMPASS_DATABASE_URL (compass streams sets it)")
         embedder = load_embedder(settings.embedder_id, cache=settings.stream_embedding_cache)
@@ -214,8 +214,8 @@ class StreamRuntime:
     # ------------------------------------------------------------------ outbox
     def relay_outbox(self) -> int:
         """Publish pending outbox rows (drift events) at least once (blocking)."""
-        from workers.kafka_io import KafkaMessageProducer
-        from workers.outbox_relay import OutboxRelay
+        from compass.kafka.io import KafkaMessageProducer
+        from compass.kafka.relay import OutboxRelay
 
         if self._store is None or not self.settings.broker_bootstrap_servers:
             return 0
@@ -255,8 +255,8 @@ def arm_shutdown_watchdog(grace_s: float = SHUTDOWN_GRACE_S) -> None:
 def prepare_services(settings: Settings) -> Settings:
     """``settings`` with every service reachable: configured ones as they are, embedded ones
     started (and recorded for other commands), topics created, the database migrated."""
-    from compass.infra.embedded import with_services
-    from compass.storage.migrate import upgrade
+    from compass.infra.stack import with_services
+    from compass.sql.migrate import upgrade
 
     ready = with_services(settings)
     assert ready.database_url is not None
@@ -271,9 +271,9 @@ def preflight(settings: Settings, semantic_map_path: Path | None = None) -> int:
     without an active map, the default pool's map (``compass pool build``) is activated.
     Otherwise: one clear :class:`ConfigError` line instead of a worker that cannot assign.
     """
-    from compass.errors import ConfigError
-    from compass.semantic_map import SemanticMap
-    from compass.storage.sql import open_store
+    from compass.core.errors import ConfigError
+    from compass.core.semantic_map import SemanticMap
+    from compass.sql.unit_of_work import open_store
 
     assert settings.database_url is not None
     default = settings.data_dir / "pools" / "default" / "semantic_map.npz"

@@ -14,9 +14,8 @@ from datetime import datetime
 
 import numpy as np
 
-from compass.drift import DriftResult, Span, WindowBin, WindowPolicy
-from compass.embedding.base import Embedder
-from compass.events import (
+from compass.core.drift import DriftResult, Span, WindowBin, WindowPolicy
+from compass.core.events import (
     EVENT_NAMESPACE,
     ClusterChange,
     DeadLetter,
@@ -24,9 +23,10 @@ from compass.events import (
     PromptEvent,
     decode_prompt_event,
 )
-from compass.infra.vectorstore import VectorPoint
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import UNASSIGNED_CLUSTER, ClusterCount, UsageObservation
+from compass.core.semantic_map import SemanticMap
+from compass.ports.embedder import Embedder
+from compass.ports.storage import UNASSIGNED_CLUSTER, ClusterCount, UsageObservation
+from compass.qdrant.store import VectorPoint
 from streams.shedding import is_sampled
 
 

@@ -1,1 +1,1 @@
-pytest_plugins = ["compass.testing.fixtures"]
+pytest_plugins = ["tests.fixtures"]

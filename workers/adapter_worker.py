@@ -28,12 +28,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import structlog
 
-from compass.errors import DataError
-from compass.events import AdapterUpdated, DriftEvent, PeftInfo
-from compass.samplers.base import Pool, SelectionRequest, get_sampler
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import AdapterVersionRecord, NewAdapterVersion, UnitOfWork
-from compass.training.config import AdapterTrainingConfig
+from compass.core.errors import DataError
+from compass.core.events import AdapterUpdated, DriftEvent, PeftInfo
+from compass.core.samplers.base import Pool, SelectionRequest, get_sampler
+from compass.core.semantic_map import SemanticMap
+from compass.lm.training.config import AdapterTrainingConfig
+from compass.ports.storage import AdapterVersionRecord, NewAdapterVersion, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -239,7 +239,7 @@ class AdapterWorker:
 
     def _base_model(self) -> Any:
         if self._base is None:
-            from compass.models import load_causal_lm
+            from compass.lm.models import load_causal_lm
 
             self._base = load_causal_lm(self.settings.base_model_id, self.settings.data_dir)
         return self._base
@@ -252,8 +252,8 @@ class AdapterWorker:
         new_eval: Sequence[str],
         old_eval: Sequence[str],
     ) -> tuple[dict[str, float], Path, dict[str, Any]]:
-        from compass.evaluation.perplexity import text_nll
-        from compass.training import continue_adapter, load_adapter, save_adapter, train_adapter
+        from compass.lm.evaluation.perplexity import text_nll
+        from compass.lm.training import continue_adapter, load_adapter, save_adapter, train_adapter
 
         s = self.settings
         base = self._base_model()

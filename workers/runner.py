@@ -16,14 +16,14 @@ from typing import Any
 import structlog
 
 from compass.config import Settings
-from compass.errors import InvalidEventError
-from compass.events import DeadLetter, DriftEvent, dead_letter_for, decode
-from compass.samplers.base import Pool
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import UnitOfWork
+from compass.core.errors import InvalidEventError
+from compass.core.events import DeadLetter, DriftEvent, dead_letter_for, decode
+from compass.core.samplers.base import Pool
+from compass.core.semantic_map import SemanticMap
+from compass.kafka.io import MessageProducer
+from compass.kafka.relay import OutboxRelay
+from compass.ports.storage import UnitOfWork
 from workers.adapter_worker import AdapterWorker, WorkerOutcome
-from workers.kafka_io import MessageProducer
-from workers.outbox_relay import OutboxRelay
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ CONSUMER_GROUP = "compass-adapter-workers"
 def load_pool(pool_dir: Path, semantic_map: SemanticMap) -> Pool:
     """The auxiliary pool ``compass pool build`` wrote, with clusters of ``semantic_map`` (the
     map the usage counts use; re-assigning is cheap and keeps the two consistent)."""
-    from compass.data.pool import load_snapshot
+    from compass.corpora.pool import load_snapshot
 
     snapshot = load_snapshot(pool_dir)
     return Pool.from_records(snapshot.records, snapshot.vectors, semantic_map)
@@ -134,12 +134,12 @@ def run_worker(
     """Open what a worker needs (database, event vector store, producer), consume drift events
     until told to stop, and close everything. ``worker_options`` are :class:`WorkerSettings`
     fields (sampler, budget, training, eval_texts …)."""
-    from compass.data.pool import pools_dir
-    from compass.errors import DataError
-    from compass.infra.vectorstore import open_vector_store
-    from compass.storage.sql import open_store
+    from compass.core.errors import DataError
+    from compass.corpora.pool import pools_dir
+    from compass.kafka.io import KafkaMessageProducer
+    from compass.qdrant.store import open_vector_store
+    from compass.sql.unit_of_work import open_store
     from workers.adapter_worker import WorkerSettings
-    from workers.kafka_io import KafkaMessageProducer
     from workers.usage_texts import VectorStoreUsageTexts
 
     if not settings.database_url or not settings.broker_bootstrap_servers:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from compass.infra.vectorstore import VectorStore
+from compass.qdrant.store import VectorStore
 
 
 class VectorStoreUsageTexts:

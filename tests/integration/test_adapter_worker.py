@@ -13,18 +13,18 @@ import pytest
 from kafka import KafkaConsumer
 
 from compass.config import Settings
-from compass.data.chatterbot import load_chatterbot
-from compass.embedding import load_embedder
-from compass.events import AdapterUpdated, DriftEvent, decode, encode, event_point_id
-from compass.infra.broker import ensure_topics, topic_specs
-from compass.infra.vectorstore import QdrantEdgeStore, VectorPoint
-from compass.samplers.base import Pool
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import UsageObservation
-from compass.storage.sql import open_store
-from compass.training.config import AdapterTrainingConfig
+from compass.core.events import AdapterUpdated, DriftEvent, decode, encode, event_point_id
+from compass.core.samplers.base import Pool
+from compass.core.semantic_map import SemanticMap
+from compass.corpora.chatterbot import load_chatterbot
+from compass.embedders import load_embedder
+from compass.kafka.broker import ensure_topics, topic_specs
+from compass.kafka.io import KafkaMessageProducer
+from compass.lm.training.config import AdapterTrainingConfig
+from compass.ports.storage import UsageObservation
+from compass.qdrant.store import QdrantEdgeStore, VectorPoint
+from compass.sql.unit_of_work import open_store
 from workers.adapter_worker import AdapterWorker, WorkerSettings, gate
-from workers.kafka_io import KafkaMessageProducer
 from workers.runner import DriftConsumer, load_pool
 from workers.usage_texts import VectorStoreUsageTexts
 
@@ -195,7 +195,7 @@ def test_worker_pool_uses_the_usage_map(
     world: dict[str, object], tmp_path: Path, cache_dir: Path
 ) -> None:
     """The pool a worker loads is re-assigned to the map the usage counts use."""
-    from compass.data.pool import build_pool, load_snapshot
+    from compass.corpora.pool import build_pool, load_snapshot
 
     pool: Pool = world["pool"]  # type: ignore[assignment]
     assert pool.records is not None

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compass.cli import app
-from compass.data import unpacked_root
+from compass.corpora import unpacked_root
 
 ROOT = Path(__file__).resolve().parents[2]
 

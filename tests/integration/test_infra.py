@@ -12,10 +12,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from sqlalchemy import text
 
 from compass.config import Settings
-from compass.events import DeadLetter, decode, decode_prompt_event, encode, event_point_id
-from compass.infra.broker import TopicSpec, ensure_topics, topic_specs
-from compass.infra.postgres import check_connection, make_db_engine
-from compass.infra.vectorstore import QdrantEdgeStore, VectorPoint
+from compass.core.events import DeadLetter, decode, decode_prompt_event, encode, event_point_id
+from compass.kafka.broker import TopicSpec, ensure_topics, topic_specs
+from compass.qdrant.store import QdrantEdgeStore, VectorPoint
+from compass.sql.server import check_connection, make_db_engine
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +156,7 @@ def test_vector_upsert_is_idempotent_and_survives_reopen(tmp_path: Path) -> None
 
 
 def test_wrong_dimension_is_rejected(vector_store: QdrantEdgeStore) -> None:
-    from compass.errors import InfraError
+    from compass.core.errors import InfraError
 
     with pytest.raises(InfraError):
         vector_store.upsert([VectorPoint(uuid.uuid4(), np.zeros(3, dtype=np.float32))])

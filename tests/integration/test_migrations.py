@@ -16,9 +16,9 @@ from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from compass.cli import app
-from compass.infra.postgres import make_db_engine, temporary_database
-from compass.storage import migrate
-from compass.storage.models import metadata
+from compass.sql import migrate
+from compass.sql.server import make_db_engine, temporary_database
+from compass.sql.tables import metadata
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +143,7 @@ def test_concurrent_upgrades_of_several_databases_and_of_one(fresh_databases: li
     """The reader role is cluster-wide: databases migrating at once must not trip over it; two
     processes migrating the same database queue on the advisory lock."""
     targets = [*fresh_databases, fresh_databases[0]]
-    code = "import sys; from compass.storage.migrate import upgrade; print(upgrade(sys.argv[1]))"
+    code = "import sys; from compass.sql.migrate import upgrade; print(upgrade(sys.argv[1]))"
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", code, url],

@@ -13,11 +13,11 @@ import structlog
 from typer.testing import CliRunner
 
 from compass.cli import app
-from compass.data import TextRecord, load_chatterbot, load_gettext, write_records
-from compass.data.pool import build_pool, load_snapshot, point_id
-from compass.errors import DataError
-from compass.infra.vectorstore import VectorStore
-from compass.samplers import BudgetError, SelectionRequest, get_sampler
+from compass.core.errors import DataError
+from compass.core.samplers import BudgetError, SelectionRequest, get_sampler
+from compass.corpora import TextRecord, load_chatterbot, load_gettext, write_records
+from compass.corpora.pool import build_pool, load_snapshot, point_id
+from compass.qdrant.store import VectorStore
 from tests.unit.method_support import cached_embedder
 
 pytestmark = pytest.mark.integration
@@ -152,8 +152,8 @@ def test_cli_gaps_from_live_usage_counts(
     """Without --target, `compass gaps` reads the usage the stream counted in PostgreSQL."""
     from datetime import UTC, datetime, timedelta
 
-    from compass.storage.ports import UsageObservation
-    from compass.storage.sql import open_store
+    from compass.ports.storage import UsageObservation
+    from compass.sql.unit_of_work import open_store
 
     folder = tmp_path / "data" / "pools" / "live"
     build_pool(records, cached_embedder(cache_dir), folder, k=4)

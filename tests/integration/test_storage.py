@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
-from compass.errors import DataError
-from compass.events import DeadLetter, DriftEvent
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import NewAdapterVersion, UsageObservation
-from compass.storage.sql import SqlStore, open_store
+from compass.core.errors import DataError
+from compass.core.events import DeadLetter, DriftEvent
+from compass.core.semantic_map import SemanticMap
+from compass.ports.storage import NewAdapterVersion, UsageObservation
+from compass.sql.unit_of_work import SqlStore, open_store
 
 pytestmark = pytest.mark.integration
 

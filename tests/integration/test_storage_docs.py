@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from compass.events import DeadLetter, DriftEvent
-from compass.semantic_map import SemanticMap
-from compass.storage.ports import NewAdapterVersion, UsageObservation
-from compass.storage.sql import SqlStore, open_store
+from compass.core.events import DeadLetter, DriftEvent
+from compass.core.semantic_map import SemanticMap
+from compass.ports.storage import NewAdapterVersion, UsageObservation
+from compass.sql.unit_of_work import SqlStore, open_store
 
 pytestmark = pytest.mark.integration
 

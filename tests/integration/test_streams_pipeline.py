@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 
 from compass.config import Settings
-from compass.embedding.factory import load_embedder
-from compass.infra.vectorstore import QdrantEdgeStore
-from compass.semantic_map import SemanticMap
-from compass.storage.sql import SqlStore, open_store
-from streams.pipeline import BatchProcessor
-from streams.scenario import (
+from compass.core.semantic_map import SemanticMap
+from compass.embedders.factory import load_embedder
+from compass.lab.scenario import (
     STABLE_TOPICS,
     Scenario,
     build_stream,
@@ -29,6 +26,9 @@ from streams.scenario import (
     scenario_texts,
     shifted_clusters,
 )
+from compass.qdrant.store import QdrantEdgeStore
+from compass.sql.unit_of_work import SqlStore, open_store
+from streams.pipeline import BatchProcessor
 from streams.stages import RawMessage, decode_messages
 
 pytestmark = pytest.mark.integration
@@ -121,9 +121,9 @@ def test_live_adapter_reference_is_the_baseline(
     first window on (no stable window to wait for), and the drift names its version."""
     from sqlalchemy import make_url
 
-    from compass.infra.postgres import create_database, drop_database
-    from compass.storage.migrate import upgrade
-    from compass.storage.ports import NewAdapterVersion
+    from compass.ports.storage import NewAdapterVersion
+    from compass.sql.migrate import upgrade
+    from compass.sql.server import create_database, drop_database
 
     scenario = Scenario(events={"fr": 400}, shift={"fr": 0.5}, duration=timedelta(minutes=10))
     pools = scenario_texts(SCENARIO)
@@ -183,7 +183,7 @@ def test_upserted_points_survive_a_killed_worker(tmp_path: Path) -> None:
 
     script = (
         "import os, uuid, numpy as np\n"
-        "from compass.infra.vectorstore import QdrantEdgeStore, VectorPoint\n"
+        "from compass.qdrant.store import QdrantEdgeStore, VectorPoint\n"
         f"store = QdrantEdgeStore({str(tmp_path / 'q')!r}, 384)\n"
         "rng = np.random.default_rng(0)\n"
         "store.upsert([VectorPoint(uuid.uuid4(), rng.standard_normal(384).astype(np.float32),"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compass.data import TextRecord, load_chatterbot, load_gettext
-from compass.embedding import Embedder, load_embedder
+from compass.corpora import TextRecord, load_chatterbot, load_gettext
+from compass.embedders import Embedder, load_embedder
 
 PARALLEL_LANGUAGES = ("en", "de", "fr", "ja")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from compass.config import load_settings
-from compass.errors import ConfigError, UnknownLanguageError
-from compass.languages import normalize_language, primary_subtag
+from compass.core.errors import ConfigError, UnknownLanguageError
+from compass.core.languages import normalize_language, primary_subtag
 
 
 def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch) -> None:

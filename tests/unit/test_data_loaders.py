@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compass.data import (
+from compass.core.errors import DataError
+from compass.corpora import (
     TextRecord,
     fetch_packages,
     load_chatterbot,
@@ -22,8 +23,7 @@ from compass.data import (
     unpacked_root,
     write_records,
 )
-from compass.data.debian import extract_deb, libreoffice_package, packages_for
-from compass.errors import DataError
+from compass.corpora.debian import extract_deb, libreoffice_package, packages_for
 
 
 # ---------------------------------------------------------------------------- user files
@@ -187,7 +187,7 @@ def test_missing_language_and_missing_fetch_are_clear(
 def test_pure_python_deb_extraction_matches_dpkg(debian_data_dir: Path, tmp_path: Path) -> None:
     deb = next((debian_data_dir / "corpora" / "debs").glob("libreoffice-help-de_*.deb"))
     extract_deb(deb, tmp_path / "dpkg")
-    from compass.data import debian
+    from compass.corpora import debian
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(debian.shutil, "which", lambda name: None)
@@ -202,7 +202,7 @@ def test_pure_python_deb_extraction_matches_dpkg(debian_data_dir: Path, tmp_path
 def test_fetch_without_apt_gives_a_clear_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from compass.data import debian
+    from compass.corpora import debian
 
     monkeypatch.setattr(debian.shutil, "which", lambda name: None)
     with pytest.raises(DataError, match="apt-get is not available"):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from compass.drift import (
+from compass.core.drift import (
     DriftConfig,
     JSDriftDetector,
     WindowBin,

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compass.embedding import (
+from compass.core.errors import DataError, ModelLoadError
+from compass.embedders import (
     CachedEmbedder,
     Embedder,
     EmbeddingCache,
     load_embedder,
     text_key,
 )
-from compass.errors import DataError, ModelLoadError
 
 CAT = {
     "en": "The cat sits on the mat.",

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compass.errors import DataError
-from compass.evaluation import (
+from compass.core.errors import DataError
+from compass.lm.evaluation import (
     MCItem,
     Retention,
     continuation_items,
@@ -22,7 +22,7 @@ from compass.evaluation import (
     perplexity_report,
     split_for_continuation,
 )
-from compass.models import LoadedModel, load_causal_lm
+from compass.lm.models import LoadedModel, load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[2]
 

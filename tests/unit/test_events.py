@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from compass.events import (
+from compass.core.events import (
     AdapterUpdated,
     DeadLetter,
     DriftEvent,
@@ -130,7 +130,7 @@ def test_drift_and_adapter_events_round_trip() -> None:
 
 
 def test_drift_event_rejects_naive_window() -> None:
-    from compass.errors import InvalidEventError
+    from compass.core.errors import InvalidEventError
 
     body = {
         "drift_id": str(uuid.uuid4()),
@@ -162,7 +162,7 @@ def test_raw_b64_is_valid_base64() -> None:
     ],
 )
 def test_decode_of_known_types_gives_reason_codes(raw: bytes, reason: str, stage: str) -> None:
-    from compass.errors import InvalidEventError
+    from compass.core.errors import InvalidEventError
 
     with pytest.raises(InvalidEventError) as info:
         decode(raw, DriftEvent)

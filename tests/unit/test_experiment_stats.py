@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compass.errors import ConfigError
-from compass.experiment import ExperimentConfig, cohens_d, permutation_test, quick_config
-from compass.experiment.dataset import clip_text
+from compass.core.errors import ConfigError
+from compass.lab.experiment import ExperimentConfig, cohens_d, permutation_test, quick_config
+from compass.lab.experiment.dataset import clip_text
 
 
 def test_permutation_test_separates_real_from_null_differences() -> None:

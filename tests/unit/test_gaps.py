@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compass.errors import DataError
-from compass.gaps import (
+from compass.core.errors import DataError
+from compass.core.gaps import (
     GapConfig,
     build_gap_report,
     cluster_samples,
@@ -19,7 +19,7 @@ from compass.gaps import (
     smoothed_shares,
     usage_distribution,
 )
-from compass.semantic_map import SemanticMap
+from compass.core.semantic_map import SemanticMap
 from tests.unit.method_support import GapCase, gap_case
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compass.errors import DataError, UnknownLanguageError
-from compass.gaps import gap_scores
-from compass.samplers import (
+from compass.core.errors import DataError, UnknownLanguageError
+from compass.core.gaps import gap_scores
+from compass.core.samplers import (
     BudgetError,
     Pool,
     Selection,
@@ -23,7 +23,7 @@ from compass.samplers import (
     get_sampler,
     language_distance,
 )
-from compass.semantic_map import SemanticMap
+from compass.core.semantic_map import SemanticMap
 from tests.unit.method_support import GapCase, gap_case
 
 BUDGET = 60

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compass.errors import DataError
-from compass.semantic_map import SemanticMap
+from compass.core.errors import DataError
+from compass.core.semantic_map import SemanticMap
 from tests.unit.method_support import PARALLEL_LANGUAGES, ParallelSet, gettext_parallel
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from compass.storage import migrate
-from compass.storage.models import metadata
-from compass.storage.ports import (
+from compass.ports.storage import (
     AdapterVersionRecord,
     ClusterCount,
     PurgeResult,
     UnitOfWork,
     UsageObservation,
 )
+from compass.sql import migrate
+from compass.sql.tables import metadata
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from compass.drift import ClusterShift, DriftResult, Span, WindowPolicy
-from compass.events import PromptEvent
-from compass.storage.ports import UNASSIGNED_CLUSTER, ClusterCount
+from compass.core.drift import ClusterShift, DriftResult, Span, WindowPolicy
+from compass.core.events import PromptEvent
+from compass.ports.storage import UNASSIGNED_CLUSTER, ClusterCount
 from streams import stages
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from compass.errors import CompassError, ConfigError, DataError, ModelLoadError
-from compass.evaluation import text_nll
-from compass.models import LoadedModel, load_causal_lm
-from compass.training import (
+from compass.core.errors import CompassError, ConfigError, DataError, ModelLoadError
+from compass.lm.evaluation import text_nll
+from compass.lm.models import LoadedModel, load_causal_lm
+from compass.lm.training import (
     AdapterTrainingConfig,
     continue_adapter,
     estimate_fisher,

@@ -1,0 +1,5 @@
+"""``python -m compass.cli``."""
+
+from compass.cli import main
+
+main()

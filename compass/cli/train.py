@@ -1,0 +1,204 @@
+"""``compass train``, ``compass eval`` and ``compass experiment``.
+
+Heavy imports (torch, transformers, PEFT) happen inside the commands so ``compass --help`` stays
+fast. Texts come from a records file (JSONL/Parquet with ``text`` and ``language``) or a plain
+``.txt`` file with one text per line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from compass.core.errors import DataError
+
+
+def _read_texts(path: Path, language: str | None) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix.lower() == ".txt":
+        texts = [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+    else:
+        from compass.corpora import read_records
+
+        texts = [r.text for r in read_records(path, language=language)]
+    if not texts:
+        raise DataError(f"{path}: no texts" + (f" in language {language}" if language else ""))
+    return texts
+
+
+def train(
+    texts: Path = typer.Option(..., help="Training texts: .jsonl/.parquet records or .txt."),
+    out: Path = typer.Option(..., help="Folder to write the adapter to."),
+    language: str | None = typer.Option(None, help="Keep only records of this language."),
+    model: str | None = typer.Option(None, help="Base model id (default: settings)."),
+    config: Path | None = typer.Option(None, help="AdapterTrainingConfig JSON to start from."),
+    method: str | None = typer.Option(None, help="'lora' or 'dora'."),
+    steps: int | None = typer.Option(None, help="Optimizer steps."),
+    batch_size: int | None = typer.Option(None, help="Texts per step."),
+    learning_rate: float | None = typer.Option(None, help="AdamW learning rate."),
+    rank: int | None = typer.Option(None, "--r", help="LoRA rank."),
+    max_length: int | None = typer.Option(None, help="Tokens per text."),
+    seed: int | None = typer.Option(None, help="Random seed."),
+    continue_from: Path | None = typer.Option(
+        None, help="Continue this adapter (COMPASS-ECDA) instead of training a fresh one."
+    ),
+    earlier: Path | None = typer.Option(
+        None, help="The earlier training texts (for replay and EWC) when continuing."
+    ),
+    replay: bool = typer.Option(True, help="Replay guard when continuing."),
+    ewc: bool = typer.Option(True, help="EWC guard when continuing."),
+    ewc_lambda: float | None = typer.Option(None, help="EWC weight lambda."),
+    replay_share: float | None = typer.Option(None, help="Share of earlier data replayed."),
+    sampler: str | None = typer.Option(None, help="Recorded in the metadata: which sampler."),
+    budget: int | None = typer.Option(None, help="Recorded in the metadata: the budget."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a LoRA/DoRA adapter (or continue one) and save it in PEFT format."""
+    from compass.config import load_settings
+    from compass.lm.models import load_causal_lm
+    from compass.lm.training import (
+        AdapterTrainingConfig,
+        continue_adapter,
+        load_adapter,
+        save_adapter,
+        train_adapter,
+    )
+
+    settings = load_settings()
+    base_config = AdapterTrainingConfig.load(config) if config else AdapterTrainingConfig()
+    changes = {
+        key: value
+        for key, value in {
+            "method": method,
+            "steps": steps,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "r": rank,
+            "max_length": max_length,
+            "seed": seed,
+            "ewc_lambda": ewc_lambda,
+            "replay_share": replay_share,
+        }.items()
+        if value is not None
+    }
+    training = base_config.replace(**changes, replay=replay, ewc=ewc)
+    train_texts = _read_texts(texts, language)
+    provenance = {"language": language, "sampler": sampler, "budget": budget}
+    provenance = {k: v for k, v in provenance.items() if v is not None}
+    base = load_causal_lm(model or settings.base_model_id, settings.data_dir)
+    if continue_from is not None:
+        previous = load_adapter(continue_from, base, trainable=True)
+        earlier_texts = _read_texts(earlier, language) if earlier else []
+        adapter = continue_adapter(
+            previous, train_texts, earlier_texts, training, progress=progress,
+            provenance={**provenance, "parent_path": str(continue_from)},
+        )  # fmt: skip
+    else:
+        adapter = train_adapter(base, train_texts, training, progress, provenance)
+    manifest = save_adapter(adapter, out)
+    m = adapter.metrics
+    typer.echo(
+        f"adapter saved to {out} ({len(manifest)} files): {m.steps} steps on {m.device}, "
+        f"loss {m.first_loss:.3f} -> {m.final_loss:.3f}, {m.samples_per_second:.1f} samples/s"
+    )
+
+
+def evaluate(
+    model: str | None = typer.Option(None, help="Base model id (default: settings)."),
+    adapter: Path | None = typer.Option(None, help="Adapter folder (omit for the base model)."),
+    texts: Path | None = typer.Option(None, help="Held-out texts for loss/perplexity."),
+    mc: Path | None = typer.Option(
+        None, help="Multiple-choice file in Global-MMLU/MMLU-ProX row format."
+    ),
+    language: str | None = typer.Option(None, help="Keep only this language."),
+    normalization: str = typer.Option("token", help="MC length normalisation: token|char|none."),
+    prompt_style: str = typer.Option("mmlu", help="MC prompt: 'mmlu' (lettered) or 'plain'."),
+    max_length: int = typer.Option(128, help="Tokens per held-out text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Held-out perplexity and/or multiple-choice accuracy of a base model or an adapter."""
+    from compass.config import load_settings
+    from compass.lm.evaluation import load_mc_items, mc_accuracy, perplexity_report
+    from compass.lm.models import load_causal_lm
+    from compass.lm.training import load_adapter
+
+    if texts is None and mc is None:
+        raise DataError("give --texts (perplexity) and/or --mc (multiple choice)")
+    if normalization not in ("token", "char", "none") or prompt_style not in ("mmlu", "plain"):
+        raise DataError("--normalization is token|char|none and --prompt-style mmlu|plain")
+    settings = load_settings()
+    base = load_causal_lm(model or settings.base_model_id, settings.data_dir)
+    scored = load_adapter(adapter, base).model if adapter else base.model
+    result: dict[str, object] = {"model": base.model_id, "adapter": str(adapter or "")}
+    if texts is not None:
+        report = perplexity_report(
+            scored, base.tokenizer, _read_texts(texts, language), max_length=max_length
+        )
+        result["perplexity"] = report.perplexity
+        result["loss"] = report.loss
+        result["n_texts"] = report.n_texts
+    if mc is not None:
+        items = load_mc_items(mc, language)
+        mc_report = mc_accuracy(
+            scored, base.tokenizer, items, normalization,  # type: ignore[arg-type]
+            prompt_style,  # type: ignore[arg-type]
+        )  # fmt: skip
+        result["mc"] = mc_report.to_dict()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:<12} {value}")
+
+
+def experiment(
+    quick: bool = typer.Option(False, "--quick", help="The few-minute configuration (CI)."),
+    out: Path | None = typer.Option(None, help="Results folder (default runs/experiment-<name>)."),
+    parts: str = typer.Option("main,continual", help="Which parts: main, continual."),
+    report_only: bool = typer.Option(False, help="Only rebuild report.md and the plot."),
+    plot: Path | None = typer.Option(None, help="Also write the plot here (e.g. docs/...png)."),
+    languages: str | None = typer.Option(
+        None, help="Only these target languages (comma-separated): run shards in parallel."
+    ),
+    seeds: str | None = typer.Option(None, help="Only these seeds (comma-separated): shards."),
+    methods: str | None = typer.Option(
+        None, help="Only these methods, in this order (comma-separated): shards."
+    ),
+    threads: int = typer.Option(1, help="torch CPU threads per process (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Compare COMPASS with zero-shot, all-data, random, linguistic and importance sampling, then
+    ECDA with naive/replay/EWC/retraining, on real multilingual text. Resumes an interrupted run."""
+    from compass.config import load_settings
+    from compass.lab.experiment import full_config, quick_config, run_experiment, write_report
+
+    config = quick_config() if quick else full_config()
+    folder = out or Path("runs") / f"experiment-{config.name}"
+    if not report_only:
+        wanted = tuple(p.strip() for p in parts.split(",") if p.strip())
+        unknown = sorted(set(wanted) - {"main", "continual"})
+        if unknown:
+            raise DataError(f"unknown parts {unknown}; use main and/or continual")
+        only = tuple(c.strip() for c in languages.split(",") if c.strip()) if languages else None
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip()) if seeds else None
+        method_list = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
+        run_experiment(
+            config, folder, load_settings().data_dir, progress, wanted, only, threads or None,
+            seed_list, method_list,
+        )  # fmt: skip
+    report = write_report(folder)
+    if plot is not None:
+        import shutil
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "comparison.png", plot)
+    typer.echo(f"report: {report}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+    app.command("experiment")(experiment)

@@ -1,0 +1,47 @@
+"""The two trivial baselines: uniform random sampling and all the data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compass.core.samplers.base import (
+    Sampler,
+    Selection,
+    SelectionRequest,
+    register_sampler,
+    summarise,
+)
+
+
+@register_sampler("random")
+class RandomSampler(Sampler):
+    """Uniformly at random, without replacement, from the eligible pool."""
+
+    def select(self, request: SelectionRequest) -> Selection:
+        eligible = request.eligible()
+        request.check_budget(len(eligible))
+        chosen = request.rng().choice(eligible, size=request.budget, replace=False)
+        return summarise(
+            request,
+            chosen,
+            sampler=self.name,
+            reason=f"{request.budget} items drawn uniformly at random (seed {request.seed}).",
+        )
+
+
+@register_sampler("all")
+class AllSampler(Sampler):
+    """Every eligible pool item (the paper's all-data mixing baseline); ignores the budget."""
+
+    def select(self, request: SelectionRequest) -> Selection:
+        eligible = request.eligible()
+        notes = []
+        if request.budget != len(eligible):
+            notes.append(f"budget {request.budget} ignored: 'all' takes all {len(eligible)} items")
+        return summarise(
+            request,
+            np.asarray(eligible, dtype=np.int64),
+            sampler=self.name,
+            reason="all eligible auxiliary data, mixed without selection.",
+            notes=notes,
+        )

@@ -1,0 +1,1 @@
+"""Language models: loading the base causal LM, training LoRA adapters, evaluating them."""

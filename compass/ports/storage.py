@@ -1,0 +1,423 @@
+"""Storage interfaces of the core: abstract repositories, a unit of work, and the plain records
+they return.
+
+The domain and the stream/worker code depend on these classes only; the SQL implementation
+(:mod:`compass.sql.unit_of_work`) lives at the edge. Records are frozen dataclasses holding Python
+values (``datetime`` in UTC, ``uuid.UUID``, ``dict``), never SQLAlchemy rows, so a fake unit of
+work in a test and the real one look the same to callers.
+
+A :class:`UnitOfWork` is one database transaction: everything done through its repositories is
+kept only if :meth:`UnitOfWork.commit` is called before the ``with`` block ends; any exception or
+a missing ``commit()`` rolls it all back. That is how a new adapter version and the outbox row
+announcing it are written together or not at all.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, Self
+
+from compass.core.events import DeadLetter, DriftEvent
+from compass.core.semantic_map import SemanticMap
+
+VersionStatus = Literal["candidate", "active", "rejected", "retired"]
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+VERSION_STATUSES: tuple[VersionStatus, ...] = ("candidate", "active", "rejected", "retired")
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
+UNASSIGNED_CLUSTER = -1
+"""Cluster id for events counted in ``total`` but never embedded (dropped by load sampling)."""
+
+
+# --------------------------------------------------------------------------- usage
+@dataclass(frozen=True)
+class UsageObservation:
+    """One prompt event, counted once in its (language, cluster, window).
+
+    ``sampled`` says the event was embedded and assigned ``cluster``; when the stream sheds load
+    it counts a skipped event with ``sampled=False`` (its cluster is then
+    :data:`UNASSIGNED_CLUSTER`, or an estimate) and ``weight`` lets one sampled event stand for
+    several (``1 / sampling rate``) in ``total``.
+    """
+
+    event_id: str
+    language: str
+    cluster: int
+    window_start: datetime
+    window_seconds: int
+    semantic_map_version: int
+    sampled: bool = True
+    weight: float = 1.0
+
+
+class ClusterCount(NamedTuple):
+    """Counts of one cluster: ``total`` (sum of weights) and ``sampled`` (events embedded)."""
+
+    total: float
+    sampled: int
+
+
+# --------------------------------------------------------------------------- semantic maps
+@dataclass(frozen=True, eq=False)
+class SemanticMapRecord:
+    """A stored semantic map; ``version`` is the database's increasing number (the one usage
+    counts and drift events refer to), ``semantic_map.version`` its content hash."""
+
+    version: int
+    semantic_map: SemanticMap
+    active: bool
+    created_at: datetime
+    activated_at: datetime | None
+
+
+# --------------------------------------------------------------------------- drift
+@dataclass(frozen=True)
+class DriftRecord:
+    drift_id: uuid.UUID
+    language: str
+    window_start: datetime
+    window_end: datetime
+    statistic: float
+    threshold: float
+    p_value: float | None
+    n_events: int
+    n_sampled: int
+    semantic_map_version: int | None
+    reference_version: int | None
+    top_cluster_changes: list[dict[str, Any]]
+    detected_at: datetime
+
+
+# --------------------------------------------------------------------------- adapters
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One adapter per (language, base model); its versions hold the weights."""
+
+    adapter_id: int
+    language: str
+    base_model: str
+    last_version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewAdapterVersion:
+    """What a worker knows once it has trained and evaluated a candidate."""
+
+    artifact_uri: str
+    artifact_sha256: str
+    sampler: str
+    sampler_params: dict[str, Any] = field(default_factory=dict)
+    reference_distribution: dict[int, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    drift_id: uuid.UUID | None = None
+    parent_version: int | None = None
+    base_model_revision: str = ""
+    manifest: dict[str, str] = field(default_factory=dict)
+    peft_config: dict[str, Any] = field(default_factory=dict)
+    training_seconds: float | None = None
+    evaluation_seconds: float | None = None
+    status: Literal["candidate", "rejected"] = "candidate"
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterVersionRecord:
+    version_id: int
+    adapter_id: int
+    language: str
+    base_model: str
+    number: int
+    status: VersionStatus
+    artifact_uri: str
+    artifact_sha256: str
+    sampler: str
+    sampler_params: dict[str, Any]
+    reference_distribution: dict[int, float]
+    metrics: dict[str, float]
+    drift_id: uuid.UUID | None
+    parent_version: int | None
+    base_model_revision: str
+    manifest: dict[str, str]
+    peft_config: dict[str, Any]
+    training_seconds: float | None
+    evaluation_seconds: float | None
+    notes: str
+    created_at: datetime
+    activated_at: datetime | None
+    retired_at: datetime | None
+
+    @property
+    def adapter_name(self) -> str:
+        """A serving name unique per version (engines cache by name): ``sw-v7``."""
+        return f"{self.language}-v{self.number}"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    job_id: int
+    drift_id: uuid.UUID
+    language: str
+    status: JobStatus
+    worker: str | None
+    lease_until: datetime | None
+    attempts: int
+    last_error: str | None
+    version_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# --------------------------------------------------------------------------- outbox, DLQ
+@dataclass(frozen=True)
+class OutboxMessage:
+    message_id: int
+    topic: str
+    key: str
+    payload: dict[str, Any]
+    created_at: datetime
+    published_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    dead_letter_id: int
+    source: str
+    partition: int | None
+    offset: int | None
+    stage: str
+    reason: str
+    detail: str
+    raw: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """Rows deleted per table by a retention purge."""
+
+    processed_events: int
+    usage_counts: int
+    dead_letters: int
+    outbox: int
+
+    @property
+    def total(self) -> int:
+        return self.processed_events + self.usage_counts + self.dead_letters + self.outbox
+
+
+# =========================================================================== repositories
+class UsageRepository(abc.ABC):
+    @abc.abstractmethod
+    def record_usage(self, events: Sequence[UsageObservation]) -> int:
+        """Count each event not seen before (by ``event_id``) in its (language, cluster, window,
+        map version); redelivered events change nothing. Returns how many events were new."""
+
+    @abc.abstractmethod
+    def usage_distribution(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        semantic_map_version: int,
+    ) -> dict[int, ClusterCount]:
+        """Counts per cluster over windows starting in ``[since, until)``."""
+
+    @abc.abstractmethod
+    def window_counts(
+        self, language: str, window_start: datetime, semantic_map_version: int | None = None
+    ) -> dict[int, ClusterCount]:
+        """Counts per cluster of one window (all map versions unless one is given)."""
+
+    @abc.abstractmethod
+    def languages_with_usage(self, since: datetime) -> list[str]:
+        """Languages that have counts in windows starting at or after ``since``."""
+
+    @abc.abstractmethod
+    def usage_by_window(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        semantic_map_version: int,
+    ) -> dict[datetime, dict[int, ClusterCount]]:
+        """Counts per window start and cluster over windows starting in ``[since, until)``
+        (the stream's drift check: window sizes, reference blocks), oldest first."""
+
+
+class SemanticMapRepository(abc.ABC):
+    @abc.abstractmethod
+    def save_semantic_map(
+        self, semantic_map: SemanticMap, *, activate: bool = True
+    ) -> SemanticMapRecord:
+        """Store a map (idempotent on its content hash) and optionally make it the active one."""
+
+    @abc.abstractmethod
+    def active_semantic_map(self) -> SemanticMapRecord | None: ...
+
+    @abc.abstractmethod
+    def get_semantic_map(self, version: int) -> SemanticMapRecord | None: ...
+
+    @abc.abstractmethod
+    def activate_semantic_map(self, version: int) -> SemanticMapRecord: ...
+
+
+class DriftRepository(abc.ABC):
+    @abc.abstractmethod
+    def record_drift_event(self, event: DriftEvent) -> bool:
+        """Store a drift event; ``False`` (and nothing written) if its ``drift_id`` or its
+        (language, window_start) is already stored."""
+
+    @abc.abstractmethod
+    def get_drift_event(self, drift_id: uuid.UUID) -> DriftRecord | None: ...
+
+    @abc.abstractmethod
+    def last_drift_event(self, language: str) -> DriftRecord | None:
+        """The most recent drift of a language (by ``detected_at``), for cooldowns."""
+
+
+class AdapterRepository(abc.ABC):
+    @abc.abstractmethod
+    def get_or_create_adapter(self, language: str, base_model: str) -> AdapterRecord: ...
+
+    @abc.abstractmethod
+    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None: ...
+
+    @abc.abstractmethod
+    def create_version(self, adapter_id: int, version: NewAdapterVersion) -> AdapterVersionRecord:
+        """Write the next version (number = previous + 1, no gaps even with concurrent writers:
+        the adapter row stays locked until this transaction ends)."""
+
+    @abc.abstractmethod
+    def activate_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
+        """Make a candidate the live version; the previous active one becomes ``retired`` in the
+        same transaction."""
+
+    @abc.abstractmethod
+    def reject_version(self, adapter_id: int, number: int, reason: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None: ...
+
+    @abc.abstractmethod
+    def version_for_drift(self, drift_id: uuid.UUID) -> AdapterVersionRecord | None: ...
+
+    @abc.abstractmethod
+    def active_version(self, language: str, base_model: str) -> AdapterVersionRecord | None: ...
+
+    @abc.abstractmethod
+    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]: ...
+
+    @abc.abstractmethod
+    def reference_distribution(self, language: str, base_model: str) -> dict[int, float] | None:
+        """The usage distribution the live adapter was built for (``None`` without one)."""
+
+
+class JobRepository(abc.ABC):
+    @abc.abstractmethod
+    def claim_job(self, drift_id: uuid.UUID, worker: str, lease: timedelta) -> TrainingJob | None:
+        """Create the job of a drift event if needed and claim it for ``lease``; ``None`` when
+        another worker holds a live lease or the job is finished. One job per drift event."""
+
+    @abc.abstractmethod
+    def claim_next_job(self, worker: str, lease: timedelta) -> TrainingJob | None:
+        """Claim the oldest queued job, or one whose lease expired (``SKIP LOCKED``)."""
+
+    @abc.abstractmethod
+    def extend_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
+        """Heartbeat; ``False`` if the job is no longer held by ``worker``."""
+
+    @abc.abstractmethod
+    def complete_job(self, job_id: int, worker: str, version_id: int | None) -> None: ...
+
+    @abc.abstractmethod
+    def fail_job(self, job_id: int, worker: str, error: str, *, retry: bool = True) -> None:
+        """Record ``error``; with ``retry`` the job is queued again, else it is ``failed``."""
+
+    @abc.abstractmethod
+    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None: ...
+
+
+class OutboxRepository(abc.ABC):
+    @abc.abstractmethod
+    def add_outbox(self, topic: str, key: str, payload: Mapping[str, Any]) -> int:
+        """Queue a message in this transaction; a relay publishes it after commit."""
+
+    @abc.abstractmethod
+    def unpublished_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        """Oldest unpublished messages, locked (``SKIP LOCKED``) until this transaction ends so
+        two relays do not publish the same batch at once."""
+
+    @abc.abstractmethod
+    def mark_published(self, message_ids: Sequence[int]) -> int: ...
+
+
+class DeadLetterRepository(abc.ABC):
+    @abc.abstractmethod
+    def record_dead_letter(self, letter: DeadLetter) -> bool:
+        """Keep a rejected message; ``False`` if the same (source, partition, offset) is
+        already stored (a redelivery)."""
+
+    @abc.abstractmethod
+    def recent_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]: ...
+
+
+class MaintenanceRepository(abc.ABC):
+    @abc.abstractmethod
+    def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
+        """Delete dedup rows, usage counts, dead letters and published outbox rows older than
+        ``older_than``."""
+
+
+# =========================================================================== unit of work
+class UnitOfWork(abc.ABC):
+    """One transaction over every repository; rolled back unless :meth:`commit` is called."""
+
+    usage: UsageRepository
+    semantic_maps: SemanticMapRepository
+    drift: DriftRepository
+    adapters: AdapterRepository
+    jobs: JobRepository
+    outbox: OutboxRepository
+    dead_letters: DeadLetterRepository
+    maintenance: MaintenanceRepository
+
+    def __enter__(self) -> Self:
+        self._begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.rollback()  # a no-op after commit()
+        finally:
+            self._end()
+
+    @abc.abstractmethod
+    def _begin(self) -> None: ...
+
+    @abc.abstractmethod
+    def _end(self) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def rollback(self) -> None: ...
+
+
+class UnitOfWorkFactory(abc.ABC):
+    """Makes units of work; the thing long-lived components (agents, workers) hold."""
+
+    @abc.abstractmethod
+    def __call__(self) -> UnitOfWork: ...

@@ -1,0 +1,385 @@
+"""SQL repositories for adapters, their versions and the training jobs.
+
+The database carries the guarantees (see :mod:`compass.sql.tables`): a trigger numbers each
+new version from the adapter's counter, so this code never computes ``max(number) + 1``;
+activation locks the adapter row, retires the live version and activates the new one in the
+same transaction; a job is claimed with ``FOR UPDATE SKIP LOCKED`` and a lease.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection, RowMapping
+
+from compass.core.errors import DataError
+from compass.core.languages import normalize_language
+from compass.ports.storage import (
+    AdapterRecord,
+    AdapterRepository,
+    AdapterVersionRecord,
+    JobRepository,
+    JobStatus,
+    NewAdapterVersion,
+    TrainingJob,
+    VersionStatus,
+)
+from compass.sql.common import float_or_none, json_safe, utc, utc_or_none
+
+_ADAPTER_COLUMNS = "id, language, base_model, last_version, created_at"
+_VERSION_SELECT = """
+    SELECT v.id, v.adapter_id, a.language, a.base_model, v.number, v.status, v.artifact_uri,
+           v.artifact_sha256, v.sampler, v.sampler_params, v.reference_distribution, v.metrics,
+           v.drift_id, v.parent_version, v.base_model_revision, v.manifest, v.peft_config,
+           v.training_seconds, v.evaluation_seconds, v.notes, v.created_at, v.activated_at,
+           v.retired_at
+      FROM adapter_versions v JOIN adapters a ON a.id = v.adapter_id
+"""
+_JOB_COLUMNS = (
+    "id, drift_id, language, status, worker, lease_until, attempts, last_error, version_id, "
+    "created_at, started_at, finished_at"
+)
+
+
+def _adapter(row: RowMapping) -> AdapterRecord:
+    return AdapterRecord(
+        adapter_id=int(row["id"]),
+        language=row["language"],
+        base_model=row["base_model"],
+        last_version=int(row["last_version"]),
+        created_at=utc(row["created_at"]),
+    )
+
+
+def _version(row: RowMapping) -> AdapterVersionRecord:
+    return AdapterVersionRecord(
+        version_id=int(row["id"]),
+        adapter_id=int(row["adapter_id"]),
+        language=row["language"],
+        base_model=row["base_model"],
+        number=int(row["number"]),
+        status=cast(VersionStatus, row["status"]),
+        artifact_uri=row["artifact_uri"],
+        artifact_sha256=row["artifact_sha256"],
+        sampler=row["sampler"],
+        sampler_params=dict(row["sampler_params"]),
+        reference_distribution={int(k): float(v) for k, v in row["reference_distribution"].items()},
+        metrics={str(k): float(v) for k, v in row["metrics"].items()},
+        drift_id=row["drift_id"],
+        parent_version=row["parent_version"],
+        base_model_revision=row["base_model_revision"],
+        manifest={str(k): str(v) for k, v in row["manifest"].items()},
+        peft_config=dict(row["peft_config"]),
+        training_seconds=float_or_none(row["training_seconds"]),
+        evaluation_seconds=float_or_none(row["evaluation_seconds"]),
+        notes=row["notes"],
+        created_at=utc(row["created_at"]),
+        activated_at=utc_or_none(row["activated_at"]),
+        retired_at=utc_or_none(row["retired_at"]),
+    )
+
+
+def _job(row: RowMapping) -> TrainingJob:
+    return TrainingJob(
+        job_id=int(row["id"]),
+        drift_id=row["drift_id"],
+        language=row["language"],
+        status=cast(JobStatus, row["status"]),
+        worker=row["worker"],
+        lease_until=utc_or_none(row["lease_until"]),
+        attempts=int(row["attempts"]),
+        last_error=row["last_error"],
+        version_id=row["version_id"],
+        created_at=utc(row["created_at"]),
+        started_at=utc_or_none(row["started_at"]),
+        finished_at=utc_or_none(row["finished_at"]),
+    )
+
+
+class SqlAdapterRepository(AdapterRepository):
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def get_or_create_adapter(self, language: str, base_model: str) -> AdapterRecord:
+        language = normalize_language(language)
+        if not base_model:
+            raise DataError("base model is empty")
+        row = (
+            self._conn.execute(
+                text(
+                    f"""
+                    INSERT INTO adapters (language, base_model) VALUES (:language, :base_model)
+                    ON CONFLICT (language, base_model) DO NOTHING
+                    RETURNING {_ADAPTER_COLUMNS}
+                    """
+                ),
+                {"language": language, "base_model": base_model},
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if row is not None:
+            return _adapter(row)
+        found = self.get_adapter(language, base_model)
+        assert found is not None
+        return found
+
+    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None:
+        row = (
+            self._conn.execute(
+                text(
+                    f"SELECT {_ADAPTER_COLUMNS} FROM adapters "
+                    "WHERE language = :language AND base_model = :base_model"
+                ),
+                {"language": normalize_language(language), "base_model": base_model},
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else _adapter(row)
+
+    def create_version(self, adapter_id: int, version: NewAdapterVersion) -> AdapterVersionRecord:
+        if version.status not in ("candidate", "rejected"):
+            raise DataError(f"a new version is a candidate or rejected, not {version.status!r}")
+        params: dict[str, Any] = {
+            "adapter_id": adapter_id,
+            "status": version.status,
+            "artifact_uri": version.artifact_uri,
+            "artifact_sha256": version.artifact_sha256.lower(),
+            "sampler": version.sampler,
+            "sampler_params": json_safe(version.sampler_params),
+            "reference_distribution": {
+                str(k): float(v) for k, v in version.reference_distribution.items()
+            },
+            "metrics": {str(k): float(v) for k, v in version.metrics.items()},
+            "drift_id": version.drift_id,
+            "parent_version": version.parent_version,
+            "base_model_revision": version.base_model_revision,
+            "manifest": dict(version.manifest),
+            "peft_config": json_safe(version.peft_config),
+            "training_seconds": version.training_seconds,
+            "evaluation_seconds": version.evaluation_seconds,
+            "notes": version.notes,
+        }
+        json_params = [
+            "sampler_params",
+            "reference_distribution",
+            "metrics",
+            "manifest",
+            "peft_config",
+        ]
+        columns = ", ".join(params)
+        values = ", ".join(f":{name}" for name in params)
+        # ``number`` is left out on purpose: the trigger assigns the adapter's next number.
+        version_id = self._conn.execute(
+            text(
+                f"INSERT INTO adapter_versions ({columns}) VALUES ({values}) RETURNING id"
+            ).bindparams(*[bindparam(name, type_=JSONB) for name in json_params]),
+            params,
+        ).scalar_one()
+        return self._version_by_id(int(version_id))
+
+    def _version_by_id(self, version_id: int) -> AdapterVersionRecord:
+        row = self._conn.execute(text(_VERSION_SELECT + " WHERE v.id = :id"), {"id": version_id})
+        return _version(row.mappings().one())
+
+    def _lock_adapter(self, adapter_id: int) -> None:
+        found = self._conn.execute(
+            text("SELECT id FROM adapters WHERE id = :id FOR UPDATE"), {"id": adapter_id}
+        ).scalar_one_or_none()
+        if found is None:
+            raise DataError(f"adapter {adapter_id} does not exist")
+
+    def activate_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
+        self._lock_adapter(adapter_id)  # serialises activations of one adapter
+        target = self.get_version(adapter_id, number)
+        if target is None:
+            raise DataError(f"adapter {adapter_id} has no version {number}")
+        if target.status == "active":
+            return target
+        if target.status not in ("candidate", "retired"):
+            raise DataError(
+                f"version {number} of adapter {adapter_id} is {target.status}; "
+                "only a candidate or a retired version can be activated"
+            )
+        self._conn.execute(
+            text(
+                "UPDATE adapter_versions SET status = 'retired', retired_at = now() "
+                "WHERE adapter_id = :a AND status = 'active'"
+            ),
+            {"a": adapter_id},
+        )
+        self._conn.execute(
+            text(
+                "UPDATE adapter_versions SET status = 'active', activated_at = now(), "
+                "retired_at = NULL WHERE adapter_id = :a AND number = :n"
+            ),
+            {"a": adapter_id, "n": number},
+        )
+        return self._version_by_id(target.version_id)
+
+    def reject_version(self, adapter_id: int, number: int, reason: str = "") -> None:
+        result = self._conn.execute(
+            text(
+                "UPDATE adapter_versions SET status = 'rejected' "
+                "WHERE adapter_id = :a AND number = :n AND status = 'candidate'"
+            ),
+            {"a": adapter_id, "n": number},
+        )
+        if result.rowcount == 0:
+            raise DataError(f"adapter {adapter_id} has no candidate version {number} to reject")
+
+    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None:
+        row = self._conn.execute(
+            text(_VERSION_SELECT + " WHERE v.adapter_id = :a AND v.number = :n"),
+            {"a": adapter_id, "n": number},
+        )
+        found = row.mappings().one_or_none()
+        return None if found is None else _version(found)
+
+    def version_for_drift(self, drift_id: uuid.UUID) -> AdapterVersionRecord | None:
+        row = self._conn.execute(text(_VERSION_SELECT + " WHERE v.drift_id = :d"), {"d": drift_id})
+        found = row.mappings().one_or_none()
+        return None if found is None else _version(found)
+
+    def active_version(self, language: str, base_model: str) -> AdapterVersionRecord | None:
+        row = self._conn.execute(
+            text(
+                _VERSION_SELECT + " WHERE a.language = :language AND a.base_model = :base_model"
+                " AND v.status = 'active'"
+            ),
+            {"language": normalize_language(language), "base_model": base_model},
+        )
+        found = row.mappings().one_or_none()
+        return None if found is None else _version(found)
+
+    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]:
+        rows = self._conn.execute(
+            text(_VERSION_SELECT + " WHERE v.adapter_id = :a ORDER BY v.number"),
+            {"a": adapter_id},
+        )
+        return [_version(r) for r in rows.mappings()]
+
+    def reference_distribution(self, language: str, base_model: str) -> dict[int, float] | None:
+        active = self.active_version(language, base_model)
+        return None if active is None else dict(active.reference_distribution)
+
+
+class SqlJobRepository(JobRepository):
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def claim_job(self, drift_id: uuid.UUID, worker: str, lease: timedelta) -> TrainingJob | None:
+        _check_lease(worker, lease)
+        created = self._conn.execute(
+            text(
+                """
+                INSERT INTO training_jobs (drift_id, language)
+                SELECT drift_id, language FROM drift_events WHERE drift_id = :d
+                ON CONFLICT (drift_id) DO NOTHING
+                RETURNING id
+                """
+            ),
+            {"d": drift_id},
+        ).scalar_one_or_none()
+        if created is None and self.get_job(drift_id) is None:
+            raise DataError(f"drift event {drift_id} is not stored; record it before its job")
+        row = self._conn.execute(
+            text(
+                f"""
+                UPDATE training_jobs
+                   SET status = 'running', worker = :worker, lease_until = now() + :lease,
+                       attempts = attempts + 1, started_at = now(), finished_at = NULL
+                 WHERE id = (SELECT id FROM training_jobs
+                              WHERE drift_id = :d
+                                AND (status = 'queued'
+                                     OR (status = 'running' AND lease_until < now()))
+                                FOR UPDATE SKIP LOCKED)
+                RETURNING {_JOB_COLUMNS}
+                """
+            ),
+            {"d": drift_id, "worker": worker, "lease": lease},
+        )
+        found = row.mappings().one_or_none()
+        return None if found is None else _job(found)
+
+    def claim_next_job(self, worker: str, lease: timedelta) -> TrainingJob | None:
+        _check_lease(worker, lease)
+        row = self._conn.execute(
+            text(
+                f"""
+                UPDATE training_jobs
+                   SET status = 'running', worker = :worker, lease_until = now() + :lease,
+                       attempts = attempts + 1, started_at = now(), finished_at = NULL
+                 WHERE id = (SELECT id FROM training_jobs
+                              WHERE status = 'queued'
+                                 OR (status = 'running' AND lease_until < now())
+                              ORDER BY created_at, id
+                              LIMIT 1
+                                FOR UPDATE SKIP LOCKED)
+                RETURNING {_JOB_COLUMNS}
+                """
+            ),
+            {"worker": worker, "lease": lease},
+        )
+        found = row.mappings().one_or_none()
+        return None if found is None else _job(found)
+
+    def extend_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
+        _check_lease(worker, lease)
+        result = self._conn.execute(
+            text(
+                "UPDATE training_jobs SET lease_until = now() + :lease "
+                "WHERE id = :j AND worker = :worker AND status = 'running'"
+            ),
+            {"j": job_id, "worker": worker, "lease": lease},
+        )
+        return bool(result.rowcount)
+
+    def complete_job(self, job_id: int, worker: str, version_id: int | None) -> None:
+        result = self._conn.execute(
+            text(
+                "UPDATE training_jobs SET status = 'succeeded', finished_at = now(), "
+                "lease_until = NULL, version_id = :v, last_error = NULL "
+                "WHERE id = :j AND worker = :worker AND status = 'running'"
+            ),
+            {"j": job_id, "worker": worker, "v": version_id},
+        )
+        if result.rowcount == 0:
+            raise DataError(f"job {job_id} is not held by {worker!r} (lease lost?)")
+
+    def fail_job(self, job_id: int, worker: str, error: str, *, retry: bool = True) -> None:
+        result = self._conn.execute(
+            text(
+                "UPDATE training_jobs SET status = :status, lease_until = NULL, "
+                "last_error = :error, finished_at = CASE WHEN :retry THEN NULL ELSE now() END "
+                "WHERE id = :j AND worker = :worker AND status = 'running'"
+            ),
+            {
+                "j": job_id,
+                "worker": worker,
+                "error": error[:4000],
+                "retry": retry,
+                "status": "queued" if retry else "failed",
+            },
+        )
+        if result.rowcount == 0:
+            raise DataError(f"job {job_id} is not held by {worker!r} (lease lost?)")
+
+    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
+        row = self._conn.execute(
+            text(f"SELECT {_JOB_COLUMNS} FROM training_jobs WHERE drift_id = :d"), {"d": drift_id}
+        )
+        found = row.mappings().one_or_none()
+        return None if found is None else _job(found)
+
+
+def _check_lease(worker: str, lease: timedelta) -> None:
+    if not worker:
+        raise DataError("worker name is empty")
+    if lease <= timedelta(0):
+        raise DataError(f"lease must be positive, got {lease}")

@@ -1,1 +1,0 @@
-"""Test support: pytest fixtures that start real services (see :mod:`compass.testing.fixtures`)."""

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import structlog
 
+from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
 from compass.core.events import AdapterUpdated, DriftEvent, PeftInfo
 from compass.core.samplers.base import Pool, SelectionRequest, get_sampler
@@ -83,14 +84,6 @@ def gate(metrics: dict[str, float], min_gain: float, max_forgetting: float) -> t
     if forgetting > max_forgetting:
         return False, f"forgets the earlier usage ({forgetting:+.4f} nats > {max_forgetting})"
     return True, f"gain {gain:+.4f} nats on new usage, forgetting {forgetting:+.4f} nats"
-
-
-def counts_vector(counts: dict[int, float], k: int) -> np.ndarray:
-    vector = np.zeros(k, dtype=np.float64)
-    for cluster, value in counts.items():
-        if 0 <= int(cluster) < k:
-            vector[int(cluster)] = float(value)
-    return vector
 
 
 class AdapterWorker:

@@ -313,8 +313,6 @@ def _live_usage(language: str, hours: float, settings: Settings) -> tuple[Any, n
     the usage table the stream fills (PostgreSQL)."""
     from datetime import UTC, datetime, timedelta
 
-    import numpy as np
-
     from compass.core.errors import DataError
     from compass.sql.server import database_url
     from compass.sql.unit_of_work import open_store
@@ -327,10 +325,9 @@ def _live_usage(language: str, hours: float, settings: Settings) -> tuple[Any, n
         counts = uow.usage.usage_distribution(
             language, until - timedelta(hours=hours), until, record.version
         )
-    usage = np.zeros(record.semantic_map.k)
-    for cluster, count in counts.items():
-        if 0 <= int(cluster) < len(usage):  # skips events counted without a cluster (shed load)
-            usage[int(cluster)] = float(count.total)
+    from compass.core.distributions import counts_vector
+
+    usage = counts_vector({c: n.total for c, n in counts.items()}, record.semantic_map.k)
     if usage.sum() <= 0:
         raise DataError(f"no live usage for {language} in the last {hours:g} h")
     return record.semantic_map, usage

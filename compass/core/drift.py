@@ -58,28 +58,13 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
+from compass.core.distributions import js_divergence
+
 Counts = Mapping[int, float] | Sequence[float] | np.ndarray
 _EPS = 1e-12
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen–Shannon divergence in bits between (rows of) ``p`` and ``q``; normalises each row.
-
-    Vectorised over leading axes so the null simulation computes thousands at once.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p = p / np.maximum(p.sum(axis=-1, keepdims=True), _EPS)
-    q = q / np.maximum(q.sum(axis=-1, keepdims=True), _EPS)
-    m = 0.5 * (p + q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        left = np.where(p > 0, p * np.log2(p / np.where(m > 0, m, 1.0)), 0.0)
-        right = np.where(q > 0, q * np.log2(q / np.where(m > 0, m, 1.0)), 0.0)
-    out = 0.5 * (left.sum(axis=-1) + right.sum(axis=-1))
-    return np.clip(out, 0.0, 1.0)
 
 
 def estimate_dispersion(blocks: np.ndarray, confidence: float | None = 0.9) -> float:

@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from compass.core.distributions import js_divergence
 from compass.core.errors import DataError
 from compass.core.semantic_map import SemanticMap
 
@@ -97,20 +98,6 @@ def gap_scores(
     if config.tau is not None:
         scores[q >= config.tau] = 0.0
     return scores
-
-
-def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen–Shannon divergence (base 2, in [0, 1]) between two distributions."""
-    a = np.asarray(p, dtype=np.float64)
-    b = np.asarray(q, dtype=np.float64)
-    if a.sum() <= 0 or b.sum() <= 0:
-        return 1.0
-    a, b = a / a.sum(), b / b.sum()
-    m = 0.5 * (a + b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        left = np.where(a > 0, a * np.log2(a / m), 0.0).sum()
-        right = np.where(b > 0, b * np.log2(b / m), 0.0).sum()
-    return float(0.5 * (left + right))
 
 
 @dataclass(frozen=True)
@@ -229,7 +216,7 @@ def build_gap_report(
         k=semantic_map.k,
         n_usage=int(usage.sum()),
         n_coverage=int(coverage.sum()),
-        js_usage_vs_coverage=js_divergence(usage, coverage) if coverage.sum() else 1.0,
+        js_usage_vs_coverage=float(js_divergence(usage, coverage)) if coverage.sum() else 1.0,
         config=config,
         rows=rows,
     )

@@ -21,6 +21,7 @@ lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 infra-up: bootstrap
 	$(BIN)/compass infra up

@@ -1,4 +1,4 @@
-"""Calibration and power of the JS drift detector (compass.core.drift) on simulated usage.
+"""Calibration and power of the JS drift detector (compass.core.detectors.js) on simulated usage.
 
 Usage over K = 16 clusters with Dirichlet(0.7) shares. Each simulated deployment draws its own
 finite reference (6 blocks of n/2 events, as the stream builds one from live usage) and scores
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from compass.core.drift import DriftConfig, JSDriftDetector
+from compass.core.detectors import get_detector
 
 K = 16
 ALPHA = 0.05
@@ -51,25 +51,26 @@ def false_alarms(
     alarms = 0
     for r in range(windows // 25):
         blocks = np.array([sessions(rng, p, n // 2, mean_session) for _ in range(6)])
-        config = DriftConfig(false_alarm_rate=ALPHA, min_events=10, seed=r)
-        detector = JSDriftDetector(config, n_clusters=K)
+        detector = get_detector("js", n_clusters=K, false_alarm_rate=ALPHA, min_events=10, seed=r)
         detector.fit(blocks.sum(axis=0), blocks=None if naive else blocks)
         for _ in range(25):
             full = sessions(rng, p, n, mean_session)
             window = rng.binomial(full.astype(np.int64), rate) if rate < 1 else full
-            alarms += detector.predict(window, n_events=n, sample_rate=rate)
+            alarms += detector.score(window, n_events=n, sample_rate=rate).is_drift
     return alarms / (windows // 25 * 25)
 
 
 def family_wise(languages: int, rounds: int, n: int) -> float:
     rng = np.random.default_rng(5)
-    config = DriftConfig(false_alarm_rate=ALPHA, n_tests=languages, min_events=10)
+    config = dict(false_alarm_rate=ALPHA, n_tests=languages, correction="bonferroni", min_events=10)
     detectors = []
     for lang in range(languages):
         p = shares(100 + lang)
-        detectors.append((p, JSDriftDetector(config, n_clusters=K).fit(rng.multinomial(2 * n, p))))
+        detector = get_detector("js", n_clusters=K, **config)
+        detectors.append((p, detector.fit(rng.multinomial(2 * n, p))))
     hits = sum(
-        any(det.predict(rng.multinomial(n, p)) for p, det in detectors) for _ in range(rounds)
+        any(det.score(rng.multinomial(n, p)).is_drift for p, det in detectors)
+        for _ in range(rounds)
     )
     return hits / rounds
 
@@ -82,9 +83,9 @@ def power(n: int, shift: float, windows: int) -> float:
     moved = (1 - shift) * p + shift * q
     hits = 0
     for r in range(windows // 25):
-        detector = JSDriftDetector(DriftConfig(false_alarm_rate=ALPHA, min_events=10, seed=r),
-                                   n_clusters=K).fit(rng.multinomial(2 * n, p))  # fmt: skip
-        hits += sum(detector.predict(rng.multinomial(n, moved)) for _ in range(25))
+        detector = get_detector("js", n_clusters=K, false_alarm_rate=ALPHA, min_events=10, seed=r)
+        detector.fit(rng.multinomial(2 * n, p))
+        hits += sum(detector.score(rng.multinomial(n, moved)).is_drift for _ in range(25))
     return hits / (windows // 25 * 25)
 
 
@@ -118,7 +119,7 @@ def main() -> None:
     print(f"{'events/window':>14} " + " ".join(f"{f'shift {s}':>10}" for s in shifts))
     for n in (50, 100, 400, 1600):
         print(f"{n:>14} " + " ".join(f"{power(n, s, w // 2):>10.3f}" for s in shifts))
-    detector = JSDriftDetector(DriftConfig(false_alarm_rate=0.01 / 12), n_clusters=50)
+    detector = get_detector("js", n_clusters=50, false_alarm_rate=0.01, n_tests=12)
     detector.fit(np.random.default_rng(0).multinomial(2000, shares(1).repeat(4)[:50] / 4))
     start = time.perf_counter()
     detector.score(np.random.default_rng(1).multinomial(1000, np.full(50, 0.02)))

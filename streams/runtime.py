@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any, TypeVar
 
 import structlog
 
+from compass.bootstrap import Services
 from compass.config import Settings
-from compass.core.events import encode
+from compass.core.events import DeadLetter, encode
+from streams.checkpoint import OFFLINE, Edges, checkpoint
 from streams.pipeline import BatchProcessor, BatchReport
 from streams.shedding import BatchStats, RateDecision
-from streams.stages import Decoded, RawMessage, dead_letter_key, decode_messages
+from streams.stages import RawMessage, dead_letter_key, decode_messages
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -84,6 +87,7 @@ class StreamRuntime:
         self._store: Any = None
         self._vector_store: Any = None
         self._producer: Any = None
+        self._services: Services | None = None
         self.metrics = StreamMetrics(started_at=time.monotonic())
         self._last_batch_end: float | None = None
         self._next_offsets: dict[Any, int] = {}
@@ -99,20 +103,26 @@ class StreamRuntime:
         """Open every resource (blocking); idempotent."""
         if self.processor is not None:
             return self.processor
-        from compass.embedders.factory import load_embedder
-        from compass.qdrant.store import open_vector_store
-        from compass.sql.unit_of_work import open_store
+        from compass.bootstrap import bootstrap
 
         settings = self.settings
         if not settings.database_url:
             from compass.core.errors import ConfigError
 
             raise ConfigError("the stream needs COMPASS_DATABASE_URL (compass streams sets it)")
-        embedder = load_embedder(settings.embedder_id, cache=settings.stream_embedding_cache)
-        self._store = open_store(settings.database_url)
-        self._vector_store = open_vector_store(settings, embedder.dim)
+        services = self._services = bootstrap(
+            settings, embedding_cache=settings.stream_embedding_cache
+        )
+        embedder = services.embedder
+        self._store = services.uow_factory
+        self._vector_store = services.vector_store
         processor = BatchProcessor(
-            settings, embedder=embedder, vector_store=self._vector_store, uow_factory=self._store
+            settings,
+            embedder=embedder,
+            vector_store=self._vector_store,
+            uow_factory=self._store,
+            maps=services.maps,
+            detectors=services.detectors,
         )
         processor.check_ready()
         self.processor = processor
@@ -147,8 +157,16 @@ class StreamRuntime:
         log.info("stream.stopped", **_loggable(self.metrics))
 
     # ------------------------------------------------------------------ one batch
-    async def handle(self, messages: list[RawMessage], dlq: Any, lag: Any = None) -> BatchReport:
-        """Decode, dead-letter, process on the batch thread, retrying until it succeeds."""
+    async def handle(
+        self,
+        messages: list[RawMessage],
+        dlq: Any,
+        lag: Any = None,
+        ack: Callable[[], Awaitable[None]] | None = None,
+    ) -> BatchReport:
+        """Decode, then run the batch's :func:`~streams.checkpoint.checkpoint` (its blocking
+        steps on the batch thread), retrying until it succeeds; ``ack`` (idempotent)
+        acknowledges the batch's offsets as the checkpoint's last step."""
         processor = await self.start()
         started = time.monotonic()
         decoded = decode_messages(
@@ -156,13 +174,15 @@ class StreamRuntime:
             max_text_chars=self.settings.max_text_chars,
             max_event_bytes=self.settings.max_event_bytes,
         )
+        edges = Edges(
+            send_dead_letters=lambda letters: self._send_dead_letters(letters, dlq),
+            publish_outbox=self.relay_outbox,
+            ack=ack or OFFLINE.ack,
+        )
         delay = 0.5
         while True:
             try:
-                await self._send_dead_letters(decoded, dlq)
-                report: BatchReport = await self.run_blocking(processor.process, decoded)
-                if report.drift_events:
-                    await self.run_blocking(self.relay_outbox)
+                report = await checkpoint(decoded, processor, run=self.run_blocking, edges=edges)
                 break
             except asyncio.CancelledError:
                 raise
@@ -202,26 +222,21 @@ class StreamRuntime:
         await self.run_blocking(self._write_metrics)
         return report
 
-    async def _send_dead_letters(self, decoded: Decoded, dlq: Any) -> None:
-        if not decoded.dead_letters or dlq is None:
+    async def _send_dead_letters(self, letters: Sequence[DeadLetter], dlq: Any) -> None:
+        if not letters or dlq is None:
             return
         pending = [
-            await dlq.send(key=dead_letter_key(letter), value=encode(letter))
-            for letter in decoded.dead_letters
+            await dlq.send(key=dead_letter_key(letter), value=encode(letter)) for letter in letters
         ]
         await asyncio.gather(*pending)  # delivered before the batch can be acknowledged
 
     # ------------------------------------------------------------------ outbox
     def relay_outbox(self) -> int:
         """Publish pending outbox rows (drift events) at least once (blocking)."""
-        from compass.kafka.io import KafkaMessageProducer
-        from compass.kafka.relay import OutboxRelay
-
-        if self._store is None or not self.settings.broker_bootstrap_servers:
+        if self._services is None or not self._services.can_publish:
             return 0
-        if self._producer is None:
-            self._producer = KafkaMessageProducer(self.settings.broker_bootstrap_servers)
-        return OutboxRelay(self._store, self._producer).drain()
+        self._producer = self._services.publisher  # opened on first use, closed by close()
+        return self._services.relay().drain()
 
     def _write_metrics(self) -> None:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,39 +268,16 @@ def arm_shutdown_watchdog(grace_s: float = SHUTDOWN_GRACE_S) -> None:
 
 
 def prepare_services(settings: Settings) -> Settings:
-    """``settings`` with every service reachable: configured ones as they are, embedded ones
-    started (and recorded for other commands), topics created, the database migrated."""
-    from compass.infra.stack import with_services
-    from compass.sql.migrate import upgrade
+    """``settings`` with every service reachable (:func:`compass.bootstrap.prepare_services`)."""
+    from compass.bootstrap import prepare_services as prepare
 
-    ready = with_services(settings)
-    assert ready.database_url is not None
-    upgrade(ready.database_url)
-    return ready
+    return prepare(settings)
 
 
 def preflight(settings: Settings, semantic_map_path: Path | None = None) -> int:
-    """Make sure a semantic map is active; return its database version.
-
-    ``semantic_map_path`` (a ``SemanticMap.save`` file) is stored and activated. Without it and
-    without an active map, the default pool's map (``compass pool build``) is activated.
-    Otherwise: one clear :class:`ConfigError` line instead of a worker that cannot assign.
-    """
-    from compass.core.errors import ConfigError
-    from compass.core.semantic_map import SemanticMap
-    from compass.sql.unit_of_work import open_store
+    """Make sure a semantic map is active; return its database version
+    (:func:`compass.bootstrap.ensure_semantic_map`)."""
+    from compass.bootstrap import ensure_semantic_map
 
     assert settings.database_url is not None
-    default = settings.data_dir / "pools" / "default" / "semantic_map.npz"
-    with open_store(settings.database_url, pool_size=1) as store, store() as uow:
-        record = uow.semantic_maps.active_semantic_map()
-        path = semantic_map_path or (default if record is None and default.exists() else None)
-        if path is not None:
-            record = uow.semantic_maps.save_semantic_map(SemanticMap.load(path), activate=True)
-            uow.commit()
-            log.info("stream.semantic_map_activated", path=str(path), version=record.version)
-    if record is None:
-        raise ConfigError(
-            "no active semantic map: run `compass pool build` first or pass --semantic-map FILE"
-        )
-    return record.version
+    return ensure_semantic_map(settings, semantic_map_path)

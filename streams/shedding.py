@@ -2,7 +2,7 @@
 
 Embedding is the bottleneck (tens of texts per second per CPU core). When prompts arrive faster,
 the stream still *counts* every event but embeds only a uniform random sample of them. Two rules
-keep that sample usable by the drift test (:mod:`compass.core.drift`):
+keep that sample usable by the drift test (:mod:`compass.core.detectors.js`):
 
 * **Uniform and content-blind.** Whether an event is embedded depends only on a hash of its
   ``event_id`` (:func:`sample_unit`), never on its text, language or cluster, so the sampled

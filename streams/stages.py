@@ -1,8 +1,9 @@
 """The stream's stages as small functions, each testable without Kafka.
 
-Order (see :mod:`streams.app` for the topology and :mod:`streams.pipeline` for the batch):
 decode + validate → de-duplicate → choose the sample → embed → assign clusters → vector points
-→ usage observations → advance watermarks → (per closed window) drift check → drift event.
+→ usage observations → (per closed window, :mod:`compass.core.windows`) drift event. The
+topology is :mod:`streams.app`; the order of a batch's effects is
+:func:`streams.checkpoint.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 
 import numpy as np
 
-from compass.core.drift import DriftResult, Span, WindowBin, WindowPolicy
+from compass.core.detectors import DriftResult
 from compass.core.events import (
     EVENT_NAMESPACE,
     ClusterChange,
@@ -24,9 +25,10 @@ from compass.core.events import (
     decode_prompt_event,
 )
 from compass.core.semantic_map import SemanticMap
+from compass.core.windows import UNASSIGNED_CLUSTER, Span, WindowPolicy
 from compass.ports.embedder import Embedder
-from compass.ports.storage import UNASSIGNED_CLUSTER, ClusterCount, UsageObservation
-from compass.qdrant.store import VectorPoint
+from compass.ports.storage import UsageObservation
+from compass.ports.vector_store import VectorPoint
 from streams.shedding import is_sampled
 
 
@@ -103,10 +105,6 @@ def assign_clusters(semantic_map: SemanticMap, vectors: np.ndarray) -> np.ndarra
     return semantic_map.assign(vectors)
 
 
-def window_start(policy: WindowPolicy, event: PromptEvent) -> datetime:
-    return policy.window_start(event.occurred_at)
-
-
 def vector_points(
     events: Sequence[PromptEvent],
     vectors: np.ndarray,
@@ -125,7 +123,7 @@ def vector_points(
                 "language": event.language,
                 "cluster": int(clusters[i]),
                 "occurred_at": event.occurred_at.isoformat(),
-                "window_start": window_start(policy, event).isoformat(),
+                "window_start": policy.window_start(event.occurred_at).isoformat(),
                 "semantic_map_version": map_version,
                 "text": event.text,
             },
@@ -159,81 +157,6 @@ def usage_observations(
             )
         )
     return out
-
-
-def advance_watermarks(
-    watermarks: dict[str, datetime], events: Sequence[PromptEvent], policy: WindowPolicy
-) -> dict[str, list[datetime]]:
-    """Move each language's watermark (latest ``occurred_at`` seen) and return, per language,
-    the base-window ends that became final (end + allowed lateness ≤ watermark).
-
-    A language seen for the first time since start-up starts from its earliest event in the
-    batch, so windows whose verdicts may have been lost in a crash are judged again (drift
-    events are idempotent per window)."""
-    by_language: dict[str, list[datetime]] = {}
-    for event in events:
-        by_language.setdefault(event.language, []).append(event.occurred_at)
-    closed: dict[str, list[datetime]] = {}
-    for language, times in by_language.items():
-        before = watermarks.get(language, min(times))
-        after = max(before, max(times))
-        watermarks[language] = after
-        boundaries = policy.closed_boundaries(before, after) if after > before else []
-        if boundaries:
-            closed[language] = boundaries
-    return closed
-
-
-# ------------------------------------------------------------------------------ drift inputs
-Counted = Mapping[datetime, Mapping[int, ClusterCount]]
-
-
-def group_windows(
-    by_block: Counted, policy: WindowPolicy
-) -> dict[datetime, dict[int, ClusterCount]]:
-    """Block counts summed into their base windows."""
-    out: dict[datetime, dict[int, ClusterCount]] = {}
-    for start, counts in by_block.items():
-        window = out.setdefault(policy.window_start(start), {})
-        for cluster, count in counts.items():
-            old = window.get(cluster, ClusterCount(0.0, 0))
-            window[cluster] = ClusterCount(old.total + count.total, old.sampled + count.sampled)
-    return out
-
-
-def window_bins(by_window: Counted) -> list[WindowBin]:
-    return [
-        WindowBin(
-            start=start,
-            n_events=round(sum(c.total for c in counts.values())),
-            n_sampled=sum(c.sampled for c in counts.values()),
-        )
-        for start, counts in sorted(by_window.items())
-    ]
-
-
-def span_counts(by_window: Counted, span: Span) -> dict[int, float]:
-    """Sampled counts per (real) cluster over the span's base windows."""
-    out: dict[int, float] = {}
-    for start, counts in by_window.items():
-        if span.start <= start < span.end:
-            for cluster, count in counts.items():
-                if cluster != UNASSIGNED_CLUSTER and count.sampled:
-                    out[cluster] = out.get(cluster, 0.0) + count.sampled
-    return out
-
-
-def span_blocks(by_block: Counted, span: Span, n_clusters: int) -> np.ndarray:
-    """One row of sampled cluster counts per block of the span (for the dispersion)."""
-    rows = []
-    for start, counts in sorted(by_block.items()):
-        if span.start <= start < span.end:
-            row = np.zeros(n_clusters)
-            for cluster, count in counts.items():
-                if 0 <= cluster < n_clusters:
-                    row[cluster] += count.sampled
-            rows.append(row)
-    return np.array(rows) if rows else np.zeros((0, n_clusters))
 
 
 def drift_id_for(language: str, window_start: datetime, map_version: int) -> uuid.UUID:

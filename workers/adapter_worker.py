@@ -6,21 +6,22 @@ from the auxiliary pool, continues the live adapter on it (replay + EWC, COMPASS
 the first one, evaluates candidate and live adapter on the new usage and on the old, and writes
 the version, its promotion and the ``adapter-updated`` outbox row in one transaction.
 
-The promotion gate is ours (the paper's is not published): the candidate must lower the held-out
-loss on the new usage by ``min_gain`` nats or more, and may raise the loss on the earlier usage
-by at most ``max_forgetting`` nats. A candidate that fails is stored as ``rejected`` with its
-metrics, so the history shows why nothing changed.
+The promotion decision is :class:`compass.core.gate.PromotionGate`'s. A candidate that fails is
+stored as ``rejected`` with its metrics, so the history shows why nothing changed. Results are
+typed end to end: :class:`Evaluation` (the held-out losses and timings), :class:`TrainingOutcome`
+(the saved version and its PEFT settings, from the training config) and :class:`WorkerOutcome`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -30,15 +31,21 @@ import structlog
 
 from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
-from compass.core.events import AdapterUpdated, DriftEvent, PeftInfo
-from compass.core.samplers.base import Pool, SelectionRequest, get_sampler
+from compass.core.events import AdapterUpdated, DriftEvent
+from compass.core.gate import GateDecision, PromotionGate
+from compass.core.samplers.base import Pool, Sampler, SelectionRequest
 from compass.core.semantic_map import SemanticMap
-from compass.lm.training.config import AdapterTrainingConfig
-from compass.ports.storage import AdapterVersionRecord, NewAdapterVersion, UnitOfWork
+from compass.lm.artifact_store import read_training_texts, write_training_texts
+from compass.lm.training.config import AdapterTrainingConfig, PeftSettings
+from compass.ports.artifacts import ArtifactStore
+from compass.ports.storage import (
+    AdapterRecord,
+    AdapterVersionRecord,
+    NewAdapterVersion,
+    UnitOfWork,
+)
 
 log = structlog.get_logger(__name__)
-
-TRAINING_TEXTS_FILE = "training_texts.jsonl"
 
 
 class UsageTexts(Protocol):
@@ -49,11 +56,12 @@ class UsageTexts(Protocol):
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    """What one worker does per drift event (the sampler and the artifact store are services,
+    passed to :class:`AdapterWorker` by :func:`compass.bootstrap.bootstrap`)."""
+
     base_model_id: str
-    artifacts_dir: Path
     data_dir: Path
     topic_adapter_updated: str = "adapter-updated"
-    sampler: str = "compass"
     budget: int = 96
     seed: int = 0
     training: AdapterTrainingConfig = field(
@@ -61,29 +69,66 @@ class WorkerSettings:
     )
     eval_texts: int = 64
     lease: timedelta = timedelta(minutes=30)
-    min_gain: float = 0.0
-    max_forgetting: float = 0.05
+    gate: PromotionGate = field(default_factory=PromotionGate)
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """Candidate and live adapter on held-out usage: losses in nats per token (``new``: the
+    drifted window, ``old``: the window before it), seconds, and how many texts."""
+
+    live_new_loss: float
+    live_old_loss: float
+    candidate_new_loss: float
+    candidate_old_loss: float
+    training_seconds: float
+    evaluation_seconds: float
+    train_final_loss: float
+    n_train_texts: int
+    n_eval_new: int
+    n_eval_old: int
+
+    def metrics(self) -> dict[str, float]:
+        """The version's ``metrics`` record and the announcement's (every value a float)."""
+        return {name: float(value) for name, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """A candidate saved in the artifact store, evaluated, with its PEFT settings."""
+
+    folder: Path
+    manifest: dict[str, str]
+    manifest_sha256: str
+    base_model_revision: str
+    peft: PeftSettings
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class SelectedData:
+    """The selection step of one drift event: the adapter it updates and its live version, the
+    drift window's usage counts per cluster (``target``, ``(k,)`` of the event's semantic map),
+    the chosen pool texts and the sampler's report (``per_cluster``, ``per_language``)."""
+
+    adapter: AdapterRecord
+    live: AdapterVersionRecord | None
+    target: np.ndarray
+    texts: list[str]
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class WorkerOutcome:
+    """What became of one drift event; ``evaluation`` and ``decision`` for a recorded version."""
+
     drift_id: uuid.UUID
     status: Literal["skipped", "promoted", "rejected", "failed"]
     version: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
+    decision: GateDecision | None = None
     reason: str = ""
-
-
-def gate(metrics: dict[str, float], min_gain: float, max_forgetting: float) -> tuple[bool, str]:
-    """Promote only if better on the new usage and not worse (beyond a tolerance) on the old."""
-    gain = metrics["live_new_loss"] - metrics["candidate_new_loss"]
-    forgetting = metrics.get("candidate_old_loss", 0.0) - metrics.get("live_old_loss", 0.0)
-    if gain <= min_gain:
-        return False, f"no gain on the new usage ({gain:+.4f} nats, need > {min_gain})"
-    if forgetting > max_forgetting:
-        return False, f"forgets the earlier usage ({forgetting:+.4f} nats > {max_forgetting})"
-    return True, f"gain {gain:+.4f} nats on new usage, forgetting {forgetting:+.4f} nats"
 
 
 class AdapterWorker:
@@ -93,12 +138,17 @@ class AdapterWorker:
         pool: Pool,
         usage_texts: UsageTexts,
         settings: WorkerSettings,
+        *,
+        sampler: Sampler,
+        artifacts: ArtifactStore,
     ) -> None:
         if pool.records is None:
             raise DataError("the worker's auxiliary pool needs its records (texts)")
         self._uow_factory = uow_factory
         self._pool = pool
         self._usage = usage_texts
+        self._sampler = sampler
+        self._artifacts = artifacts
         self.settings = settings
         self._base: Any = None
 
@@ -124,9 +174,14 @@ class AdapterWorker:
             return WorkerOutcome(drift.drift_id, "failed", reason=str(exc))
         return outcome
 
-    def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
+    def select(self, drift: DriftEvent) -> SelectedData:
+        """The data a drift event's adapter update trains on: the window's usage counts (from
+        the database, on the event's semantic map) as the target, the live adapter's reference
+        distribution as the coverage, and the sampler's choice from the pool for them.
+
+        Creates the adapter row of (language, base model) on first use; raises
+        :class:`DataError` without a stored semantic map or without usage in the window."""
         s = self.settings
-        started = time.perf_counter()
         with self._uow_factory() as uow:
             record = (
                 uow.semantic_maps.get_semantic_map(drift.semantic_map_version)
@@ -148,8 +203,16 @@ class AdapterWorker:
         coverage = None
         if live is not None and live.reference_distribution:
             coverage = counts_vector(live.reference_distribution, semantic_map.k) * target.sum()
-        texts, selection_report = self._select(drift.language, semantic_map, target, coverage)
+        texts, report = self._select(drift.language, semantic_map, target, coverage)
+        return SelectedData(adapter, live, target, texts, report)
 
+    def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
+        s = self.settings
+        started = time.perf_counter()
+        selected = self.select(drift)
+        adapter, live, target, texts = (
+            selected.adapter, selected.live, selected.target, selected.texts
+        )  # fmt: skip
         new_eval = self._usage.texts(
             drift.language, drift.window_start, drift.window_end, s.eval_texts
         )
@@ -157,36 +220,35 @@ class AdapterWorker:
             drift.language, drift.window_start - (drift.window_end - drift.window_start),
             drift.window_start, s.eval_texts,
         )  # fmt: skip
-        metrics, adapter_dir, trained = self._train_and_evaluate(
-            drift, live, texts, new_eval, old_eval
-        )
-        accepted, reason = gate(metrics, s.min_gain, s.max_forgetting)
+        trained = self._train_and_evaluate(drift, live, texts, new_eval, old_eval)
+        evaluation = trained.evaluation
+        decision = s.gate.judge(evaluation)
         shares = target / target.sum()
         reference = {int(c): float(v) for c, v in enumerate(shares) if v > 0}
         with self._uow_factory() as uow:
             version = uow.adapters.create_version(
                 adapter.adapter_id,
                 NewAdapterVersion(
-                    artifact_uri=adapter_dir.resolve().as_uri(),
-                    artifact_sha256=trained["manifest_sha256"],
-                    sampler=s.sampler,
-                    sampler_params={"budget": len(texts), "seed": s.seed, **selection_report},
+                    artifact_uri=self._artifacts.uri(trained.folder),
+                    artifact_sha256=trained.manifest_sha256,
+                    sampler=self._sampler.name,
+                    sampler_params={"budget": len(texts), "seed": s.seed, **selected.report},
                     reference_distribution=reference,
-                    metrics=metrics,
+                    metrics=evaluation.metrics(),
                     drift_id=drift.drift_id,
                     parent_version=live.number if live else None,
-                    base_model_revision=trained["base_model_revision"],
-                    manifest=trained["manifest"],
-                    peft_config=trained["peft"],
-                    training_seconds=metrics.get("training_seconds"),
-                    evaluation_seconds=metrics.get("evaluation_seconds"),
-                    status="candidate" if accepted else "rejected",
-                    notes=reason,
+                    base_model_revision=trained.base_model_revision,
+                    manifest=trained.manifest,
+                    peft_config=trained.peft.to_dict(),
+                    training_seconds=evaluation.training_seconds,
+                    evaluation_seconds=evaluation.evaluation_seconds,
+                    status="candidate" if decision.promote else "rejected",
+                    notes=decision.reason,
                 ),
             )
-            if accepted:
+            if decision.promote:
                 version = uow.adapters.activate_version(adapter.adapter_id, version.number)
-                message = self._announcement(version, live, drift, trained["peft"])
+                message = self._announcement(version, live, drift, trained.peft)
                 uow.outbox.add_outbox(
                     s.topic_adapter_updated, drift.language, message.model_dump(mode="json")
                 )
@@ -196,12 +258,14 @@ class AdapterWorker:
             "worker.version_recorded",
             language=drift.language,
             version=version.number,
-            promoted=accepted,
-            reason=reason,
+            promoted=decision.promote,
+            reason=decision.reason,
             seconds=round(time.perf_counter() - started, 1),
         )
-        status: Literal["promoted", "rejected"] = "promoted" if accepted else "rejected"
-        return WorkerOutcome(drift.drift_id, status, version.number, metrics, reason)
+        status: Literal["promoted", "rejected"] = "promoted" if decision.promote else "rejected"
+        return WorkerOutcome(
+            drift.drift_id, status, version.number, evaluation, decision, decision.reason
+        )
 
     # ------------------------------------------------------------------ steps
     def _select(
@@ -221,7 +285,7 @@ class AdapterWorker:
             coverage_counts=coverage,
             seed=s.seed,
         )
-        selection = get_sampler(s.sampler).select(request)
+        selection = self._sampler.select(request)
         records = selection.records(self._pool)
         report = selection.report.to_dict()
         summary = {
@@ -244,7 +308,7 @@ class AdapterWorker:
         texts: Sequence[str],
         new_eval: Sequence[str],
         old_eval: Sequence[str],
-    ) -> tuple[dict[str, float], Path, dict[str, Any]]:
+    ) -> TrainingOutcome:
         from compass.lm.evaluation.perplexity import text_nll
         from compass.lm.training import continue_adapter, load_adapter, save_adapter, train_adapter
 
@@ -260,9 +324,9 @@ class AdapterWorker:
         earlier_texts: list[str] = []
         clock = time.perf_counter()
         if live is not None:
-            live_dir = _uri_path(live.artifact_uri)
+            live_dir = self._artifacts.local_path(live.artifact_uri)
             previous = load_adapter(live_dir, base, trainable=True)
-            earlier_texts = _read_texts(live_dir / TRAINING_TEXTS_FILE)
+            earlier_texts = read_training_texts(live_dir)
             live_new = loss(previous.model, new_eval)
             live_old = loss(previous.model, old_eval) if old_eval else live_new
         else:
@@ -271,8 +335,12 @@ class AdapterWorker:
             live_old = loss(base.model, old_eval) if old_eval else live_new
         evaluation += time.perf_counter() - clock
 
-        provenance = {"language": drift.language, "sampler": s.sampler, "budget": len(texts),
-                      "drift_id": str(drift.drift_id)}  # fmt: skip
+        provenance = {
+            "language": drift.language,
+            "sampler": self._sampler.name,
+            "budget": len(texts),
+            "drift_id": str(drift.drift_id),
+        }
         if previous is not None and earlier_texts:
             candidate = continue_adapter(
                 previous, texts, earlier_texts, s.training, progress=False, provenance=provenance
@@ -287,38 +355,36 @@ class AdapterWorker:
         candidate_old = loss(candidate.model, old_eval) if old_eval else candidate_new
         evaluation += time.perf_counter() - clock
 
-        adapter_dir = s.artifacts_dir / drift.language / str(drift.drift_id)
+        adapter_dir = self._artifacts.version_dir(drift.language, str(drift.drift_id))
         manifest = save_adapter(candidate, adapter_dir)
-        _write_texts(adapter_dir / TRAINING_TEXTS_FILE, [*earlier_texts, *texts])
+        write_training_texts(adapter_dir, [*earlier_texts, *texts])
         candidate.detach()
-        metrics = {
-            "live_new_loss": live_new,
-            "live_old_loss": live_old,
-            "candidate_new_loss": candidate_new,
-            "candidate_old_loss": candidate_old,
-            "training_seconds": candidate.metrics.seconds,
-            "evaluation_seconds": evaluation,
-            "train_final_loss": candidate.metrics.final_loss,
-            "n_train_texts": float(len(texts)),
-            "n_eval_new": float(len(new_eval)),
-            "n_eval_old": float(len(old_eval)),
-        }
-        cfg = candidate.config
-        trained = {
-            "manifest": manifest,
-            "manifest_sha256": _manifest_digest(manifest),
-            "base_model_revision": base.revision,
-            "peft": {"type": "LORA", "r": cfg.r, "alpha": cfg.alpha,
-                     "target_modules": list(cfg.target_modules), "use_dora": cfg.method == "dora"},
-        }  # fmt: skip
-        return metrics, adapter_dir, trained
+        return TrainingOutcome(
+            folder=adapter_dir,
+            manifest=manifest,
+            manifest_sha256=_manifest_digest(manifest),
+            base_model_revision=base.revision,
+            peft=candidate.config.peft_settings(),
+            evaluation=Evaluation(
+                live_new_loss=live_new,
+                live_old_loss=live_old,
+                candidate_new_loss=candidate_new,
+                candidate_old_loss=candidate_old,
+                training_seconds=candidate.metrics.seconds,
+                evaluation_seconds=evaluation,
+                train_final_loss=candidate.metrics.final_loss,
+                n_train_texts=len(texts),
+                n_eval_new=len(new_eval),
+                n_eval_old=len(old_eval),
+            ),
+        )
 
     def _announcement(
         self,
         version: AdapterVersionRecord,
         live: AdapterVersionRecord | None,
         drift: DriftEvent,
-        peft: dict[str, Any],
+        peft: PeftSettings,
     ) -> AdapterUpdated:
         return AdapterUpdated(
             message_id=uuid.uuid5(uuid.NAMESPACE_URL, f"adapter-version:{version.version_id}"),
@@ -330,41 +396,12 @@ class AdapterWorker:
             adapter_name=version.adapter_name,
             artifact_uri=version.artifact_uri,
             manifest=version.manifest,
-            peft=PeftInfo(
-                type=str(peft["type"]),
-                r=int(peft["r"]),
-                alpha=float(peft["alpha"]),
-                target_modules=list(peft["target_modules"]),
-            ),
+            peft=peft.to_info(),
             metrics={k: float(v) for k, v in version.metrics.items()},
             previous_version=live.number if live else None,
             drift_id=drift.drift_id,
         )
 
 
-def _uri_path(uri: str) -> Path:
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
-        raise DataError(f"this worker reads file:// adapter artifacts, not {uri!r}")
-    return Path(unquote(parsed.path))
-
-
 def _manifest_digest(manifest: dict[str, str]) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-def _write_texts(path: Path, texts: Sequence[str]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for text in texts:
-            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-
-
-def _read_texts(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle if line.strip()]

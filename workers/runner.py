@@ -15,15 +15,16 @@ from typing import Any
 
 import structlog
 
+from compass.bootstrap import Services, bootstrap, outbox_relay, sampler_for
 from compass.config import Settings
-from compass.core.errors import InvalidEventError
+from compass.core.errors import DataError, InvalidEventError
 from compass.core.events import DeadLetter, DriftEvent, dead_letter_for, decode
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
-from compass.kafka.io import MessageProducer
-from compass.kafka.relay import OutboxRelay
+from compass.ports.publisher import MessageProducer
 from compass.ports.storage import UnitOfWork
-from workers.adapter_worker import AdapterWorker, WorkerOutcome
+from workers.adapter_worker import AdapterWorker, WorkerOutcome, WorkerSettings
+from workers.usage_texts import VectorStoreUsageTexts
 
 log = structlog.get_logger(__name__)
 
@@ -58,21 +59,16 @@ class DriftConsumer:
     ) -> list[WorkerOutcome]:
         """Handle drift events until ``stop`` is set, ``max_events`` were handled, or an outcome
         satisfies ``until`` (each after the outbox is drained and the offset committed)."""
-        from kafka import KafkaConsumer
+        from compass.kafka.io import open_consumer
 
         assert self.settings.broker_bootstrap_servers is not None
-        consumer = KafkaConsumer(
+        consumer = open_consumer(
+            self.settings.broker_bootstrap_servers,
             self.settings.topic_drift_events,
-            bootstrap_servers=self.settings.broker_bootstrap_servers,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            self.group_id,
             session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, self.session_timeout_ms // 3),
-            max_poll_records=1,
-            max_poll_interval_ms=3_600_000,  # training a version can take many minutes
         )
-        relay = OutboxRelay(self.uow_factory, self.producer)
+        relay = outbox_relay(self.uow_factory, self.producer)
         outcomes: list[WorkerOutcome] = []
         worker: AdapterWorker | None = None
         try:
@@ -121,6 +117,29 @@ class DriftConsumer:
         log.warning("worker.drift_event_dead_lettered", reason=error.reason, offset=offset)
 
 
+def build_worker(services: Services, pool_name: str, **worker_options: Any) -> AdapterWorker:
+    """An :class:`AdapterWorker` on ``services``: the pool ``pool_name`` re-assigned to the
+    active semantic map, usage texts from the event vector store. ``worker_options`` are
+    :class:`WorkerSettings` fields (budget, training, eval_texts, gate …)."""
+    from compass.corpora.pool import pools_dir
+
+    settings = services.settings
+    record = services.maps.current()
+    return AdapterWorker(
+        services.uow_factory,
+        load_pool(pools_dir(settings.data_dir) / pool_name, record.semantic_map),
+        VectorStoreUsageTexts(services.vector_store),
+        WorkerSettings(
+            base_model_id=settings.base_model_id,
+            data_dir=Path(settings.data_dir),
+            topic_adapter_updated=settings.topic_adapter_updated,
+            **worker_options,
+        ),
+        sampler=services.sampler,
+        artifacts=services.artifacts,
+    )
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -129,47 +148,23 @@ def run_worker(
     max_events: int | None = None,
     until: Callable[[WorkerOutcome], bool] | None = None,
     group_id: str = CONSUMER_GROUP,
+    sampler: str | None = None,
     **worker_options: Any,
 ) -> list[WorkerOutcome]:
-    """Open what a worker needs (database, event vector store, producer), consume drift events
-    until told to stop, and close everything. ``worker_options`` are :class:`WorkerSettings`
-    fields (sampler, budget, training, eval_texts …)."""
-    from compass.core.errors import DataError
-    from compass.corpora.pool import pools_dir
-    from compass.kafka.io import KafkaMessageProducer
-    from compass.qdrant.store import open_vector_store
-    from compass.sql.unit_of_work import open_store
-    from workers.adapter_worker import WorkerSettings
-    from workers.usage_texts import VectorStoreUsageTexts
-
+    """Open the services (:func:`compass.bootstrap.bootstrap`), consume drift events until told
+    to stop, and close everything. ``sampler`` overrides ``COMPASS_SAMPLER``;
+    ``worker_options`` are :class:`WorkerSettings` fields (budget, training, eval_texts …)."""
     if not settings.database_url or not settings.broker_bootstrap_servers:
         raise DataError("the worker needs a database and a broker (see `compass infra up`)")
-    store = open_store(settings.database_url)
-    events = open_vector_store(settings, dim=384)
-    producer = KafkaMessageProducer(settings.broker_bootstrap_servers)
-
-    def make_worker() -> AdapterWorker:
-        with store() as uow:
-            record = uow.semantic_maps.active_semantic_map()
-        if record is None:
-            raise DataError("no active semantic map: run 'compass pool build' first")
-        return AdapterWorker(
-            store,
-            load_pool(pools_dir(settings.data_dir) / pool_name, record.semantic_map),
-            VectorStoreUsageTexts(events),
-            WorkerSettings(
-                base_model_id=settings.base_model_id,
-                artifacts_dir=settings.artifacts_dir or Path(settings.data_dir) / "adapters",
-                data_dir=Path(settings.data_dir),
-                topic_adapter_updated=settings.topic_adapter_updated,
-                **worker_options,
-            ),
-        )
-
-    consumer = DriftConsumer(settings, make_worker, store, producer, group_id=group_id)
+    services = bootstrap(settings, sampler=sampler_for(settings, sampler) if sampler else None)
     try:
+        consumer = DriftConsumer(
+            settings,
+            lambda: build_worker(services, pool_name, **worker_options),
+            services.uow_factory,
+            services.publisher,
+            group_id=group_id,
+        )
         return consumer.run(stop, max_events=max_events, until=until)
     finally:
-        producer.close()
-        events.close()
-        store.dispose()
+        services.close()

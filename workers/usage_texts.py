@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from compass.qdrant.store import VectorStore
+from compass.ports.vector_store import VectorStore
 
 
 class VectorStoreUsageTexts:

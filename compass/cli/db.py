@@ -83,20 +83,17 @@ def db_purge(
     redelivered old event could be counted again."""
     from datetime import timedelta
 
+    from compass.bootstrap import open_unit_of_work
+    from compass.config import load_settings
     from compass.core.errors import ConfigError
     from compass.sql.migrate import current
-    from compass.sql.unit_of_work import open_store
 
     url = _url(database_url)
     if current(url) is None:
         raise ConfigError("the database has no COMPASS schema; run 'compass db upgrade' first")
-    store = open_store(url, pool_size=1)
-    try:
-        with store() as uow:
-            result = uow.maintenance.purge(timedelta(days=older_than_days), dry_run=dry_run)
-            uow.commit()
-    finally:
-        store.dispose()
+    with open_unit_of_work(load_settings(database_url=url), pool_size=1) as store, store() as uow:
+        result = uow.maintenance.purge(timedelta(days=older_than_days), dry_run=dry_run)
+        uow.commit()
     verb = "would delete" if dry_run else "deleted"
     for table in ("processed_events", "usage_counts", "dead_letters", "outbox"):
         typer.echo(f"{table:<17} {verb} {getattr(result, table)}")

@@ -21,10 +21,11 @@ def streams(
     """Consume prompt-events: embed, count, detect drift, emit drift-events (Ctrl-C stops)."""
     import faust
 
+    from compass.bootstrap import ensure_semantic_map, prepare_services
     from compass.config import load_settings
     from compass.logs import configure_logging
     from streams.app import create_app
-    from streams.runtime import arm_shutdown_watchdog, preflight, prepare_services
+    from streams.runtime import arm_shutdown_watchdog
 
     overrides: dict[str, Any] = {}
     if sample_rate is not None:
@@ -34,7 +35,7 @@ def streams(
     settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     settings = prepare_services(settings)
-    version = preflight(settings, semantic_map)
+    version = ensure_semantic_map(settings, semantic_map)
     typer.echo(
         f"streams: broker {settings.broker_bootstrap_servers}, topic "
         f"{settings.topic_prompt_events}, group {settings.stream_app_id}, semantic map v{version}",

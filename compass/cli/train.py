@@ -58,50 +58,28 @@ def train(
 ) -> None:
     """Train a LoRA/DoRA adapter (or continue one) and save it in PEFT format."""
     from compass.config import load_settings
-    from compass.lm.models import load_causal_lm
-    from compass.lm.training import (
-        AdapterTrainingConfig,
-        continue_adapter,
-        load_adapter,
-        save_adapter,
-        train_adapter,
-    )
+    from compass.lm.training import train_to_folder, training_config
 
     settings = load_settings()
-    base_config = AdapterTrainingConfig.load(config) if config else AdapterTrainingConfig()
-    changes = {
-        key: value
-        for key, value in {
-            "method": method,
-            "steps": steps,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "r": rank,
-            "max_length": max_length,
-            "seed": seed,
-            "ewc_lambda": ewc_lambda,
-            "replay_share": replay_share,
-        }.items()
-        if value is not None
-    }
-    training = base_config.replace(**changes, replay=replay, ewc=ewc)
+    training = training_config(
+        config, method=method, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        r=rank, max_length=max_length, seed=seed, ewc_lambda=ewc_lambda,
+        replay_share=replay_share, replay=replay, ewc=ewc,
+    )  # fmt: skip
     train_texts = _read_texts(texts, language)
+    earlier_texts: list[str] = []
+    if continue_from is not None and earlier is not None:
+        earlier_texts = _read_texts(earlier, language)
     provenance = {"language": language, "sampler": sampler, "budget": budget}
-    provenance = {k: v for k, v in provenance.items() if v is not None}
-    base = load_causal_lm(model or settings.base_model_id, settings.data_dir)
-    if continue_from is not None:
-        previous = load_adapter(continue_from, base, trainable=True)
-        earlier_texts = _read_texts(earlier, language) if earlier else []
-        adapter = continue_adapter(
-            previous, train_texts, earlier_texts, training, progress=progress,
-            provenance={**provenance, "parent_path": str(continue_from)},
-        )  # fmt: skip
-    else:
-        adapter = train_adapter(base, train_texts, training, progress, provenance)
-    manifest = save_adapter(adapter, out)
-    m = adapter.metrics
+    saved = train_to_folder(
+        train_texts, out, base_model_id=model or settings.base_model_id,
+        data_dir=settings.data_dir, config=training, continue_from=continue_from,
+        earlier_texts=earlier_texts, progress=progress,
+        provenance={k: v for k, v in provenance.items() if v is not None},
+    )  # fmt: skip
+    m = saved.metrics
     typer.echo(
-        f"adapter saved to {out} ({len(manifest)} files): {m.steps} steps on {m.device}, "
+        f"adapter saved to {out} ({len(saved.manifest)} files): {m.steps} steps on {m.device}, "
         f"loss {m.first_loss:.3f} -> {m.final_loss:.3f}, {m.samples_per_second:.1f} samples/s"
     )
 

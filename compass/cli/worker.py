@@ -6,7 +6,9 @@ import typer
 
 
 def worker(
-    sampler: str = typer.Option("compass", help="Sampler that picks the auxiliary data."),
+    sampler: str | None = typer.Option(
+        None, help="Sampler that picks the auxiliary data (default: COMPASS_SAMPLER, 'compass')."
+    ),
     budget: int = typer.Option(96, min=1, help="Auxiliary texts per update."),
     steps: int = typer.Option(24, min=1, help="Training steps per update."),
     max_events: int = typer.Option(0, min=0, help="Stop after this many drift events (0: run)."),
@@ -16,9 +18,9 @@ def worker(
     import signal
     import threading
 
+    from compass.bootstrap import prepare_services
     from compass.config import load_settings
     from compass.lm.training.config import AdapterTrainingConfig
-    from streams.runtime import prepare_services
     from workers.runner import run_worker
 
     settings = prepare_services(load_settings())  # services up, topics created, schema migrated

@@ -3,6 +3,9 @@
 Every value carries ``schema_version``. Consumers call :func:`decode_prompt_event`, which never
 raises: a bad message becomes a :class:`DeadLetter` with a stable ``reason`` code, the stage that
 rejected it and the original bytes, so nothing is lost and processing goes on.
+
+Language codes are canonicalised here, once (``pt_br`` → ``pt-BR``, unknown codes rejected as
+``unknown_language``): everything downstream, storage included, takes them as they are.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compass.core.errors import DataError
-from compass.core.languages import normalize_language
 from compass.core.records import TextRecord
+from compass.corpora.folders import language_folders, open_languages, require_languages
 from compass.corpora.html_text import class_divs
 
 SOURCE = "debian-handbook"
@@ -20,21 +20,17 @@ def handbook_dir(root: Path) -> Path:
     return Path(root) / "usr" / "share" / "doc" / "debian-handbook" / "html"
 
 
+_KEEP_REGION = frozenset({"pt-BR", "zh-CN", "zh-TW"})
+
+
+def _handbook_code(code: str) -> str:
+    return code if code in _KEEP_REGION else code.split("-")[0]
+
+
 def language_dirs(root: Path) -> dict[str, Path]:
     """Normalised code → folder; ``de-DE`` is ``de`` (the region is the translators' default),
     but ``pt-BR``, ``zh-CN`` and ``zh-TW`` keep theirs."""
-    base = handbook_dir(Path(root))
-    out: dict[str, Path] = {}
-    if not base.exists():
-        return out
-    keep_region = {"pt-BR", "zh-CN", "zh-TW"}
-    for folder in sorted(base.iterdir()):
-        try:
-            code = normalize_language(folder.name)
-        except Exception:
-            continue
-        out[code if code in keep_region else code.split("-")[0]] = folder
-    return out
+    return language_folders(handbook_dir(Path(root)), key=_handbook_code)
 
 
 def _section_topic(name: str) -> str:
@@ -50,14 +46,13 @@ def load_debian_handbook(
     min_chars: int = 40,
     drop_untranslated: bool = True,
 ) -> list[TextRecord]:
+    """Paragraphs of at least ``min_chars`` of the unpacked handbook under ``root``, grouped by
+    language in the order of ``languages``; raises :class:`DataError` when a language or the
+    English folder is missing (run ``compass data fetch``)."""
     dirs = language_dirs(Path(root))
-    wanted = [normalize_language(code) for code in languages]
-    missing = [code for code in wanted if code not in dirs]
-    if missing:
-        raise DataError(
-            f"the Debian handbook has no {missing} under {handbook_dir(Path(root))}; run "
-            f"'compass data fetch' (have: {sorted(dirs)})"
-        )
+    wanted = require_languages(
+        languages, dirs, corpus="the Debian handbook", where=handbook_dir(Path(root))
+    )
     english = dirs.get("en")
     if english is None:
         raise DataError("the Debian handbook's English folder is missing; re-run data fetch")
@@ -67,13 +62,11 @@ def load_debian_handbook(
     )
     out: dict[str, list[TextRecord]] = {code: [] for code in wanted}
     for name in files:
-        open_languages = [
-            c for c in wanted if limit_per_language is None or len(out[c]) < limit_per_language
-        ]
-        if not open_languages:
+        still_open = open_languages(wanted, out, limit_per_language)
+        if not still_open:
             break
         english_paras = class_divs((english / name).read_text(encoding="utf-8"))
-        for code in open_languages:
+        for code in still_open:
             path = dirs[code] / name
             if not path.exists():
                 continue

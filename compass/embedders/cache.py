@@ -111,17 +111,11 @@ class CachedEmbedder(Embedder):
     def __init__(self, inner: Embedder, cache: EmbeddingCache) -> None:
         self.inner = inner
         self.cache = cache
+        self.model_id = inner.model_id
+        self.dim = inner.dim
         self.batch_size = inner.batch_size
         self.hits = 0
         self.misses = 0
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
 
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:
         return self.inner._embed_batch(texts, kind)

@@ -1,16 +1,14 @@
-"""The thin Kafka edge of the workers: a producer protocol and its kafka-python form."""
+"""The event-publisher port (:class:`compass.ports.publisher.MessageProducer`) on Kafka,
+through kafka-python, and the consumer the adapter worker reads drift events with; shared by the
+stream's outbox relay, the worker and the demo."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
+from compass.ports.publisher import MessageProducer
 
-class MessageProducer(Protocol):
-    def send(self, topic: str, key: bytes, value: bytes) -> None: ...
-
-    def flush(self, timeout_s: float = 30.0) -> None: ...
-
-    def close(self) -> None: ...
+__all__ = ["KafkaMessageProducer", "MessageProducer", "open_consumer"]
 
 
 class KafkaMessageProducer:
@@ -36,3 +34,30 @@ class KafkaMessageProducer:
 
     def close(self) -> None:
         self._producer.close(timeout=5)
+
+
+def open_consumer(
+    bootstrap_servers: str,
+    topic: str,
+    group_id: str,
+    *,
+    session_timeout_ms: int = 10_000,
+    max_poll_records: int = 1,
+    max_poll_interval_ms: int = 3_600_000,
+) -> Any:
+    """A kafka-python consumer of ``topic`` in ``group_id`` that commits offsets only when told
+    (``consumer.commit()``) and starts from the earliest offset for a new group. The poll
+    interval defaults to an hour: training an adapter version can take many minutes."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
+        max_poll_records=max_poll_records,
+        max_poll_interval_ms=max_poll_interval_ms,
+    )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
-from compass.kafka.io import MessageProducer
+from compass.ports.publisher import MessageProducer
 from compass.ports.storage import UnitOfWork
 
 log = structlog.get_logger(__name__)

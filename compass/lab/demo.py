@@ -87,13 +87,15 @@ def _env(settings: Settings) -> dict[str, str]:
 
 def build_demo_pool(settings: Settings) -> int:
     """Embed the auxiliary pool (cached after the first run) and activate its semantic map."""
+    from compass.bootstrap import (
+        embedding_cache_path,
+        open_embedder,
+        open_unit_of_work,
+        open_vector_store,
+    )
     from compass.corpora import load_gettext
     from compass.corpora.pool import build_pool, pools_dir
-    from compass.embedders import load_embedder
-    from compass.embedders.factory import default_cache_path
     from compass.lab.scenario import SHIFTED_TOPICS, STABLE_TOPICS
-    from compass.qdrant.store import open_vector_store
-    from compass.sql.unit_of_work import open_store
 
     records = load_gettext(
         list(AUX_LANGUAGES), domains=[*STABLE_TOPICS, *SHIFTED_TOPICS], min_chars=12
@@ -105,8 +107,8 @@ def build_demo_pool(settings: Settings) -> int:
         if by_key.get(key, 0) < 30 and len(record.text) <= 200:
             by_key[key] = by_key.get(key, 0) + 1
             kept.append(record)
-    embedder = load_embedder(settings.embedder_id, cache=default_cache_path(settings.data_dir))
-    store = open_vector_store(settings, embedder.dim, collection="pool_demo")
+    embedder = open_embedder(settings, cache=embedding_cache_path(settings))
+    store = open_vector_store(settings, embedder, collection="pool_demo")
     try:
         result = build_pool(
             kept, embedder, pools_dir(settings.data_dir) / "demo", store=store, k=12, seed=0
@@ -117,7 +119,7 @@ def build_demo_pool(settings: Settings) -> int:
 
     snapshot = load_snapshot(pools_dir(settings.data_dir) / "demo")
     assert settings.database_url is not None
-    with open_store(settings.database_url, pool_size=1) as db, db() as uow:
+    with open_unit_of_work(settings, pool_size=1) as db, db() as uow:
         stored = uow.semantic_maps.save_semantic_map(snapshot.semantic_map, activate=True)
         uow.commit()
     log.info("demo.pool_ready", items=len(kept), k=result.k, map_version=stored.version)
@@ -168,8 +170,8 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
 
 
 def _produce(settings: Settings, run_start: datetime, seed: int) -> tuple[int, int, datetime]:
+    from compass.bootstrap import open_publisher
     from compass.kafka.broker import ensure_topics, topic_specs
-    from compass.kafka.io import KafkaMessageProducer
     from compass.lab.scenario import Scenario, build_stream, interleave, malformed_messages
 
     assert settings.broker_bootstrap_servers is not None
@@ -179,7 +181,7 @@ def _produce(settings: Settings, run_start: datetime, seed: int) -> tuple[int, i
     )
     valid = build_stream(scenario)
     bad = malformed_messages(14, at=run_start, max_text_chars=settings.max_text_chars)
-    producer = KafkaMessageProducer(settings.broker_bootstrap_servers)
+    producer = open_publisher(settings)
     try:
         for message in interleave(valid, bad, seed=seed):
             producer.send(settings.topic_prompt_events, message.key, message.value)
@@ -326,7 +328,7 @@ def _collect(report: DemoReport, settings: Settings, since: datetime, started: d
 
 def run_demo(base: Settings, *, steps: int = 16, budget: int = 64, timeout_s: float = 900) -> Any:
     """Run the loop once; return a :class:`DemoReport` (and the worker outcome in it)."""
-    from streams.runtime import prepare_services
+    from compass.bootstrap import prepare_services
 
     run_id = uuid.uuid4().hex[:8]
     started = datetime.now(UTC)

@@ -56,21 +56,16 @@ def check_kind(kind: str) -> EmbeddingKind:
 class Embedder(ABC):
     """Texts → float32 ``(n, dim)`` L2-normalised vectors.
 
-    Subclasses implement :meth:`_embed_batch`; :meth:`embed` adds validation, batching and an
-    optional progress bar and keeps its own overhead to a few microseconds per batch.
+    A subclass sets two attributes, on the class or in ``__init__`` once its model is loaded:
+    ``model_id``, which names the model *and* its version (embedding-cache keys include it), and
+    ``dim``, the vector dimension (the vector store is created with it). It implements
+    :meth:`_embed_batch`; :meth:`embed` adds validation, batching and an optional progress bar
+    and keeps its own overhead to a few microseconds per batch.
     """
 
+    model_id: str
+    dim: int
     batch_size: int = 64
-
-    @property
-    @abstractmethod
-    def model_id(self) -> str:
-        """Identifies the model *and* its version: embedding-cache keys include it."""
-
-    @property
-    @abstractmethod
-    def dim(self) -> int:
-        """Vector dimension."""
 
     @abstractmethod
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:

@@ -10,6 +10,11 @@ A :class:`UnitOfWork` is one database transaction: everything done through its r
 kept only if :meth:`UnitOfWork.commit` is called before the ``with`` block ends; any exception or
 a missing ``commit()`` rolls it all back. That is how a new adapter version and the outbox row
 announcing it are written together or not at all.
+
+Languages are canonical BCP-47 codes (``pt-BR``, see
+:func:`compass.core.languages.normalize_language`): events are validated when decoded and records
+when loaded, and the CLI normalises what a user types, so repositories take codes as they are
+(``"pt_br"`` finds nothing stored under ``"pt-BR"``).
 """
 
 from __future__ import annotations
@@ -20,18 +25,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Literal, Self
 
 from compass.core.events import DeadLetter, DriftEvent
 from compass.core.semantic_map import SemanticMap
+from compass.core.windows import ClusterCount
 
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
 VERSION_STATUSES: tuple[VersionStatus, ...] = ("candidate", "active", "rejected", "retired")
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
-UNASSIGNED_CLUSTER = -1
-"""Cluster id for events counted in ``total`` but never embedded (dropped by load sampling)."""
 
 
 # --------------------------------------------------------------------------- usage
@@ -41,8 +45,8 @@ class UsageObservation:
 
     ``sampled`` says the event was embedded and assigned ``cluster``; when the stream sheds load
     it counts a skipped event with ``sampled=False`` (its cluster is then
-    :data:`UNASSIGNED_CLUSTER`, or an estimate) and ``weight`` lets one sampled event stand for
-    several (``1 / sampling rate``) in ``total``.
+    :data:`compass.core.windows.UNASSIGNED_CLUSTER`, or an estimate) and ``weight`` lets one
+    sampled event stand for several (``1 / sampling rate``) in ``total``.
     """
 
     event_id: str
@@ -53,13 +57,6 @@ class UsageObservation:
     semantic_map_version: int
     sampled: bool = True
     weight: float = 1.0
-
-
-class ClusterCount(NamedTuple):
-    """Counts of one cluster: ``total`` (sum of weights) and ``sampled`` (events embedded)."""
-
-    total: float
-    sampled: int
 
 
 # --------------------------------------------------------------------------- semantic maps
@@ -186,19 +183,6 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True)
-class DeadLetterRecord:
-    dead_letter_id: int
-    source: str
-    partition: int | None
-    offset: int | None
-    stage: str
-    reason: str
-    detail: str
-    raw: bytes
-    received_at: datetime
-
-
-@dataclass(frozen=True)
 class PurgeResult:
     """Rows deleted per table by a retention purge."""
 
@@ -230,12 +214,6 @@ class UsageRepository(abc.ABC):
         """Counts per cluster over windows starting in ``[since, until)``."""
 
     @abc.abstractmethod
-    def window_counts(
-        self, language: str, window_start: datetime, semantic_map_version: int | None = None
-    ) -> dict[int, ClusterCount]:
-        """Counts per cluster of one window (all map versions unless one is given)."""
-
-    @abc.abstractmethod
     def languages_with_usage(self, since: datetime) -> list[str]:
         """Languages that have counts in windows starting at or after ``since``."""
 
@@ -264,9 +242,6 @@ class SemanticMapRepository(abc.ABC):
     @abc.abstractmethod
     def get_semantic_map(self, version: int) -> SemanticMapRecord | None: ...
 
-    @abc.abstractmethod
-    def activate_semantic_map(self, version: int) -> SemanticMapRecord: ...
-
 
 class DriftRepository(abc.ABC):
     @abc.abstractmethod
@@ -275,19 +250,15 @@ class DriftRepository(abc.ABC):
         (language, window_start) is already stored."""
 
     @abc.abstractmethod
-    def get_drift_event(self, drift_id: uuid.UUID) -> DriftRecord | None: ...
-
-    @abc.abstractmethod
     def last_drift_event(self, language: str) -> DriftRecord | None:
         """The most recent drift of a language (by ``detected_at``), for cooldowns."""
 
 
 class AdapterRepository(abc.ABC):
     @abc.abstractmethod
-    def get_or_create_adapter(self, language: str, base_model: str) -> AdapterRecord: ...
-
-    @abc.abstractmethod
-    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None: ...
+    def get_or_create_adapter(self, language: str, base_model: str) -> AdapterRecord:
+        """The adapter of (language, base model), created on first use; raises
+        :class:`~compass.core.errors.DataError` on an empty base model."""
 
     @abc.abstractmethod
     def create_version(self, adapter_id: int, version: NewAdapterVersion) -> AdapterVersionRecord:
@@ -296,27 +267,13 @@ class AdapterRepository(abc.ABC):
 
     @abc.abstractmethod
     def activate_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
-        """Make a candidate the live version; the previous active one becomes ``retired`` in the
-        same transaction."""
+        """Make a candidate (or a retired version) the live one; the previous active one becomes
+        ``retired`` in the same transaction. Raises :class:`~compass.core.errors.DataError` for
+        a missing or rejected version."""
 
     @abc.abstractmethod
-    def reject_version(self, adapter_id: int, number: int, reason: str = "") -> None: ...
-
-    @abc.abstractmethod
-    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None: ...
-
-    @abc.abstractmethod
-    def version_for_drift(self, drift_id: uuid.UUID) -> AdapterVersionRecord | None: ...
-
-    @abc.abstractmethod
-    def active_version(self, language: str, base_model: str) -> AdapterVersionRecord | None: ...
-
-    @abc.abstractmethod
-    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]: ...
-
-    @abc.abstractmethod
-    def reference_distribution(self, language: str, base_model: str) -> dict[int, float] | None:
-        """The usage distribution the live adapter was built for (``None`` without one)."""
+    def active_version(self, language: str, base_model: str) -> AdapterVersionRecord | None:
+        """The live version of (language, base model), ``None`` before the first activation."""
 
 
 class JobRepository(abc.ABC):
@@ -326,22 +283,11 @@ class JobRepository(abc.ABC):
         another worker holds a live lease or the job is finished. One job per drift event."""
 
     @abc.abstractmethod
-    def claim_next_job(self, worker: str, lease: timedelta) -> TrainingJob | None:
-        """Claim the oldest queued job, or one whose lease expired (``SKIP LOCKED``)."""
-
-    @abc.abstractmethod
-    def extend_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
-        """Heartbeat; ``False`` if the job is no longer held by ``worker``."""
-
-    @abc.abstractmethod
     def complete_job(self, job_id: int, worker: str, version_id: int | None) -> None: ...
 
     @abc.abstractmethod
     def fail_job(self, job_id: int, worker: str, error: str, *, retry: bool = True) -> None:
         """Record ``error``; with ``retry`` the job is queued again, else it is ``failed``."""
-
-    @abc.abstractmethod
-    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None: ...
 
 
 class OutboxRepository(abc.ABC):
@@ -363,9 +309,6 @@ class DeadLetterRepository(abc.ABC):
     def record_dead_letter(self, letter: DeadLetter) -> bool:
         """Keep a rejected message; ``False`` if the same (source, partition, offset) is
         already stored (a redelivery)."""
-
-    @abc.abstractmethod
-    def recent_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]: ...
 
 
 class MaintenanceRepository(abc.ABC):

@@ -1,5 +1,5 @@
-"""One vector-store interface, two backends: Qdrant Edge (in-process, embedded default) and a
-Qdrant server through ``qdrant-client`` (production).
+"""The vector-store port (:mod:`compass.ports.vector_store`) on Qdrant: Qdrant Edge
+(in-process, the embedded default) and a Qdrant server through ``qdrant-client`` (production).
 
 Point ids are UUIDs (uuid5 of the event id for usage events), so an upsert of a redelivered
 event replaces the point instead of adding one. Payload filters are plain ``{field: value}``
@@ -9,9 +9,7 @@ equality matches — all the pipeline and the samplers need.
 from __future__ import annotations
 
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,64 +18,19 @@ import structlog
 
 from compass.config import Settings
 from compass.core.errors import InfraError
+from compass.ports.vector_store import PayloadFilter, StoredPoint, VectorPoint, VectorStore
+
+__all__ = [
+    "PayloadFilter",
+    "QdrantEdgeStore",
+    "QdrantServerStore",
+    "StoredPoint",
+    "VectorPoint",
+    "VectorStore",
+    "open_vector_store",
+]
 
 log = structlog.get_logger(__name__)
-
-PayloadFilter = Mapping[str, str | int | bool]
-
-
-@dataclass(frozen=True)
-class VectorPoint:
-    id: uuid.UUID
-    vector: np.ndarray
-    payload: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StoredPoint:
-    id: uuid.UUID
-    payload: dict[str, Any]
-    vector: np.ndarray | None = None
-    score: float | None = None
-
-
-class VectorStore(ABC):
-    """A collection of fixed-dimension cosine vectors with JSON payloads."""
-
-    dim: int
-
-    @abstractmethod
-    def upsert(self, points: Sequence[VectorPoint]) -> None: ...
-
-    @abstractmethod
-    def retrieve(
-        self, ids: Sequence[uuid.UUID], with_vectors: bool = False
-    ) -> list[StoredPoint]: ...
-
-    @abstractmethod
-    def search(
-        self, vector: np.ndarray, limit: int = 10, where: PayloadFilter | None = None
-    ) -> list[StoredPoint]: ...
-
-    @abstractmethod
-    def count(self, where: PayloadFilter | None = None) -> int: ...
-
-    @abstractmethod
-    def scroll(
-        self, where: PayloadFilter | None = None, batch_size: int = 1000, with_vectors: bool = False
-    ) -> Iterator[StoredPoint]: ...
-
-    @abstractmethod
-    def flush(self) -> None: ...
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> VectorStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _check_dim(store: VectorStore, points: Sequence[VectorPoint]) -> None:
@@ -277,7 +230,8 @@ class QdrantServerStore(VectorStore):
 def open_vector_store(
     settings: Settings, dim: int, collection: str | None = None, path: Path | None = None
 ) -> VectorStore:
-    """The configured Qdrant server, else Qdrant Edge under ``<data_dir>/embedded/qdrant``."""
+    """The configured Qdrant server, else Qdrant Edge under ``<data_dir>/embedded/qdrant``;
+    ``dim`` is the embedder's dimension (see :func:`compass.bootstrap.open_vector_store`)."""
     name = collection or settings.qdrant_collection
     if settings.qdrant_url:
         return QdrantServerStore(settings.qdrant_url, name, dim)

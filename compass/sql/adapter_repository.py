@@ -17,7 +17,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, RowMapping
 
 from compass.core.errors import DataError
-from compass.core.languages import normalize_language
 from compass.ports.storage import (
     AdapterRecord,
     AdapterRepository,
@@ -105,7 +104,6 @@ class SqlAdapterRepository(AdapterRepository):
         self._conn = conn
 
     def get_or_create_adapter(self, language: str, base_model: str) -> AdapterRecord:
-        language = normalize_language(language)
         if not base_model:
             raise DataError("base model is empty")
         row = (
@@ -124,18 +122,18 @@ class SqlAdapterRepository(AdapterRepository):
         )
         if row is not None:
             return _adapter(row)
-        found = self.get_adapter(language, base_model)
+        found = self._get_adapter(language, base_model)
         assert found is not None
         return found
 
-    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None:
+    def _get_adapter(self, language: str, base_model: str) -> AdapterRecord | None:
         row = (
             self._conn.execute(
                 text(
                     f"SELECT {_ADAPTER_COLUMNS} FROM adapters "
                     "WHERE language = :language AND base_model = :base_model"
                 ),
-                {"language": normalize_language(language), "base_model": base_model},
+                {"language": language, "base_model": base_model},
             )
             .mappings()
             .one_or_none()
@@ -196,7 +194,7 @@ class SqlAdapterRepository(AdapterRepository):
 
     def activate_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
         self._lock_adapter(adapter_id)  # serialises activations of one adapter
-        target = self.get_version(adapter_id, number)
+        target = self._get_version(adapter_id, number)
         if target is None:
             raise DataError(f"adapter {adapter_id} has no version {number}")
         if target.status == "active":
@@ -222,27 +220,11 @@ class SqlAdapterRepository(AdapterRepository):
         )
         return self._version_by_id(target.version_id)
 
-    def reject_version(self, adapter_id: int, number: int, reason: str = "") -> None:
-        result = self._conn.execute(
-            text(
-                "UPDATE adapter_versions SET status = 'rejected' "
-                "WHERE adapter_id = :a AND number = :n AND status = 'candidate'"
-            ),
-            {"a": adapter_id, "n": number},
-        )
-        if result.rowcount == 0:
-            raise DataError(f"adapter {adapter_id} has no candidate version {number} to reject")
-
-    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None:
+    def _get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None:
         row = self._conn.execute(
             text(_VERSION_SELECT + " WHERE v.adapter_id = :a AND v.number = :n"),
             {"a": adapter_id, "n": number},
         )
-        found = row.mappings().one_or_none()
-        return None if found is None else _version(found)
-
-    def version_for_drift(self, drift_id: uuid.UUID) -> AdapterVersionRecord | None:
-        row = self._conn.execute(text(_VERSION_SELECT + " WHERE v.drift_id = :d"), {"d": drift_id})
         found = row.mappings().one_or_none()
         return None if found is None else _version(found)
 
@@ -252,21 +234,10 @@ class SqlAdapterRepository(AdapterRepository):
                 _VERSION_SELECT + " WHERE a.language = :language AND a.base_model = :base_model"
                 " AND v.status = 'active'"
             ),
-            {"language": normalize_language(language), "base_model": base_model},
+            {"language": language, "base_model": base_model},
         )
         found = row.mappings().one_or_none()
         return None if found is None else _version(found)
-
-    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]:
-        rows = self._conn.execute(
-            text(_VERSION_SELECT + " WHERE v.adapter_id = :a ORDER BY v.number"),
-            {"a": adapter_id},
-        )
-        return [_version(r) for r in rows.mappings()]
-
-    def reference_distribution(self, language: str, base_model: str) -> dict[int, float] | None:
-        active = self.active_version(language, base_model)
-        return None if active is None else dict(active.reference_distribution)
 
 
 class SqlJobRepository(JobRepository):
@@ -286,7 +257,7 @@ class SqlJobRepository(JobRepository):
             ),
             {"d": drift_id},
         ).scalar_one_or_none()
-        if created is None and self.get_job(drift_id) is None:
+        if created is None and self._get_job(drift_id) is None:
             raise DataError(f"drift event {drift_id} is not stored; record it before its job")
         row = self._conn.execute(
             text(
@@ -306,39 +277,6 @@ class SqlJobRepository(JobRepository):
         )
         found = row.mappings().one_or_none()
         return None if found is None else _job(found)
-
-    def claim_next_job(self, worker: str, lease: timedelta) -> TrainingJob | None:
-        _check_lease(worker, lease)
-        row = self._conn.execute(
-            text(
-                f"""
-                UPDATE training_jobs
-                   SET status = 'running', worker = :worker, lease_until = now() + :lease,
-                       attempts = attempts + 1, started_at = now(), finished_at = NULL
-                 WHERE id = (SELECT id FROM training_jobs
-                              WHERE status = 'queued'
-                                 OR (status = 'running' AND lease_until < now())
-                              ORDER BY created_at, id
-                              LIMIT 1
-                                FOR UPDATE SKIP LOCKED)
-                RETURNING {_JOB_COLUMNS}
-                """
-            ),
-            {"worker": worker, "lease": lease},
-        )
-        found = row.mappings().one_or_none()
-        return None if found is None else _job(found)
-
-    def extend_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
-        _check_lease(worker, lease)
-        result = self._conn.execute(
-            text(
-                "UPDATE training_jobs SET lease_until = now() + :lease "
-                "WHERE id = :j AND worker = :worker AND status = 'running'"
-            ),
-            {"j": job_id, "worker": worker, "lease": lease},
-        )
-        return bool(result.rowcount)
 
     def complete_job(self, job_id: int, worker: str, version_id: int | None) -> None:
         result = self._conn.execute(
@@ -370,7 +308,7 @@ class SqlJobRepository(JobRepository):
         if result.rowcount == 0:
             raise DataError(f"job {job_id} is not held by {worker!r} (lease lost?)")
 
-    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
+    def _get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
         row = self._conn.execute(
             text(f"SELECT {_JOB_COLUMNS} FROM training_jobs WHERE drift_id = :d"), {"d": drift_id}
         )

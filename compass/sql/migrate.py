@@ -9,6 +9,7 @@ database becomes one :class:`~compass.core.errors.InfraError` line, checked befo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,25 +57,25 @@ def upgrade(url: str, revision: str = "head") -> str | None:
     """Migrate ``url`` up to ``revision``; returns the revision it is at afterwards."""
     from alembic import command
 
-    from compass.sql.server import check_connection
-
-    check_connection(url)
-    command.upgrade(alembic_config(url), revision)
-    now = current(url)
-    log.debug("db.upgraded", revision=now)
-    return now
+    return _migrate(url, revision, command.upgrade, "db.upgraded")
 
 
 def downgrade(url: str, revision: str) -> str | None:
     """Migrate ``url`` down to ``revision`` (``base`` removes every COMPASS table)."""
     from alembic import command
 
+    return _migrate(url, revision, command.downgrade, "db.downgraded")
+
+
+def _migrate(
+    url: str, revision: str, step: Callable[[Config, str], None], event: str
+) -> str | None:
     from compass.sql.server import check_connection
 
     check_connection(url)
-    command.downgrade(alembic_config(url), revision)
+    step(alembic_config(url), revision)
     now = current(url)
-    log.debug("db.downgraded", revision=now)
+    log.debug(event, revision=now)
     return now
 
 

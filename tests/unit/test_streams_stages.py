@@ -1,16 +1,22 @@
-"""The stream's stage functions, one by one, without Kafka or a database."""
+"""The stream's stage functions, one by one, without Kafka or a database, and the order the
+checkpoint runs a batch's effects in (the window arithmetic is tested in ``test_windows.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
+import pytest
 
-from compass.core.drift import ClusterShift, DriftResult, Span, WindowPolicy
+from compass.core.detectors import ClusterShift, DriftResult
 from compass.core.events import PromptEvent
-from compass.ports.storage import UNASSIGNED_CLUSTER, ClusterCount
+from compass.core.windows import UNASSIGNED_CLUSTER, Span, WindowPolicy
 from streams import stages
+from streams.checkpoint import Edges, checkpoint
+from streams.pipeline import Verdicts
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = WindowPolicy(base_seconds=60, allowed_lateness_seconds=10, blocks_per_window=6)
@@ -83,41 +89,6 @@ def test_vector_points_are_keyed_by_event_id() -> None:
     assert points[0].payload["window_start"] == (T0 + timedelta(minutes=1)).isoformat()
 
 
-def test_watermarks_close_windows_after_the_allowed_lateness() -> None:
-    marks: dict[str, datetime] = {}
-    closed = stages.advance_watermarks(
-        marks, [_event(0, seconds=15), _event(1, seconds=50)], POLICY
-    )
-    assert closed == {}  # first window ends at 60 s, final at 70 s
-    closed = stages.advance_watermarks(
-        marks, [_event(2, seconds=71), _event(3, "de", seconds=200)], POLICY
-    )
-    assert closed == {"fr": [T0 + timedelta(minutes=1)]}
-    assert marks["fr"] == T0 + timedelta(seconds=71)
-    closed = stages.advance_watermarks(marks, [_event(4, seconds=30)], POLICY)  # late: no change
-    assert closed == {} and marks["fr"] == T0 + timedelta(seconds=71)
-
-
-def test_block_counts_roll_up_into_windows_spans_and_blocks() -> None:
-    by_block = {
-        T0: {0: ClusterCount(3, 3), UNASSIGNED_CLUSTER: ClusterCount(2, 0)},
-        T0 + timedelta(seconds=10): {1: ClusterCount(1, 1)},
-        T0 + timedelta(seconds=60): {0: ClusterCount(4, 2)},
-    }
-    by_window = stages.group_windows(by_block, POLICY)
-    assert by_window[T0] == {
-        0: ClusterCount(3, 3),
-        UNASSIGNED_CLUSTER: ClusterCount(2, 0),
-        1: ClusterCount(1, 1),
-    }
-    bins = stages.window_bins(by_window)
-    assert [(b.n_events, b.n_sampled) for b in bins] == [(6, 4), (4, 2)]
-    span = Span(T0, T0 + timedelta(minutes=2), 10, 6, True)
-    assert stages.span_counts(by_window, span) == {0: 5.0, 1: 1.0}
-    blocks = stages.span_blocks(by_block, span, n_clusters=2)
-    assert blocks.tolist() == [[3, 0], [0, 1], [2, 0]]
-
-
 def test_drift_event_has_a_stable_id_and_carries_the_changes() -> None:
     span = Span(T0, T0 + timedelta(minutes=1), 80, 40, True)
     result = DriftResult(
@@ -133,3 +104,77 @@ def test_drift_event_has_a_stable_id_and_carries_the_changes() -> None:
     assert event.drift_id != stages.drift_id_for("fr", T0, 3)
     assert event.n_events == 80 and event.n_sampled == 40
     assert event.top_cluster_changes[0].sample_texts == ["Roupie indonésienne"]
+
+
+# ------------------------------------------------------------------------------ checkpoint
+class _Recorder:
+    """Stands for the processor and the broker edges; records the order of the calls."""
+
+    def __init__(self, drift: bool, fail_at: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.drift = drift
+        self.fail_at = fail_at
+
+    def _note(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise RuntimeError(name)
+
+    def prepare(self, decoded: stages.Decoded) -> str:
+        self._note("prepare")
+        return "batch"
+
+    def store_vectors(self, batch: str) -> None:
+        self._note("vectors")
+
+    def store_counts(self, batch: str) -> int:
+        self._note("counts")
+        return 3
+
+    def check_drift(self, batch: str) -> Verdicts:
+        self._note("drift")
+        return Verdicts(1, [object()] if self.drift else [])  # type: ignore[list-item]
+
+    def report(self, batch: str, counted: int, verdicts: Verdicts) -> tuple[int, int]:
+        return counted, verdicts.windows_checked
+
+    def edges(self) -> Edges:
+        async def send(letters: object) -> None:
+            self._note("dlq")
+
+        async def ack() -> None:
+            self._note("ack")
+
+        def relay() -> int:
+            self._note("relay")
+            return 1
+
+        return Edges(send_dead_letters=send, publish_outbox=relay, ack=ack)
+
+
+async def _thread(fn: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _run(recorder: _Recorder) -> Any:
+    decoded = stages.Decoded([], [])
+    return asyncio.run(
+        checkpoint(decoded, recorder, run=_thread, edges=recorder.edges())  # type: ignore[arg-type]
+    )
+
+
+def test_checkpoint_runs_the_effects_in_order_and_acks_last() -> None:
+    recorder = _Recorder(drift=True)
+    assert _run(recorder) == (3, 1)
+    assert recorder.calls == ["dlq", "prepare", "vectors", "counts", "drift", "relay", "ack"]
+    quiet = _Recorder(drift=False)
+    _run(quiet)
+    assert quiet.calls == ["dlq", "prepare", "vectors", "counts", "drift", "ack"]
+
+
+def test_a_failed_step_stops_the_checkpoint_before_the_ack() -> None:
+    for step in ("vectors", "counts", "drift", "relay"):
+        recorder = _Recorder(drift=True, fail_at=step)
+        with pytest.raises(RuntimeError, match=step):
+            _run(recorder)
+        assert recorder.calls[-1] == step and "ack" not in recorder.calls

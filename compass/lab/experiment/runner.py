@@ -377,7 +377,8 @@ def run_experiment(
     """
     import torch
 
-    from compass.embedders import default_cache_path, load_embedder
+    from compass.bootstrap import embedding_cache_path, open_embedder
+    from compass.config import Settings
 
     if threads:
         torch.set_num_threads(threads)
@@ -416,7 +417,8 @@ def run_experiment(
         raise DataError(f"{out_dir} holds results of a different config; use another --out")
     config_path.write_text(config.to_json() + "\n")
     with _phase("data"):
-        embedder = load_embedder(config.embedder_id, cache=default_cache_path(data_dir))
+        services = Settings(data_dir=data_dir, embedder_id=config.embedder_id)
+        embedder = open_embedder(services, cache=embedding_cache_path(services))
         data = build_experiment_data(config, data_dir, embedder)
     (out_dir / "data_summary.json").write_text(json.dumps(data.summary(), indent=2) + "\n")
     with _phase("model"):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import structlog
 
 from compass.core.errors import ConfigError
+from compass.core.events import PeftInfo
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +26,34 @@ CONFIG_VERSION = 1
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+@dataclass(frozen=True)
+class PeftSettings:
+    """The PEFT settings of an adapter, as recorded with its version (``peft_config``), in its
+    metadata file and in the ``adapter-updated`` announcement (``peft``)."""
+
+    type: str
+    r: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    use_dora: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type", "r", "alpha", "target_modules": [...], "use_dora"}`` (JSON-ready)."""
+        return {
+            "type": self.type,
+            "r": self.r,
+            "alpha": self.alpha,
+            "target_modules": list(self.target_modules),
+            "use_dora": self.use_dora,
+        }
+
+    def to_info(self) -> PeftInfo:
+        """The announcement's ``peft`` field."""
+        return PeftInfo(
+            type=self.type, r=self.r, alpha=self.alpha, target_modules=list(self.target_modules)
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,17 @@ class AdapterTrainingConfig:
             return self.steps
         assert self.epochs is not None
         return max(1, round(self.epochs * n_texts / self.batch_size))
+
+    def peft_settings(self) -> PeftSettings:
+        """The PEFT settings an adapter trained with this config carries (LoRA; DoRA is LoRA
+        with ``use_dora``)."""
+        return PeftSettings(
+            type="LORA",
+            r=self.r,
+            alpha=self.alpha,
+            target_modules=tuple(self.target_modules),
+            use_dora=self.method == "dora",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

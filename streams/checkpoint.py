@@ -8,17 +8,22 @@ place that says in which order; the docstrings elsewhere point here.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from compass.core.events import DeadLetter
-from streams.stages import Decoded
+import structlog
+
+from compass.core.errors import is_transient
+from compass.core.events import DeadLetter, PromptEvent
+from streams.stages import Decoded, processing_dead_letter
 
 if TYPE_CHECKING:
-    from streams.pipeline import BatchProcessor, BatchReport
+    from streams.pipeline import BatchProcessor, BatchReport, WindowFailure
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
 class Blocking(Protocol):
@@ -61,29 +66,139 @@ async def checkpoint(
        (one transaction);
     4. per language, base windows that became final → drift check; a drift goes to
        ``drift_events`` and the outbox in one transaction, and only a *new* row to the outbox;
-    5. if a drift was recorded, the outbox relay publishes it (at least once; a crash leaves the
-       row pending for the relay's timer);
-    6. acknowledge the batch's offsets (committed only now).
+    5. if a drift was recorded, the outbox relay publishes it (at least once; a failure or a
+       crash leaves the row pending for the relay's timer);
+    6. events that failed deterministically in 2–4 (isolated by :func:`commit_batch`) → the
+       DLQ topic;
+    7. acknowledge the batch's offsets (committed only now).
 
     Steps 2–5 are blocking and run as one call through ``run`` (:func:`commit_batch`), so a
-    shutdown lets the batch in hand finish them. An exception anywhere propagates and nothing
-    is acknowledged.
+    shutdown lets the batch in hand finish them. An exception anywhere (a transient failure:
+    database or broker unavailable) propagates and nothing is acknowledged.
     """
     await edges.send_dead_letters(decoded.dead_letters)
     report = await run(commit_batch, processor, decoded, edges.publish_outbox)
+    if report.poison:
+        await edges.send_dead_letters(report.poison)
     await edges.ack()
     return report
+
+
+class StageFailed(Exception):
+    """Steps 2–4 failed at ``stage`` with ``error``; ``counted`` events were counted first."""
+
+    def __init__(self, stage: str, error: BaseException, counted: int) -> None:
+        super().__init__(f"{stage}: {error!r}")
+        self.stage, self.error, self.counted = stage, error, counted
 
 
 def commit_batch(
     processor: BatchProcessor, decoded: Decoded, publish_outbox: Callable[[], int]
 ) -> BatchReport:
     """Steps 2–5 of :func:`checkpoint`, blocking (also the whole of
-    :meth:`~streams.pipeline.BatchProcessor.process`, with no relay)."""
-    batch = processor.prepare(decoded)
-    processor.store_vectors(batch)
-    counted = processor.store_counts(batch)
-    verdicts = processor.check_drift(batch)
+    :meth:`~streams.pipeline.BatchProcessor.process`, with no relay).
+
+    No single event can stall the partition: when a step fails deterministically (anything
+    :func:`~compass.core.errors.is_transient` does not call transient) the batch is bisected,
+    each half going through the same steps in order, until the failing event is alone; it is
+    dead-lettered (reason ``processing_error``, the stage, the exception) and the rest of the
+    batch goes on. A lone event whose window fails to be judged or recorded is counted, its
+    window skipped, and it is dead-lettered too (stage ``drift``, ``drift_record`` or
+    ``outbox``). A transient failure propagates: the runtime retries the batch with back-off.
+    """
+    from streams.pipeline import BatchReport
+
+    try:
+        return _steps(processor, decoded, publish_outbox)[0]
+    except StageFailed as failure:
+        if is_transient(failure.error) or not decoded.events:
+            raise failure.error from None
+        log.warning(
+            "stream.batch_isolating", stage=failure.stage, error=repr(failure.error)[:300],
+            n_events=len(decoded.events),
+        )  # fmt: skip
+        first = failure
+    parts: list[BatchReport] = []
+    poison: list[DeadLetter] = []
+    counted = [first.counted]
+
+    def walk(events: list[PromptEvent]) -> None:
+        try:
+            report, failed = _steps(
+                processor, decoded.part(events), publish_outbox, alone=len(events) == 1
+            )
+        except StageFailed as failure:
+            if is_transient(failure.error):
+                raise failure.error from None
+            counted[0] += failure.counted
+            if len(events) > 1:
+                middle = len(events) // 2
+                walk(events[:middle])
+                walk(events[middle:])
+                return
+            poison.append(_poison(decoded, events[0], failure.stage, failure.error))
+            return
+        parts.append(report)
+        counted[0] += report.n_counted
+        for window in failed:  # only when alone: the event is counted, its window skipped
+            poison.append(
+                _poison(decoded, events[0], _stage_of("drift", window.error), window.error)
+            )
+
+    walk(list(decoded.events))
+    stored_decode_letters = first.stage not in ("embed", "vector_upsert", "count")
+    processor.store_dead_letters(poison + ([] if stored_decode_letters else decoded.dead_letters))
+    for letter in poison:
+        log.error("stream.event_dead_lettered", stage=letter.stage, offset=letter.offset,
+                  detail=letter.detail[:300])  # fmt: skip
+    return BatchReport.merge(
+        parts, n_valid=len(decoded.events), n_dead=len(decoded.dead_letters),
+        n_counted=counted[0], poison=poison, sample_rate=processor.controller.rate,
+    )  # fmt: skip
+
+
+def _steps(
+    processor: BatchProcessor,
+    decoded: Decoded,
+    publish_outbox: Callable[[], int],
+    *,
+    alone: bool = False,
+) -> tuple[BatchReport, list[WindowFailure]]:
+    """Steps 2–5 once, in order; a failure in 2–4 raises :class:`StageFailed` naming the step.
+    ``alone`` (one event): a window whose check fails is skipped and returned, not raised."""
+    stage, counted = "embed", 0
+    try:
+        batch = processor.prepare(decoded)
+        stage = "vector_upsert"
+        processor.store_vectors(batch)
+        stage = "count"
+        counted = processor.store_counts(batch)
+        stage = "drift"
+        verdicts = processor.check_drift(batch, skip_failed=alone)
+    except Exception as exc:
+        raise StageFailed(_stage_of(stage, exc), exc, counted) from exc
     if verdicts.drift_events:
-        publish_outbox()
-    return processor.report(batch, counted, verdicts)
+        try:
+            publish_outbox()
+        except Exception as exc:  # the rows stay pending; the relay's timer publishes them
+            log.warning("stream.outbox_publish_failed", error=repr(exc)[:300])
+    return processor.report(batch, counted, verdicts), verdicts.failed
+
+
+def _stage_of(stage: str, error: BaseException) -> str:
+    """``drift`` narrowed to ``drift_record`` or ``outbox`` when the failure was writing the
+    drift event or its outbox row (read from the traceback)."""
+    if stage != "drift":
+        return stage
+    names = {frame.f_code.co_name for frame, _ in traceback.walk_tb(error.__traceback__)}
+    if "add_outbox" in names:
+        return "outbox"
+    if "record_drift_event" in names:
+        return "drift_record"
+    return stage
+
+
+def _poison(decoded: Decoded, event: PromptEvent, stage: str, error: BaseException) -> DeadLetter:
+    return processing_dead_letter(
+        event, decoded.origins.get(event.event_id), stage=stage, error=error
+    )

@@ -11,27 +11,33 @@ Where this sits in a batch's order: :func:`streams.checkpoint.checkpoint`.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import structlog
 
+from compass import metrics
 from compass.config import Settings
 from compass.core import windows
 from compass.core.detectors import DriftDetector, DriftResult
 from compass.core.events import DriftEvent
 from compass.core.windows import Span, WindowCheck, WindowPolicy
 from compass.ports.storage import AdapterVersionRecord, DriftRecord, SemanticMapRecord, UnitOfWork
-from compass.ports.vector_store import VectorStore
+from compass.ports.vector_store import Range, VectorStore
 from streams import stages
 
 log = structlog.get_logger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACTIVE_LOOKBACK = timedelta(days=7)
+
+
+class MissingEmbeddings(LookupError):
+    """An embedding-based detector cannot be fitted: the reference's vectors are not stored."""
 
 
 class DetectorFactory(Protocol):
@@ -42,14 +48,18 @@ class DetectorFactory(Protocol):
 
 @dataclass(frozen=True)
 class Reference:
-    """What a window is compared with: an adapter's coverage shares (``blocks`` is ``None``,
-    exact) or the live reference span's sampled counts with its block rows."""
+    """What a window is compared with: a finite sample — the live reference span's sampled
+    counts, or the live adapter's stored reference counts — with its block rows (burstiness;
+    ``None`` or empty when unknown), or, with ``exact``, shares taken as the truth."""
 
     counts: Mapping[int, float]
     blocks: np.ndarray | None = None
     sample_rate: float = 1.0
     adapter_version: int | None = None
     span: Span | None = None
+    exact: bool = False
+    period: tuple[datetime, datetime] | None = None
+    """Event-time bounds of the reference sample (its embeddings are read from there)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,12 @@ class DriftChecker:
             if planned is None:
                 return None
             active = set(uow.usage.languages_with_usage(boundary - ACTIVE_LOOKBACK))
-            result = self.judge(planned, n_tests=max(1, len(active | set(known_languages))))
+            try:
+                result = self.judge(planned, n_tests=max(1, len(active | set(known_languages))))
+            except MissingEmbeddings as exc:  # e.g. a reference older than the vector store
+                log.warning("drift.skipped", language=language, reason=str(exc))
+                return None
+            metrics.record_drift_check(language, result.statistic, result.threshold)
             if not result.is_drift:
                 return None
             event = self.record(uow, planned, result)
@@ -148,9 +163,17 @@ class DriftChecker:
     def judge(self, planned: PlannedCheck, *, n_tests: int) -> DriftResult:
         """Score the window with the configured detector, corrected for ``n_tests`` tests."""
         test = planned.window.test
-        result = self._detector(planned, n_tests).score(
-            planned.window.counts, n_events=test.n_events, sample_rate=test.sample_rate
-        )
+        detector = self._detector(planned, n_tests)
+        if getattr(detector, "needs_embeddings", False):
+            vectors = self._embeddings(planned, test.start, test.end)
+            result = cast(Any, detector).score(
+                planned.window.counts, n_events=test.n_events, sample_rate=test.sample_rate,
+                embeddings=vectors if len(vectors) else None,
+            )  # fmt: skip
+        else:
+            result = detector.score(
+                planned.window.counts, n_events=test.n_events, sample_rate=test.sample_rate
+            )
         _log_result(planned.language, test, result, n_tests)
         return result
 
@@ -188,6 +211,7 @@ class DriftChecker:
             tuple(sorted(reference.counts.items())),
             None if reference.blocks is None else reference.blocks.tobytes(),
             None if reference.blocks is None else reference.sample_rate,
+            reference.exact,
         )
         detector = self._detectors.get(key)
         if detector is None:
@@ -196,18 +220,46 @@ class DriftChecker:
                 n_tests=n_tests,
                 seed=zlib.crc32(planned.language.encode()),
             )
-            if reference.blocks is None:
-                detector.fit(reference.counts, exact=True)
-            else:
-                detector.fit(
-                    reference.counts,
-                    blocks=reference.blocks,
-                    blocks_sample_rate=reference.sample_rate or 1.0,
-                )
+            embeddings = None
+            if getattr(detector, "needs_embeddings", False):
+                embeddings = self._reference_embeddings(planned)
+            fit_reference(detector, reference, embeddings)
             if len(self._detectors) >= 256:
                 self._detectors.clear()
             self._detectors[key] = detector
         return detector
+
+    def _reference_embeddings(self, planned: PlannedCheck) -> np.ndarray:
+        """The reference sample's embeddings (an embedding-based detector's input); raises
+        :class:`MissingEmbeddings` when its period is unknown or no vectors are stored for it
+        (the check is then skipped and logged, never failed)."""
+        reference = planned.reference
+        period = reference.period or (
+            (reference.span.start, reference.span.end) if reference.span else None
+        )
+        if period is None:
+            raise MissingEmbeddings("the reference's event-time period is unknown")
+        vectors = self._embeddings(planned, *period)
+        if not len(vectors):
+            raise MissingEmbeddings(f"no stored embeddings in the reference period {period}")
+        return vectors
+
+    def _embeddings(self, planned: PlannedCheck, start: datetime, end: datetime) -> np.ndarray:
+        """``(n, dim)`` stored vectors of the language's events with ``start <= occurred_at <
+        end`` under the check's semantic map: one query on the indexed event time."""
+        where: dict[str, str | int | bool | Range] = {
+            "language": planned.language,
+            "semantic_map_version": planned.record.version,
+            "occurred_at_ts": Range(
+                gte=math.floor(start.timestamp()), lt=math.ceil(end.timestamp())
+            ),
+        }
+        rows = [
+            point.vector
+            for point in self._store.scroll(where=where, with_vectors=True)
+            if point.vector is not None
+        ]
+        return np.vstack(rows) if rows else np.zeros((0, self._store.dim), dtype=np.float32)
 
     def _sample_texts(
         self, planned: PlannedCheck, spans: Sequence[Span], result: DriftResult
@@ -236,12 +288,31 @@ class DriftChecker:
         return out
 
 
+def fit_reference(
+    detector: DriftDetector, reference: Reference, embeddings: np.ndarray | None = None
+) -> DriftDetector:
+    """Fit ``detector`` to ``reference`` the one way every path does: as a finite sample (with
+    its block rows, when there are at least two, for the burstiness) unless it is ``exact``;
+    ``embeddings`` only for a detector that ``needs_embeddings``."""
+    extra: dict[str, Any] = {} if embeddings is None else {"embeddings": embeddings}
+    if reference.exact:
+        return detector.fit(reference.counts, exact=True, **extra)
+    blocks = reference.blocks
+    return detector.fit(
+        reference.counts,
+        blocks=blocks if blocks is not None and len(blocks) >= 2 else None,
+        blocks_sample_rate=reference.sample_rate or 1.0,
+        **extra,
+    )
+
+
 def _adapter_reference_applies(
     active: AdapterVersionRecord | None, last: DriftRecord | None, record: SemanticMapRecord
 ) -> bool:
     """An adapter's reference counts once it answers the latest drift (or there was none), and
-    only if it was activated under the current semantic map (its cluster ids are that map's)."""
-    if active is None or not active.reference_distribution:
+    only if it was activated under the current semantic map (its cluster ids are that map's)
+    and its reference is known as a sample (:func:`_adapter_sample`)."""
+    if active is None or _adapter_sample(active) is None:
         return False
     if (
         record.activated_at is not None
@@ -254,11 +325,41 @@ def _adapter_reference_applies(
     return active.activated_at is not None and active.activated_at >= last.detected_at
 
 
+def _adapter_sample(adapter: AdapterVersionRecord) -> Reference | None:
+    """The live adapter's reference as a *sample*, never as exact shares (the triggering window
+    held tens of events: judged as exact, stationary usage raised drift in 31–61 % of windows).
+
+    Stored counts (migration 0004) with their block rows; for an older version, its shares
+    times the sampled size of the drift window that triggered it; ``None`` when neither is
+    known — the check then builds a reference from live usage, as before any adapter."""
+    stored = adapter.reference_counts
+    if stored is not None and stored.n_sampled > 0 and stored.counts:
+        blocks = np.asarray(stored.blocks, dtype=np.float64) if stored.blocks else None
+        period = (
+            (stored.window_start, stored.window_end)
+            if stored.window_start is not None and stored.window_end is not None
+            else None
+        )
+        return Reference(
+            dict(stored.counts), blocks=blocks, sample_rate=stored.sample_rate,
+            adapter_version=adapter.number, period=period,
+        )  # fmt: skip
+    n = adapter.trigger_n_sampled
+    shares = adapter.reference_distribution
+    if n and n > 0 and shares and sum(shares.values()) > 0:
+        total = sum(shares.values())
+        counts = {c: v / total * n for c, v in shares.items()}
+        return Reference(counts, adapter_version=adapter.number)
+    return None
+
+
 def _reference(adapter: AdapterVersionRecord | None, window: WindowCheck) -> Reference:
-    """The adapter's coverage when it applies, else the live reference span of the plan (which
-    exists: no test span is planned before it)."""
+    """The adapter's reference sample when it applies, else the live reference span of the
+    plan (which exists: no test span is planned before it)."""
     if adapter is not None:
-        return Reference(adapter.reference_distribution, adapter_version=adapter.number)
+        sample = _adapter_sample(adapter)
+        assert sample is not None  # _adapter_reference_applies checked it
+        return sample
     assert window.reference is not None and window.reference_counts is not None
     return Reference(
         window.reference_counts,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from compass.config import Settings
 from compass.core import windows
-from compass.core.events import DeadLetter, DriftEvent, PromptEvent
+from compass.core.errors import is_transient
+from compass.core.events import DeadLetter, DriftEvent, PromptEvent, utc_now
 from compass.core.semantic_map import SemanticMap
 from compass.core.windows import WindowPolicy
 from compass.map_provider import SemanticMapProvider
@@ -58,6 +59,34 @@ class BatchReport:
     windows_checked: int
     drift_events: list[DriftEvent] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    poison: list[DeadLetter] = field(default_factory=list)
+    """Valid events dead-lettered because processing them failed (``processing_error``);
+    they are in ``n_valid``, not in ``n_dead`` (which counts the decoder's dead letters)."""
+
+    @staticmethod
+    def merge(
+        parts: list[BatchReport], *, n_valid: int, n_dead: int, n_counted: int,
+        poison: list[DeadLetter], sample_rate: float,
+    ) -> BatchReport:  # fmt: skip
+        """One report for a batch processed in parts (an isolated poison event)."""
+        seconds: dict[str, float] = {}
+        for part in parts:
+            for stage, value in part.stage_seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + value
+        return BatchReport(
+            n_valid=n_valid,
+            n_dead=n_dead,
+            n_counted=n_counted,
+            n_embedded=sum(p.n_embedded for p in parts),
+            n_late=sum(p.n_late for p in parts),
+            sample_rate=sample_rate,
+            embed_seconds=sum(p.embed_seconds for p in parts),
+            busy_seconds=sum(p.busy_seconds for p in parts),
+            windows_checked=sum(p.windows_checked for p in parts),
+            drift_events=[e for p in parts for e in p.drift_events],
+            stage_seconds=seconds,
+            poison=poison,
+        )
 
 
 # --------------------------------------------------------------------------- the batch
@@ -81,11 +110,22 @@ class PreparedBatch:
 
 
 @dataclass(frozen=True)
+class WindowFailure:
+    """A window whose drift check failed deterministically and was skipped."""
+
+    language: str
+    boundary: datetime
+    error: BaseException
+
+
+@dataclass(frozen=True)
 class Verdicts:
-    """What the drift step did: windows checked and the drift events newly recorded."""
+    """What the drift step did: windows checked, the drift events newly recorded, and (when
+    asked to skip them) the windows whose check failed."""
 
     windows_checked: int
     drift_events: list[DriftEvent]
+    failed: list[WindowFailure] = field(default_factory=list)
 
 
 class BatchProcessor:
@@ -188,21 +228,46 @@ class BatchProcessor:
         batch.seconds["count"] = time.perf_counter() - started
         return n_counted
 
-    def check_drift(self, batch: PreparedBatch) -> Verdicts:
-        """Advance the watermarks and judge every window that became final, per language."""
+    def check_drift(self, batch: PreparedBatch, *, skip_failed: bool = False) -> Verdicts:
+        """Advance the watermarks (never past the wall clock plus the allowed clock skew) and
+        judge every window that became final, per language.
+
+        A failing check raises (and no watermark moves) unless ``skip_failed``: then a
+        deterministic failure skips that window (logged, returned in ``failed``) and the others
+        go on; a transient one (:func:`~compass.core.errors.is_transient`) still raises."""
         started = time.perf_counter()
         watermarks = dict(self.watermarks)
-        closed = windows.advance_watermarks(watermarks, batch.events, self.policy)
-        drift_events, checked = [], 0
+        limit = utc_now() + timedelta(seconds=self.settings.stream_max_clock_skew_s)
+        closed = windows.advance_watermarks(watermarks, batch.events, self.policy, limit=limit)
+        drift_events, checked, failed = [], 0, []
         for language, boundaries in sorted(closed.items()):
             for boundary in boundaries:
                 checked += 1
-                event = self.checker.check(language, boundary, batch.record, watermarks)
+                try:
+                    event = self.checker.check(language, boundary, batch.record, watermarks)
+                except Exception as exc:
+                    if not skip_failed or is_transient(exc):
+                        raise
+                    log.error(
+                        "drift.window_failed", language=language, boundary=boundary.isoformat(),
+                        error=repr(exc)[:300],
+                    )  # fmt: skip
+                    failed.append(WindowFailure(language, boundary, exc))
+                    continue
                 if event is not None:
                     drift_events.append(event)
-        self.watermarks = watermarks  # only once every check of this batch succeeded
+        self.watermarks = watermarks  # only once every check of this batch is done
         batch.seconds["drift"] = time.perf_counter() - started
-        return Verdicts(checked, drift_events)
+        return Verdicts(checked, drift_events, failed)
+
+    def store_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Record dead letters in their own transaction (those of an isolated batch)."""
+        if not letters:
+            return
+        with self.uow_factory() as uow:
+            for letter in letters:
+                uow.dead_letters.record_dead_letter(letter)
+            uow.commit()
 
     def report(self, batch: PreparedBatch, n_counted: int, verdicts: Verdicts) -> BatchReport:
         return BatchReport(

@@ -3,8 +3,10 @@
 :class:`StreamRuntime` owns the embedder, the vector store, the database store, the batch
 processor and the outbox relay. All blocking work (embedding, Qdrant, PostgreSQL, the outbox
 producer) runs on one dedicated thread, in batch order, so the event loop keeps serving Kafka
-heartbeats while a batch is embedded. A failed batch is retried with back-off and never
-acknowledged; on shutdown the thread finishes the batch in hand before anything is closed.
+heartbeats while a batch is embedded. A batch that fails transiently (a service unavailable) is
+retried with back-off and never acknowledged; one that fails because of an event is isolated by
+the checkpoint (the event dead-lettered, the rest processed). On shutdown the thread finishes
+the batch in hand before anything is closed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import structlog
 
 from compass.bootstrap import Services
 from compass.config import Settings
+from compass.core.errors import is_transient
 from compass.core.events import DeadLetter, encode
 from streams.checkpoint import OFFLINE, Edges, checkpoint
+from streams.exporter import export_batch, export_retry
 from streams.pipeline import BatchProcessor, BatchReport
 from streams.shedding import BatchStats, RateDecision
 from streams.stages import RawMessage, dead_letter_key, decode_messages
@@ -62,7 +66,7 @@ class StreamMetrics:
         self.events += report.n_valid + report.n_dead
         self.counted += report.n_counted
         self.embedded += report.n_embedded
-        self.dead_letters += report.n_dead
+        self.dead_letters += report.n_dead + len(report.poison)
         self.late_events += report.n_late
         self.drift_events += len(report.drift_events)
         self.windows_checked += report.windows_checked
@@ -166,13 +170,19 @@ class StreamRuntime:
     ) -> BatchReport:
         """Decode, then run the batch's :func:`~streams.checkpoint.checkpoint` (its blocking
         steps on the batch thread), retrying until it succeeds; ``ack`` (idempotent)
-        acknowledges the batch's offsets as the checkpoint's last step."""
+        acknowledges the batch's offsets as the checkpoint's last step.
+
+        Only transient failures (database or broker unavailable) reach the retry loop: the
+        checkpoint isolates and dead-letters an event that fails deterministically, so a
+        poison event never stalls the partition."""
         processor = await self.start()
         started = time.monotonic()
         decoded = decode_messages(
             messages,
             max_text_chars=self.settings.max_text_chars,
             max_event_bytes=self.settings.max_event_bytes,
+            max_clock_skew_s=self.settings.stream_max_clock_skew_s,
+            max_event_age_s=self.settings.stream_max_event_age_s,
         )
         edges = Edges(
             send_dead_letters=lambda letters: self._send_dead_letters(letters, dlq),
@@ -188,7 +198,11 @@ class StreamRuntime:
                 raise
             except Exception as exc:  # keep the batch, do not ack it, try again
                 self.metrics.retries += 1
-                log.error("stream.batch_failed", error=repr(exc)[:300], retry_in_s=delay)
+                export_retry()
+                log.error(
+                    "stream.batch_failed", error=repr(exc)[:300], retry_in_s=delay,
+                    transient=is_transient(exc),
+                )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         for message in messages:
@@ -210,6 +224,7 @@ class StreamRuntime:
             )
         )
         self.metrics.add(report, decision)
+        export_batch(report, decision, decoded)
         log.debug(
             "stream.batch", n=len(messages), embedded=report.n_embedded,
             rate=round(report.sample_rate, 3), lag=decision.lag_events,

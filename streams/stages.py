@@ -8,21 +8,28 @@ topology is :mod:`streams.app`; the order of a batch's effects is
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 
 from compass.core.detectors import DriftResult
+from compass.core.edge import clean_string
+from compass.core.errors import InvalidEventError
 from compass.core.events import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
     EVENT_NAMESPACE,
     ClusterChange,
     DeadLetter,
     DriftEvent,
     PromptEvent,
+    dead_letter_for,
     decode_prompt_event,
+    encode,
+    utc_now,
 )
 from compass.core.semantic_map import SemanticMap
 from compass.core.windows import UNASSIGNED_CLUSTER, Span, WindowPolicy
@@ -45,16 +52,35 @@ class RawMessage:
 
 @dataclass(frozen=True)
 class Decoded:
+    """A micro-batch after decoding: its valid events (in order), its dead letters, and the
+    message each event came from (by ``event_id``, first occurrence), for dead-lettering an event
+    that later fails to process."""
+
     events: list[PromptEvent]
     dead_letters: list[DeadLetter]
+    origins: Mapping[str, RawMessage] = field(default_factory=dict)
+
+    def part(self, events: list[PromptEvent]) -> Decoded:
+        """Some of the events, without the dead letters (a part of an isolated batch)."""
+        return Decoded(events, [], self.origins)
 
 
 def decode_messages(
-    messages: Sequence[RawMessage], *, max_text_chars: int, max_event_bytes: int
+    messages: Sequence[RawMessage],
+    *,
+    max_text_chars: int,
+    max_event_bytes: int,
+    max_clock_skew_s: float | None = DEFAULT_MAX_CLOCK_SKEW_S,
+    max_event_age_s: float | None = None,
+    now: datetime | None = None,
 ) -> Decoded:
-    """Valid events and dead letters (with reason, stage and original bytes); never raises."""
+    """Valid events and dead letters (with reason, stage and original bytes) under the edge
+    policy of :func:`compass.core.events.parse_prompt_event`, against one ``now`` (default: the
+    wall clock) for the whole batch; never raises."""
+    now = now or utc_now()
     events: list[PromptEvent] = []
     dead: list[DeadLetter] = []
+    origins: dict[str, RawMessage] = {}
     for message in messages:
         outcome = decode_prompt_event(
             message.value or b"",
@@ -63,12 +89,33 @@ def decode_messages(
             offset=message.offset,
             max_text_chars=max_text_chars,
             max_event_bytes=max_event_bytes,
+            max_clock_skew_s=max_clock_skew_s,
+            max_event_age_s=max_event_age_s,
+            now=now,
         )
         if isinstance(outcome, DeadLetter):
             dead.append(outcome)
         else:
             events.append(outcome)
-    return Decoded(events, dead)
+            origins.setdefault(outcome.event_id, message)
+    return Decoded(events, dead, origins)
+
+
+def processing_dead_letter(
+    event: PromptEvent, origin: RawMessage | None, *, stage: str, error: BaseException
+) -> DeadLetter:
+    """The dead letter of a valid event that failed deterministically at ``stage`` (reason
+    ``processing_error``, the exception's type and message as the detail), with its original
+    message's bytes and position (re-encoded when unknown); bounded like every dead letter."""
+    raw = origin.value if origin is not None and origin.value else encode(event)
+    summary = f"{stage}: {type(error).__name__}: {error}"
+    return dead_letter_for(
+        raw,
+        InvalidEventError("processing_error", summary, stage=stage),
+        source_topic=origin.topic if origin is not None else "prompt-events",
+        partition=None if origin is None else origin.partition,
+        offset=None if origin is None else origin.offset,
+    )
 
 
 def dead_letter_key(letter: DeadLetter) -> bytes:
@@ -123,6 +170,8 @@ def vector_points(
                 "language": event.language,
                 "cluster": int(clusters[i]),
                 "occurred_at": event.occurred_at.isoformat(),
+                # epoch seconds, indexed: the worker's event-time range query (issue 10)
+                "occurred_at_ts": math.floor(event.occurred_at.timestamp()),
                 "window_start": policy.window_start(event.occurred_at).isoformat(),
                 "semantic_map_version": map_version,
                 "text": event.text,
@@ -191,7 +240,7 @@ def build_drift_event(
                 reference_share=change.reference_share,
                 window_share=change.window_share,
                 delta=change.delta,
-                sample_texts=sample_texts.get(change.cluster, []),
+                sample_texts=[clean_string(t) for t in sample_texts.get(change.cluster, [])],
             )
             for change in result.top_changes
         ],

@@ -36,7 +36,13 @@ from compass.ports.storage import (
     TrainingJob,
     UsageObservation,
 )
-from compass.ports.vector_store import PayloadFilter, StoredPoint, VectorPoint, VectorStore
+from compass.ports.vector_store import (
+    PayloadFilter,
+    StoredPoint,
+    VectorPoint,
+    VectorStore,
+    matches,
+)
 
 _UsageKey = tuple[str, datetime, int, int, int]  # language, window start, seconds, map, cluster
 
@@ -223,7 +229,14 @@ class MemoryAdapterRepository(_Repository, ports.AdapterRepository):
 
 
 class MemoryJobRepository(_Repository, ports.JobRepository):
-    def claim_job(self, drift_id: uuid.UUID, worker: str, lease: timedelta) -> TrainingJob | None:
+    def claim_job(
+        self,
+        drift_id: uuid.UUID,
+        worker: str,
+        lease: timedelta,
+        *,
+        max_attempts: int | None = None,
+    ) -> TrainingJob | None:
         if not worker or lease <= timedelta(0):
             raise DataError("a claim needs a worker name and a positive lease")
         job = self.s.jobs.get(drift_id)
@@ -240,12 +253,28 @@ class MemoryJobRepository(_Repository, ports.JobRepository):
         if job.status != "queued" and not expired:
             self.s.jobs[drift_id] = job
             return None
+        last_error = f"lease of {job.worker} expired" if expired else job.last_error
+        if max_attempts is not None and job.attempts >= max_attempts:
+            self.s.jobs[drift_id] = replace(
+                job, status="failed", last_error=last_error, lease_until=None, finished_at=now
+            )
+            return None
         job = replace(
-            job, status="running", worker=worker, lease_until=now + lease,
+            job, status="running", worker=worker, lease_until=now + lease, last_error=last_error,
             attempts=job.attempts + 1, started_at=now, finished_at=None,
         )  # fmt: skip
         self.s.jobs[drift_id] = job
         return job
+
+    def renew_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
+        for job in self.s.jobs.values():
+            if job.job_id == job_id and job.worker == worker and job.status == "running":
+                self.s.jobs[job.drift_id] = replace(job, lease_until=_now() + lease)
+                return True
+        return False
+
+    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
+        return self.s.jobs.get(drift_id)
 
     def _held(self, job_id: int, worker: str) -> TrainingJob:
         for job in self.s.jobs.values():
@@ -391,7 +420,7 @@ class MemoryVectorStore(VectorStore):
 
     def _matching(self, where: PayloadFilter | None) -> Iterator[uuid.UUID]:
         for point_id, (_, payload) in self.points.items():
-            if all(payload.get(k) == v for k, v in (where or {}).items()):
+            if matches(payload, where):
                 yield point_id
 
     def _stored(

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -29,10 +29,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import structlog
 
+from compass.core.detectors import estimate_dispersion
 from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
 from compass.core.events import AdapterUpdated, DriftEvent
-from compass.core.gate import GateDecision, PromotionGate
+from compass.core.gate import GateDecision, PromotionGate, finite_metrics
 from compass.core.samplers.base import Pool, Sampler, SelectionRequest
 from compass.core.semantic_map import SemanticMap
 from compass.lm.artifact_store import read_training_texts, write_training_texts
@@ -42,16 +43,27 @@ from compass.ports.storage import (
     AdapterRecord,
     AdapterVersionRecord,
     NewAdapterVersion,
+    ReferenceCounts,
     UnitOfWork,
 )
+from workers.leases import LeaseKeeper
 
 log = structlog.get_logger(__name__)
 
 
 class UsageTexts(Protocol):
-    """Recent prompt texts of a language (for evaluation), newest first."""
+    """Recent prompt texts of a language (for evaluation), newest first; with
+    ``semantic_map_version``, only events embedded under that map."""
 
-    def texts(self, language: str, since: datetime, until: datetime, limit: int) -> list[str]: ...
+    def texts(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        *,
+        semantic_map_version: int | None = None,
+    ) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,8 @@ class WorkerSettings:
         default_factory=lambda: AdapterTrainingConfig(steps=24, batch_size=8, max_length=64)
     )
     eval_texts: int = 64
-    lease: timedelta = timedelta(minutes=30)
+    lease: timedelta = timedelta(minutes=2)  # renewed every third while the job runs
+    max_attempts: int | None = 3  # claims of one job before it is marked failed
     gate: PromotionGate = field(default_factory=PromotionGate)
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -90,8 +103,14 @@ class Evaluation:
     n_eval_old: int
 
     def metrics(self) -> dict[str, float]:
-        """The version's ``metrics`` record and the announcement's (every value a float)."""
-        return {name: float(value) for name, value in asdict(self).items()}
+        """The version's ``metrics`` record and the announcement's: every *finite* value as a
+        float. NaN and ±∞ (a diverged run) are left out — ``jsonb`` and the announcement's
+        schema reject them — and :meth:`non_finite` names them for the version's notes."""
+        return finite_metrics(asdict(self))[0]
+
+    def non_finite(self) -> list[str]:
+        """Names of the metrics that are NaN or ±∞ (sorted; empty for a sound run)."""
+        return finite_metrics(asdict(self))[1]
 
 
 @dataclass(frozen=True)
@@ -110,13 +129,15 @@ class TrainingOutcome:
 class SelectedData:
     """The selection step of one drift event: the adapter it updates and its live version, the
     drift window's usage counts per cluster (``target``, ``(k,)`` of the event's semantic map),
-    the chosen pool texts and the sampler's report (``per_cluster``, ``per_language``)."""
+    the chosen pool texts and the sampler's report (``per_cluster``, ``per_language``), and the
+    window as a sample (``reference``: what the version's drift reference will be)."""
 
     adapter: AdapterRecord
     live: AdapterVersionRecord | None
     target: np.ndarray
     texts: list[str]
     report: dict[str, Any]
+    reference: ReferenceCounts | None = None
 
 
 @dataclass(frozen=True)
@@ -159,13 +180,16 @@ class AdapterWorker:
             # the streams app records a drift event before publishing it; recording it again
             # (a no-op then) lets drift events from other producers reach the worker too
             uow.drift.record_drift_event(drift)
-            job = uow.jobs.claim_job(drift.drift_id, s.worker_name, s.lease)
+            job = uow.jobs.claim_job(
+                drift.drift_id, s.worker_name, s.lease, max_attempts=s.max_attempts
+            )
             uow.commit()
         if job is None:
             log.info("worker.job_skipped", drift_id=str(drift.drift_id))
             return WorkerOutcome(drift.drift_id, "skipped", reason="claimed or finished")
         try:
-            outcome = self._run(drift, job.job_id)
+            with LeaseKeeper(self._uow_factory, job.job_id, s.worker_name, s.lease):
+                outcome = self._run(drift, job.job_id)
         except Exception as exc:
             with self._uow_factory() as uow:
                 uow.jobs.fail_job(job.job_id, s.worker_name, f"{type(exc).__name__}: {exc}")
@@ -196,6 +220,9 @@ class AdapterWorker:
             usage = uow.usage.usage_distribution(
                 drift.language, drift.window_start, drift.window_end, record.version
             )
+            by_block = uow.usage.usage_by_window(
+                drift.language, drift.window_start, drift.window_end, record.version
+            )
             uow.commit()
         target = counts_vector({c: v.total for c, v in usage.items() if c >= 0}, semantic_map.k)
         if target.sum() <= 0:
@@ -204,7 +231,12 @@ class AdapterWorker:
         if live is not None and live.reference_distribution:
             coverage = counts_vector(live.reference_distribution, semantic_map.k) * target.sum()
         texts, report = self._select(drift.language, semantic_map, target, coverage)
-        return SelectedData(adapter, live, target, texts, report)
+        reference = _reference_counts(usage, by_block, semantic_map.k)
+        if reference is not None:
+            reference = replace(
+                reference, window_start=drift.window_start, window_end=drift.window_end
+            )
+        return SelectedData(adapter, live, target, texts, report, reference)
 
     def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
         s = self.settings
@@ -213,16 +245,22 @@ class AdapterWorker:
         adapter, live, target, texts = (
             selected.adapter, selected.live, selected.target, selected.texts
         )  # fmt: skip
+        map_version = drift.semantic_map_version
         new_eval = self._usage.texts(
-            drift.language, drift.window_start, drift.window_end, s.eval_texts
-        )
+            drift.language, drift.window_start, drift.window_end, s.eval_texts,
+            semantic_map_version=map_version,
+        )  # fmt: skip
         old_eval = self._usage.texts(
             drift.language, drift.window_start - (drift.window_end - drift.window_start),
-            drift.window_start, s.eval_texts,
+            drift.window_start, s.eval_texts, semantic_map_version=map_version,
         )  # fmt: skip
         trained = self._train_and_evaluate(drift, live, texts, new_eval, old_eval)
         evaluation = trained.evaluation
-        decision = s.gate.judge(evaluation)
+        decision = s.gate.judge(evaluation, others=asdict(evaluation))
+        non_finite = evaluation.non_finite()
+        notes = decision.reason
+        if non_finite:  # never stored (jsonb has no NaN), so say which were left out
+            notes += f"; non-finite metrics not stored: {', '.join(non_finite)}"
         shares = target / target.sum()
         reference = {int(c): float(v) for c, v in enumerate(shares) if v > 0}
         with self._uow_factory() as uow:
@@ -234,6 +272,7 @@ class AdapterWorker:
                     sampler=self._sampler.name,
                     sampler_params={"budget": len(texts), "seed": s.seed, **selected.report},
                     reference_distribution=reference,
+                    reference_counts=selected.reference,
                     metrics=evaluation.metrics(),
                     drift_id=drift.drift_id,
                     parent_version=live.number if live else None,
@@ -243,7 +282,7 @@ class AdapterWorker:
                     training_seconds=evaluation.training_seconds,
                     evaluation_seconds=evaluation.evaluation_seconds,
                     status="candidate" if decision.promote else "rejected",
-                    notes=decision.reason,
+                    notes=notes,
                 ),
             )
             if decision.promote:
@@ -401,6 +440,32 @@ class AdapterWorker:
             previous_version=live.number if live else None,
             drift_id=drift.drift_id,
         )
+
+
+def _reference_counts(
+    usage: dict[int, Any], by_block: dict[datetime, dict[int, Any]], k: int
+) -> ReferenceCounts | None:
+    """The drift window as a sample — its sampled counts per cluster, sizes, sampling rate and
+    block rows with their dispersion — the next drift checks' reference (``None`` without
+    sampled events). Shed events (cluster −1) count in ``n_events`` only."""
+    counts = {int(c): float(v.sampled) for c, v in usage.items() if c >= 0 and v.sampled > 0}
+    n_sampled = round(sum(counts.values()))
+    if n_sampled <= 0:
+        return None
+    n_events = max(n_sampled, round(sum(float(v.total) for v in usage.values())))
+    rows = [
+        counts_vector({c: v.sampled for c, v in block.items() if c >= 0}, k)
+        for _, block in sorted(by_block.items())
+    ]
+    blocks = np.array(rows) if rows else np.zeros((0, k))
+    return ReferenceCounts(
+        counts=counts,
+        n_sampled=n_sampled,
+        n_events=n_events,
+        sample_rate=n_sampled / n_events,
+        blocks=blocks.tolist(),
+        dispersion=float(estimate_dispersion(blocks)),
+    )
 
 
 def _manifest_digest(manifest: dict[str, str]) -> str:

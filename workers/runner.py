@@ -9,26 +9,33 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from compass import metrics
 from compass.bootstrap import Services, bootstrap, outbox_relay, sampler_for
 from compass.config import Settings
+from compass.contracts import read_event
 from compass.core.errors import DataError, InvalidEventError
-from compass.core.events import DeadLetter, DriftEvent, dead_letter_for, decode
+from compass.core.events import DeadLetter, DriftEvent, dead_letter_for
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
+from compass.health import Heartbeat, serve
 from compass.ports.publisher import MessageProducer
 from compass.ports.storage import UnitOfWork
 from workers.adapter_worker import AdapterWorker, WorkerOutcome, WorkerSettings
+from workers.leases import held_elsewhere
 from workers.usage_texts import VectorStoreUsageTexts
 
 log = structlog.get_logger(__name__)
 
 CONSUMER_GROUP = "compass-adapter-workers"
+MAX_DRIFT_EVENT_BYTES = 1_000_000
+"""Larger ``drift-events`` values are dead-lettered (``oversized_payload``)."""
 
 
 def load_pool(pool_dir: Path, semantic_map: SemanticMap) -> Pool:
@@ -50,6 +57,37 @@ class DriftConsumer:
     producer: MessageProducer
     group_id: str = CONSUMER_GROUP
     session_timeout_ms: int = 10_000
+    wait_s: float = 1.0  # polling of a job another worker holds
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    busy: bool = False
+
+    def alive(self) -> bool:
+        """/healthz: the poll loop turned recently, or a job is running (training is long)."""
+        return self.busy or self.heartbeat()
+
+    def _handle(
+        self, worker: AdapterWorker, drift: DriftEvent, stop: threading.Event
+    ) -> WorkerOutcome | None:
+        """Handle one drift event. While another worker holds its job (this is a redelivery
+        after a rebalance), wait: that worker finishes it, or dies and its lease expires and
+        the job is claimed here. ``None`` when ``stop`` is set meanwhile."""
+        while True:
+            self.busy = True
+            try:
+                with metrics.running_job() as timer:
+                    outcome = worker.handle(drift)
+            finally:
+                self.busy = False
+            if outcome.status != "skipped":
+                metrics.record_job(outcome.status, timer.seconds)
+                return outcome
+            if not held_elsewhere(self.uow_factory, drift.drift_id):
+                metrics.record_job("skipped")
+                return outcome
+            log.info("worker.waiting_for_lease", drift_id=str(drift.drift_id))
+            self.heartbeat.beat()
+            if stop.wait(self.wait_s):
+                return None
 
     def run(
         self,
@@ -77,14 +115,18 @@ class DriftConsumer:
                 for records in batch.values():
                     for message in records:
                         try:
-                            drift = decode(message.value, DriftEvent)
+                            drift = decode_drift_event(message.value)
                         except InvalidEventError as exc:
                             self._dead_letter(message.value, exc, message.partition, message.offset)
                         else:
                             worker = worker or self.worker_factory()
-                            outcomes.append(worker.handle(drift))
+                            outcome = self._handle(worker, drift, stop)
+                            if outcome is None:  # stopped while another worker held the job
+                                return outcomes  # not committed: the event is redelivered
+                            outcomes.append(outcome)
                         relay.drain()
                         consumer.commit()
+                self.heartbeat.beat()
                 if relay.drain() == 0 and self._done(outcomes, max_events, until):
                     break
         finally:
@@ -114,7 +156,21 @@ class DriftConsumer:
         with self.uow_factory() as uow:
             uow.dead_letters.record_dead_letter(letter)
             uow.commit()
+        metrics.record_dead_letters("worker", [error.reason])
         log.warning("worker.drift_event_dead_lettered", reason=error.reason, offset=offset)
+
+
+def decode_drift_event(raw: bytes | None) -> DriftEvent:
+    """A ``drift-events`` value read as its contract promises (:func:`compass.contracts.read_event`:
+    the edge policy, unknown fields ignored, accepted earlier versions upgraded);
+    raises :class:`InvalidEventError` and nothing else, so no message can kill the worker (an
+    unexpected failure is reason ``internal_error``)."""
+    try:
+        return read_event(raw, DriftEvent, "drift-events", max_bytes=MAX_DRIFT_EVENT_BYTES)
+    except InvalidEventError:
+        raise
+    except Exception as exc:  # a bug in decoding must not crash-loop the worker on one message
+        raise InvalidEventError("internal_error", repr(exc)[:500], stage="decode") from None
 
 
 def build_worker(services: Services, pool_name: str, **worker_options: Any) -> AdapterWorker:
@@ -133,7 +189,11 @@ def build_worker(services: Services, pool_name: str, **worker_options: Any) -> A
             base_model_id=settings.base_model_id,
             data_dir=Path(settings.data_dir),
             topic_adapter_updated=settings.topic_adapter_updated,
-            **worker_options,
+            **{
+                "lease": timedelta(seconds=settings.worker_lease_s),
+                "max_attempts": settings.worker_max_attempts,
+                **worker_options,
+            },
         ),
         sampler=services.sampler,
         artifacts=services.artifacts,
@@ -165,6 +225,11 @@ def run_worker(
             services.publisher,
             group_id=group_id,
         )
-        return consumer.run(stop, max_events=max_events, until=until)
+        health = serve(settings, alive=consumer.alive, ready=lambda: not stop.is_set())
+        try:
+            return consumer.run(stop, max_events=max_events, until=until)
+        finally:
+            if health is not None:
+                health.stop()
     finally:
         services.close()

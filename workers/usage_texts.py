@@ -1,14 +1,23 @@
 """Where the worker finds real usage texts to evaluate on: the vector store's event payloads.
 
-The streams app stores each embedded event with its language, time and text, so the texts of a
-drifted window (and of the window before it) can be read back without another store.
+The streams app stores each embedded event with its language, semantic map version, event time
+(``occurred_at``, and ``occurred_at_ts`` in integer epoch seconds) and text, so the texts of a
+drifted window (and of the window before it) are read back without another store. The lookup
+is one filtered query — language, map version and an event-time range on the indexed
+``occurred_at_ts`` (:data:`compass.ports.vector_store.INDEXED_FIELDS`) — so it finds every text
+of the window however many points the store holds.
+
+Points written before ``occurred_at_ts`` existed are not matched by that query; only when it
+finds nothing does the lookup fall back to scanning at most ``max_scan`` of the language's points
+(the old behaviour), so an old store still yields some texts.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
-from compass.ports.vector_store import VectorStore
+from compass.ports.vector_store import PayloadFilter, Range, VectorStore
 
 
 class VectorStoreUsageTexts:
@@ -16,19 +25,45 @@ class VectorStoreUsageTexts:
         self._store = store
         self._max_scan = max_scan
 
-    def texts(self, language: str, since: datetime, until: datetime, limit: int) -> list[str]:
-        """Up to ``limit`` texts of ``language`` with ``since <= occurred_at < until``, newest
-        first (scans at most ``max_scan`` points of the language)."""
+    def texts(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        *,
+        semantic_map_version: int | None = None,
+    ) -> list[str]:
+        """Up to ``limit`` texts of ``language`` with ``since <= occurred_at < until`` (and of
+        ``semantic_map_version`` when given), newest first; ties by text, so the choice is
+        deterministic."""
+        where: dict[str, str | int | bool | Range] = {
+            "language": language,
+            "occurred_at_ts": Range(
+                gte=math.floor(since.timestamp()), lte=math.floor(until.timestamp())
+            ),
+        }
+        if semantic_map_version is not None:
+            where["semantic_map_version"] = semantic_map_version
+        found = self._collect(where, since, until, scan_cap=None)
+        if not found:
+            legacy: PayloadFilter = {"language": language}
+            found = self._collect(legacy, since, until, scan_cap=self._max_scan)
+        found.sort(reverse=True)
+        return [text for _, text in found[:limit]]
+
+    def _collect(
+        self, where: PayloadFilter, since: datetime, until: datetime, scan_cap: int | None
+    ) -> list[tuple[datetime, str]]:
         found: list[tuple[datetime, str]] = []
-        for scanned, point in enumerate(self._store.scroll({"language": language})):
-            if scanned >= self._max_scan:
+        for scanned, point in enumerate(self._store.scroll(where)):
+            if scan_cap is not None and scanned >= scan_cap:
                 break
             text = point.payload.get("text")
             occurred = _parse_time(point.payload.get("occurred_at"))
             if text and occurred is not None and since <= occurred < until:
                 found.append((occurred, str(text)))
-        found.sort(reverse=True)
-        return [text for _, text in found[:limit]]
+        return found
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -32,11 +32,28 @@ _COMMAND_MODULES = (
     "compass.cli.streams",
     "compass.cli.worker",
     "compass.cli.demo",
+    "compass.cli.schemas",  # issue 12
+    "compass.cli.produce",  # issue 12
+    "compass.cli.relay",  # issue 13
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"compass {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the COMPASS version (the installed distribution's) and exit.",
+    ),
+) -> None:
     """COMPASS: continual multilingual adapters driven by semantic usage drift."""
     from compass.config import load_settings
     from compass.logs import configure_logging

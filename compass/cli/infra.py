@@ -39,5 +39,26 @@ def infra_status() -> None:
         typer.echo(f"{name:<13} {line}")
 
 
+@infra_app.command("topics")
+def infra_topics() -> None:
+    """Create the COMPASS topics on COMPASS_BROKER_BOOTSTRAP_SERVERS (partitions, replication
+    factor, min.insync.replicas, adapter-updated compacted); existing ones are checked."""
+    from compass.config import load_settings
+    from compass.core.errors import ConfigError
+    from compass.kafka.broker import ensure_topics, topic_specs
+
+    settings = load_settings()
+    if not settings.broker_bootstrap_servers:
+        raise ConfigError("`compass infra topics` needs COMPASS_BROKER_BOOTSTRAP_SERVERS")
+    specs = topic_specs(settings)
+    created = ensure_topics(settings.broker_bootstrap_servers, specs)
+    for spec in specs:
+        state = "created" if spec.name in created else "exists"
+        typer.echo(
+            f"{spec.name:<20} {state:<8} partitions={spec.partitions} "
+            f"replicas={spec.replication_factor} {spec.config or {}}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(infra_app, name="infra")

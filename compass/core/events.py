@@ -1,19 +1,39 @@
-"""Public event contracts (Kafka topic values) and their one JSON codec.
+"""Public event contracts (Kafka topic values), their one JSON codec and the edge policy.
 
 Every value carries ``schema_version``. Consumers call :func:`decode_prompt_event`, which never
 raises: a bad message becomes a :class:`DeadLetter` with a stable ``reason`` code, the stage that
 rejected it and the original bytes, so nothing is lost and processing goes on.
 
-Language codes are canonicalised here, once (``pt_br`` → ``pt-BR``, unknown codes rejected as
-``unknown_language``): everything downstream, storage included, takes them as they are.
+**The edge policy** (one place, applied whenever an event is decoded or built, so nothing behind
+it — PostgreSQL ``text`` and ``jsonb``, the vector store's payload, the broker — ever sees a value
+it cannot hold; reason codes in ``docs/streaming.md``):
+
+- JSON (:func:`compass.core.edge.loads_json`, used by every decoder): numbers of at most 64
+  characters and finite (``NaN``, ``Infinity``, ``1e999`` are refused), nesting bounded by the
+  payload size and Python's recursion guard; anything else → ``invalid_json``.
+- Strings: valid Unicode (no lone surrogate such as ``"\\ud800"``) and no NUL (U+0000), in every
+  string field of every event, nested ones included; ``event_id`` ≤ 200 characters, ``text`` ≤
+  ``max_text_chars``, ``source`` ≤ 200. Violations → ``invalid_event_id`` / ``invalid_text`` /
+  ``invalid_field`` by field. Non-finite floats are refused in every event (JSON cannot carry them).
+- ``metadata``: depth ≤ 8, ≤ 256 keys in all,
+  strings as above → ``invalid_metadata``.
+- Timestamps: a time zone (``naive_timestamp``) and the calendar range
+  [:data:`EARLIEST_TIMESTAMP`, :data:`LATEST_TIMESTAMP`) (``invalid_timestamp``, so window
+  arithmetic can never overflow); for prompt events, not later than ``now + max_clock_skew_s``
+  (``timestamp_in_future``) nor older than ``now - max_event_age_s`` (``timestamp_too_old``).
+- Language tags: canonical BCP-47 (:func:`compass.core.languages.normalize_language`) →
+  ``unknown_language``.
+- Dead letters themselves are bounded (:func:`dead_letter_for`): past
+  :data:`DEAD_LETTER_MAX_RAW_BYTES` the original bytes are truncated, and the detail says so with
+  their size and SHA-256, so a dead letter always fits the broker's message limit.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -21,10 +41,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     ValidationError,
     field_validator,
 )
 
+from compass.core.edge import check_metadata, check_value, clean_string, loads_json
 from compass.core.errors import InvalidEventError, UnknownLanguageError
 from compass.core.languages import normalize_language
 
@@ -35,6 +57,14 @@ DEAD_LETTER_SCHEMA_VERSION: Literal[1] = 1
 
 DEFAULT_MAX_TEXT_CHARS = 8000
 DEFAULT_MAX_EVENT_BYTES = 64_000
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0
+"""Prompt events stamped later than now + this are dead-lettered ``timestamp_in_future``."""
+DEAD_LETTER_MAX_RAW_BYTES = 256 * 1024
+"""Original bytes kept in a dead letter; its JSON then stays under ~360 KB (base64 plus the
+2,000-character detail), inside Kafka's default 1 MiB message and producer request limits."""
+DEAD_LETTER_MAX_DETAIL_CHARS = 2000
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(9000, 1, 1, tzinfo=UTC)
 EVENT_NAMESPACE = uuid.UUID("6f1c4a52-3c1e-5b7a-9d0e-2b8f4c6a1e37")
 
 
@@ -45,7 +75,16 @@ def utc_now() -> datetime:
 def _require_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a time zone (e.g. '2026-11-28T06:00:00Z')")
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not EARLIEST_TIMESTAMP <= utc < LATEST_TIMESTAMP:
+        raise ValueError(
+            f"timestamp {value.isoformat()} is outside {EARLIEST_TIMESTAMP:%Y-%m-%d} … "
+            f"{LATEST_TIMESTAMP:%Y-%m-%d} (UTC)"
+        )
+    return utc
 
 
 def _language(value: str) -> str:
@@ -61,6 +100,12 @@ LanguageCode = Annotated[str, AfterValidator(_language)]
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        """The string and number policy, on every field of every event (nested ones too)."""
+        return check_value(value)
 
 
 class PromptEvent(_Event):
@@ -82,6 +127,11 @@ class PromptEvent(_Event):
         if not value.strip():
             raise ValueError("text is empty")
         return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
     @property
     def point_id(self) -> uuid.UUID:
@@ -142,14 +192,17 @@ class AdapterUpdated(_Event):
     artifact_uri: str
     manifest: dict[str, str]
     peft: PeftInfo
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)  # no NaN/inf (issue 10)
     previous_version: int | None = None
     drift_id: uuid.UUID | None = None
     created_at: UtcDatetime = Field(default_factory=utc_now)
 
 
 class DeadLetter(_Event):
-    """A message we could not process, kept with its original bytes (base64) and the reason."""
+    """A message we could not process, kept with its original bytes (base64) and the reason.
+
+    ``raw_b64`` holds at most :data:`DEAD_LETTER_MAX_RAW_BYTES` bytes; a longer original is
+    truncated and ``detail`` ends with ``[raw truncated: N bytes, sha256 …]``."""
 
     schema_version: Literal[1] = DEAD_LETTER_SCHEMA_VERSION
     source_topic: str
@@ -174,19 +227,51 @@ def encode(event: BaseModel) -> bytes:
     return event.model_dump_json().encode("utf-8")
 
 
-def decode(raw: bytes, model: type[EventT]) -> EventT:
-    """Decode a message of a known type; raises :class:`InvalidEventError` with the reason
-    codes of :func:`parse_prompt_event` (``invalid_utf8``, ``invalid_json``, ``missing_field``)."""
-    try:
-        payload = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InvalidEventError("invalid_utf8", str(exc), stage="decode") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidEventError("invalid_json", str(exc), stage="decode") from None
+def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int | None = None) -> EventT:
+    """Decode a message of a known type under the edge policy; raises
+    :class:`InvalidEventError` with the reason codes of :func:`parse_prompt_event`
+    (``empty_payload``, ``oversized_payload``, ``invalid_utf8``, ``invalid_json``,
+    ``not_an_object``, ``missing_field``, the field reasons); never anything else."""
+    return validate_payload(parse_payload(raw, max_bytes), model)
+
+
+def validate_payload(payload: dict[str, Any], model: type[EventT]) -> EventT:
+    """Validate an already parsed JSON object as ``model``; raises :class:`InvalidEventError`
+    with the field reason codes (stage ``schema``)."""
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise InvalidEventError(_reason(exc), _first_error(exc), stage="schema") from None
+
+
+def parse_payload(raw: bytes | None, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object of a message under the edge policy (size, UTF-8, bounded JSON numbers
+    and nesting); raises :class:`InvalidEventError` (``empty_payload``, ``oversized_payload``,
+    ``invalid_utf8``, ``invalid_json``, ``not_an_object``)."""
+    return _payload(raw, max_bytes)
+
+
+def _payload(raw: bytes | None, max_bytes: int | None) -> dict[str, Any]:
+    """The JSON object of a message value, or :class:`InvalidEventError`."""
+    if raw is None or len(raw) == 0:
+        raise InvalidEventError("empty_payload", "message value is empty", stage="decode")
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidEventError(
+            "oversized_payload", f"{len(raw)} bytes > limit {max_bytes}", stage="decode"
+        )
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEventError("invalid_utf8", str(exc), stage="decode") from None
+    try:
+        payload = loads_json(text)
+    except ValueError as exc:  # JSONDecodeError included
+        raise InvalidEventError("invalid_json", str(exc)[:500], stage="decode") from None
+    if not isinstance(payload, dict):
+        raise InvalidEventError(
+            "not_an_object", f"expected a JSON object, got {type(payload).__name__}", "decode"
+        )
+    return payload
 
 
 _FIELD_REASONS = {
@@ -195,50 +280,43 @@ _FIELD_REASONS = {
     "occurred_at": "invalid_timestamp",
     "event_id": "invalid_event_id",
     "schema_version": "unsupported_schema_version",
+    "metadata": "invalid_metadata",
 }
 
 
 def _first_error(exc: ValidationError) -> str:
     parts = []
-    for error in exc.errors()[:3]:
+    for error in exc.errors(include_input=False, include_url=False)[:3]:
         where = ".".join(str(p) for p in error["loc"]) or "value"
         parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+    return clean_string("; ".join(parts))
 
 
 def parse_prompt_event(
-    raw: bytes,
+    raw: bytes | None,
     *,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_clock_skew_s: float | None = DEFAULT_MAX_CLOCK_SKEW_S,
+    max_event_age_s: float | None = None,
+    now: datetime | None = None,
 ) -> PromptEvent:
-    """Decode and validate one ``prompt-events`` value; raises :class:`InvalidEventError` with a
-    stable reason code (``invalid_utf8``, ``missing_field``, ``empty_text`` …)."""
-    if raw is None or len(raw) == 0:
-        raise InvalidEventError("empty_payload", "message value is empty", stage="decode")
-    if len(raw) > max_event_bytes:
-        raise InvalidEventError(
-            "oversized_payload", f"{len(raw)} bytes > limit {max_event_bytes}", stage="decode"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEventError("invalid_utf8", str(exc), stage="decode") from None
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidEventError("invalid_json", str(exc), stage="decode") from None
-    if not isinstance(payload, dict):
-        raise InvalidEventError(
-            "not_an_object", f"expected a JSON object, got {type(payload).__name__}", "decode"
-        )
+    """Decode and validate one ``prompt-events`` value under the edge policy; raises
+    :class:`InvalidEventError` with a stable reason code (``invalid_utf8``, ``missing_field``,
+    ``empty_text``, ``timestamp_in_future`` …; all listed in ``docs/streaming.md``).
+
+    ``now`` (default: the wall clock) is what ``occurred_at`` is compared with: later than
+    ``now + max_clock_skew_s`` is ``timestamp_in_future``, earlier than ``now -
+    max_event_age_s`` is ``timestamp_too_old``; ``None`` switches either check off."""
+    payload = _payload(raw, max_event_bytes)
     version = payload.get("schema_version")
     if version is None:
         raise InvalidEventError("missing_field", "schema_version: field required", "schema")
-    if version != PROMPT_EVENT_SCHEMA_VERSION:
+    if type(version) is not int or version != PROMPT_EVENT_SCHEMA_VERSION:
         raise InvalidEventError(
             "unsupported_schema_version",
-            f"schema_version {version!r} (this consumer reads {PROMPT_EVENT_SCHEMA_VERSION})",
+            f"schema_version {clean_string(repr(version))[:50]} (this consumer reads "
+            f"{PROMPT_EVENT_SCHEMA_VERSION})",
             "schema",
         )
     try:
@@ -249,7 +327,28 @@ def parse_prompt_event(
         raise InvalidEventError(
             "text_too_long", f"{len(event.text)} chars > limit {max_text_chars}", "validate"
         )
+    _check_event_time(event.occurred_at, now, max_clock_skew_s, max_event_age_s)
     return event
+
+
+def _check_event_time(
+    at: datetime, now: datetime | None, skew_s: float | None, age_s: float | None
+) -> None:
+    if skew_s is None and age_s is None:
+        return
+    now = now or utc_now()
+    if skew_s is not None and at > now + timedelta(seconds=skew_s):
+        raise InvalidEventError(
+            "timestamp_in_future",
+            f"occurred_at {at.isoformat()} is more than {skew_s:g} s after {now.isoformat()}",
+            "validate",
+        )
+    if age_s is not None and at < now - timedelta(seconds=age_s):
+        raise InvalidEventError(
+            "timestamp_too_old",
+            f"occurred_at {at.isoformat()} is more than {age_s:g} s before {now.isoformat()}",
+            "validate",
+        )
 
 
 def _reason(exc: ValidationError) -> str:
@@ -267,44 +366,61 @@ def _reason(exc: ValidationError) -> str:
 
 
 def dead_letter_for(
-    raw: bytes,
+    raw: bytes | None,
     error: InvalidEventError,
     *,
     source_topic: str,
     partition: int | None = None,
     offset: int | None = None,
 ) -> DeadLetter:
+    """The dead letter of ``raw``; never fails and is bounded in size: at most
+    :data:`DEAD_LETTER_MAX_RAW_BYTES` of the original (the detail then records its full size and
+    SHA-256) and :data:`DEAD_LETTER_MAX_DETAIL_CHARS` of detail, every string made storable."""
+    data = bytes(raw or b"")
+    note = ""
+    if len(data) > DEAD_LETTER_MAX_RAW_BYTES:
+        digest = hashlib.sha256(data).hexdigest()
+        note = f" [raw truncated: {len(data)} bytes, sha256 {digest}]"
+        data = data[:DEAD_LETTER_MAX_RAW_BYTES]
+    detail = clean_string(str(error.detail))[: DEAD_LETTER_MAX_DETAIL_CHARS - len(note)] + note
     return DeadLetter(
-        source_topic=source_topic,
+        source_topic=clean_string(source_topic)[:200],
         partition=partition,
         offset=offset,
-        stage=error.stage,
-        reason=error.reason,
-        detail=error.detail[:2000],
-        raw_b64=base64.b64encode(raw or b"").decode("ascii"),
+        stage=clean_string(error.stage)[:50],
+        reason=clean_string(error.reason)[:50],
+        detail=detail,
+        raw_b64=base64.b64encode(data).decode("ascii"),
     )
 
 
 def decode_prompt_event(
-    raw: bytes,
+    raw: bytes | None,
     *,
     source_topic: str = "prompt-events",
     partition: int | None = None,
     offset: int | None = None,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_clock_skew_s: float | None = DEFAULT_MAX_CLOCK_SKEW_S,
+    max_event_age_s: float | None = None,
+    now: datetime | None = None,
 ) -> PromptEvent | DeadLetter:
-    """Never raises: a valid event, or a dead letter that says why it is not one."""
+    """Never raises: a valid event, or a dead letter that says why it is not one (the checks
+    and their arguments are :func:`parse_prompt_event`'s)."""
     try:
         return parse_prompt_event(
-            raw, max_text_chars=max_text_chars, max_event_bytes=max_event_bytes
+            raw,
+            max_text_chars=max_text_chars,
+            max_event_bytes=max_event_bytes,
+            max_clock_skew_s=max_clock_skew_s,
+            max_event_age_s=max_event_age_s,
+            now=now,
         )
     except InvalidEventError as exc:
-        return dead_letter_for(
-            raw, exc, source_topic=source_topic, partition=partition, offset=offset
-        )
+        error = exc
     except Exception as exc:  # a bug must not stop the stream either; keep the message
         error = InvalidEventError("internal_error", repr(exc)[:500], stage="decode")
-        return dead_letter_for(
-            raw, error, source_topic=source_topic, partition=partition, offset=offset
-        )
+    return dead_letter_for(
+        raw, error, source_topic=source_topic, partition=partition, offset=offset
+    )

@@ -4,12 +4,35 @@ The rule is ours (the paper's gate is not published): the candidate must lower t
 on the new usage by more than ``min_gain`` nats, and may raise the loss on the earlier usage by
 at most ``max_forgetting`` nats. Losses are mean token negative log-likelihoods in nats. A
 candidate that fails is still recorded (as ``rejected``) with the decision's reason.
+
+A loss that is not a finite number (a diverged run gives NaN or ∞) fails the gate before any
+comparison — NaN compares false with everything, so ``gain <= min_gain`` alone would let it
+through — and :func:`finite_metrics` is the one filter that keeps such values out of what is
+stored (``jsonb`` rejects NaN) and published.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+LOSS_NAMES = ("live_new_loss", "live_old_loss", "candidate_new_loss", "candidate_old_loss")
+
+
+def finite_metrics(metrics: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Split ``metrics`` into the finite values (as floats) and the names of the others (NaN,
+    ±∞), sorted: what may be stored and published, and what must be reported instead."""
+    kept: dict[str, float] = {}
+    dropped: list[str] = []
+    for name, value in metrics.items():
+        number = float(value)
+        if math.isfinite(number):
+            kept[name] = number
+        else:
+            dropped.append(name)
+    return kept, sorted(dropped)
 
 
 class HeldOutLosses(Protocol):
@@ -46,9 +69,21 @@ class PromotionGate:
     min_gain: float = 0.0
     max_forgetting: float = 0.05
 
-    def judge(self, losses: HeldOutLosses) -> GateDecision:
+    def judge(
+        self, losses: HeldOutLosses, *, others: Mapping[str, float] | None = None
+    ) -> GateDecision:
         """Promote only if better on the new usage and not worse (beyond the tolerance) on the
-        old; ``gain = live_new - candidate_new``, ``forgetting = candidate_old - live_old``."""
+        old; ``gain = live_new - candidate_new``, ``forgetting = candidate_old - live_old``.
+        Any non-finite loss, or non-finite value among ``others`` (the run's other metrics,
+        e.g. the final training loss), rejects, naming them (``gain``/``forgetting`` are then
+        NaN)."""
+        values = {name: float(value) for name, value in (others or {}).items()}
+        values.update({name: float(getattr(losses, name)) for name in LOSS_NAMES})
+        bad = sorted(name for name, value in values.items() if not math.isfinite(value))
+        if bad:
+            listed = ", ".join(f"{name}={values[name]}" for name in bad)
+            reason = f"non-finite metrics ({listed}): the run diverged or its evaluation failed"
+            return GateDecision(False, reason, math.nan, math.nan)
         gain = losses.live_new_loss - losses.candidate_new_loss
         forgetting = losses.candidate_old_loss - losses.live_old_loss
         if gain <= self.min_gain:

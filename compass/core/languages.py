@@ -1,30 +1,39 @@
-"""Language codes: normalise BCP-47 tags and know which primary languages exist.
+"""Language tags: parse and canonicalise BCP-47 tags with ``langcodes``, in one place.
 
-Events carry BCP-47 tags (``pt-BR``, ``zh-Hant-TW``, ``sw``). We keep the canonical form of the
-whole tag (language lower-case, script title-case, region upper-case) because adapters can be
-regional, and check the primary subtag against ISO 639 so that typos fail loudly instead of
-silently creating a new language.
+Events carry BCP-47 tags as real clients send them (``pt_BR``, ``zh-Hant-TW``, ``iw-IL`` from
+Android and Java, ``fil-PH``, ``ca-ES-valencia``). :func:`normalize_language` turns each into the
+one canonical form every layer (storage included) uses, so one language never has two names:
+
+- deprecated and grandfathered subtags become their current ones (``iw`` → ``he``, ``in`` →
+  ``id``, ``ji`` → ``yi``, ``mo`` → ``ro``, ``zh-min-nan`` → ``nan``);
+- ISO 639-2/3 codes become their two-letter form where one exists (``eng`` → ``en``, ``fre`` →
+  ``fr``), and an individual language inside a macrolanguage its macrolanguage (``swh`` →
+  ``sw``, ``cmn`` → ``zh``, ``arb`` → ``ar``);
+- case is fixed and redundant scripts dropped (``ZH-hant-tw`` → ``zh-Hant-TW``, ``en-Latn`` →
+  ``en``); scripts, regions and variants are kept (``yue-Hant-HK``, ``es-419``);
+- anything else raises :class:`~compass.core.errors.UnknownLanguageError` with the reason: a
+  malformed tag, an unregistered subtag (``xx``), a code that names no language (``und``,
+  ``mul``, ``zxx``, ``mis``, private use ``qaa``–``qtz``), extensions or private-use parts
+  (``en-u-ca-gregory``, ``en-x-foo``: they would split one language's usage in two).
+
+``langcodes`` reads the IANA subtag registry from its own package on first use (no network).
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
+
+from langcodes import Language, LanguageTagError, standardize_tag
 
 from compass.core.errors import UnknownLanguageError
 
-# ISO 639-1 codes (all 183) — the primary subtags we accept without a 3-letter fallback.
-_ISO_639_1 = frozenset(
-    """aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy
-    da de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu
-    hy hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb
-    lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om
-    or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw
-    ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh
-    zu""".split()
-)
+MAX_TAG_CHARS = 64
+"""Longer strings are not language tags (and are never parsed)."""
 
-# ISO 639-3 codes we map to a 2-letter code where one exists (URIEL uses 639-3).
+_NOT_A_LANGUAGE = frozenset({"und", "mul", "zxx", "mis"})
+
+# The ISO 639-3 code URIEL uses, where it differs from (or is more specific than) the tag's own
+# three-letter form: URIEL describes individual languages (``arb``, not the macrolanguage ``ara``).
 ISO3_BY_ISO1: dict[str, str] = {
     "af": "afr", "am": "amh", "ar": "arb", "az": "azj", "be": "bel", "bg": "bul", "bn": "ben",
     "bs": "bos", "ca": "cat", "cs": "ces", "cy": "cym", "da": "dan", "de": "deu", "dz": "dzo",
@@ -37,55 +46,57 @@ ISO3_BY_ISO1: dict[str, str] = {
     "nn": "nno", "no": "nob", "om": "gaz", "pa": "pan", "pl": "pol", "ps": "pbt", "pt": "por",
     "ro": "ron", "ru": "rus", "si": "sin", "sk": "slk", "sl": "slv", "so": "som", "sq": "als",
     "sr": "srp", "sv": "swe", "sw": "swh", "ta": "tam", "te": "tel", "th": "tha", "tl": "tgl",
-    "tr": "tur", "uk": "ukr", "ur": "urd", "uz": "uzn", "vi": "vie", "xh": "xho", "yo": "yor",
-    "zh": "cmn", "zu": "zul",
+    "fil": "tgl", "tr": "tur", "uk": "ukr", "ur": "urd", "uz": "uzn", "vi": "vie", "xh": "xho",
+    "yo": "yor", "zh": "cmn", "zu": "zul",
 }  # fmt: skip
-
-_TAG = re.compile(
-    r"^(?P<lang>[A-Za-z]{2,3})"
-    r"(?:[-_](?P<script>[A-Za-z]{4}))?"
-    r"(?:[-_](?P<region>[A-Za-z]{2}|\d{3}))?$"
-)
 
 
 @lru_cache(maxsize=4096)
 def normalize_language(code: str) -> str:
-    """Return the canonical BCP-47 form of ``code`` or raise :class:`UnknownLanguageError`.
-
-    ``pt_br`` → ``pt-BR``, ``ZH-hant-tw`` → ``zh-Hant-TW``. Three-letter primary subtags are
-    accepted when they are ISO 639-3 codes we know (e.g. ``swh``), and mapped to their two-letter
-    form so one language never gets two names.
-    """
+    """The canonical BCP-47 form of ``code`` (see the module docstring), e.g. ``iw-IL`` →
+    ``he-IL``, ``pt_br`` → ``pt-BR``, ``swh`` → ``sw``; raises
+    :class:`~compass.core.errors.UnknownLanguageError` saying why a tag is refused."""
     if not isinstance(code, str) or not code.strip():
         raise UnknownLanguageError("language code is empty")
-    match = _TAG.match(code.strip())
-    if match is None:
-        raise UnknownLanguageError(f"{code!r} is not a BCP-47 language tag (e.g. 'sw', 'pt-BR')")
-    lang = match["lang"].lower()
-    if len(lang) == 3:
-        two = {v: k for k, v in ISO3_BY_ISO1.items()}.get(lang)
-        if two is None:
-            raise UnknownLanguageError(f"unknown language {code!r}")
-        lang = two
-    if lang not in _ISO_639_1:
-        raise UnknownLanguageError(f"unknown language {code!r} (primary subtag {lang!r})")
-    parts = [lang]
-    if match["script"]:
-        parts.append(match["script"].title())
-    if match["region"]:
-        parts.append(match["region"].upper())
-    return "-".join(parts)
+    raw = code.strip()
+    if len(raw) > MAX_TAG_CHARS or not raw.isascii():
+        raise UnknownLanguageError(f"{code[:MAX_TAG_CHARS]!r} is not a BCP-47 language tag")
+    try:
+        tag = standardize_tag(raw, macro=True)
+        parsed = Language.get(tag, normalize=False)
+    except (LanguageTagError, ValueError, KeyError) as exc:
+        raise UnknownLanguageError(
+            f"{code!r} is not a BCP-47 language tag (e.g. 'sw', 'pt-BR'): {exc}"
+        ) from None
+    language = parsed.language or ""
+    if parsed.extensions or parsed.private or language.startswith("x-"):
+        raise UnknownLanguageError(
+            f"{code!r} has extension or private-use subtags; send the language, script, region "
+            "and variants only"
+        )
+    if not language or language in _NOT_A_LANGUAGE or "qaa" <= language <= "qtz":
+        raise UnknownLanguageError(f"{code!r} names no particular language")
+    if not parsed.is_valid():
+        raise UnknownLanguageError(f"unknown language {code!r}: a subtag is not registered")
+    return tag
 
 
 def primary_subtag(code: str) -> str:
-    """``pt-BR`` → ``pt``: the part that decides the URIEL language and the data we can find."""
+    """``pt-BR`` → ``pt``, ``yue-Hant-HK`` → ``yue``: the part that decides the URIEL language
+    and the data we can find."""
     return normalize_language(code).split("-")[0]
 
 
 def iso639_3(code: str) -> str:
-    """The ISO 639-3 code URIEL uses for ``code``; raises when we have no mapping."""
+    """The ISO 639-3 code URIEL uses for ``code`` (``ar`` → ``arb``, ``yue`` → ``yue``);
+    raises :class:`~compass.core.errors.UnknownLanguageError` when there is none."""
     primary = primary_subtag(code)
-    try:
+    if primary in ISO3_BY_ISO1:
         return ISO3_BY_ISO1[primary]
-    except KeyError:
-        raise UnknownLanguageError(f"no ISO 639-3 mapping for {code!r}") from None
+    try:
+        alpha3 = Language.get(primary).to_alpha3()
+    except (LookupError, ValueError):
+        alpha3 = ""
+    if len(alpha3) != 3:
+        raise UnknownLanguageError(f"no ISO 639-3 mapping for {code!r}")
+    return alpha3

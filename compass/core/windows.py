@@ -199,26 +199,56 @@ class Timed(Protocol):
 
 
 def advance_watermarks(
-    watermarks: dict[str, datetime], events: Iterable[Timed], policy: WindowPolicy
+    watermarks: dict[str, datetime],
+    events: Iterable[Timed],
+    policy: WindowPolicy,
+    *,
+    limit: datetime | None = None,
 ) -> dict[str, list[datetime]]:
     """Move each language's watermark (latest ``occurred_at`` seen) and return, per language,
     the base-window ends that became final (end + allowed lateness ≤ watermark).
 
     ``watermarks`` is updated in place. A language seen for the first time since start-up starts
     from its earliest event in the batch, so windows whose verdicts may have been lost in a crash
-    are judged again (drift events are idempotent per window)."""
+    are judged again (drift events are idempotent per window). No watermark passes ``limit``
+    (the stream passes the wall clock plus the allowed clock skew): one event stamped years ahead
+    can neither close the windows in between nor make on-time events late."""
     by_language: dict[str, list[datetime]] = {}
     for event in events:
-        by_language.setdefault(event.language, []).append(event.occurred_at)
+        at = event.occurred_at if limit is None else min(event.occurred_at, limit)
+        by_language.setdefault(event.language, []).append(at)
     closed: dict[str, list[datetime]] = {}
     for language, times in by_language.items():
         before = watermarks.get(language, min(times))
         after = max(before, max(times))
         watermarks[language] = after
-        boundaries = policy.closed_boundaries(before, after) if after > before else []
+        boundaries = _closed_near(policy, before, after, times) if after > before else []
         if boundaries:
             closed[language] = boundaries
     return closed
+
+
+def _closed_near(
+    policy: WindowPolicy, before: datetime, after: datetime, times: Iterable[datetime]
+) -> list[datetime]:
+    """:meth:`WindowPolicy.closed_boundaries` of ``before → after``, keeping only boundaries
+    within ``max_span_windows + 1`` base windows after an event: of this batch (``times``) or an
+    earlier one (at most ``before``). A span ending farther from every event holds none and is
+    never judged, so a watermark that jumps years (an old event, then a current one) costs checks
+    only where there were events."""
+    lateness = timedelta(seconds=policy.allowed_lateness_seconds)
+    first = policy.window_start(before - lateness) + policy.base
+    last = policy.window_start(after - lateness)
+    reach = policy.base * (policy.max_span_windows + 1)
+    ranges = [(first, policy.window_start(before) + reach)]
+    ranges += [(policy.window_start(t), policy.window_start(t) + reach) for t in set(times)]
+    out: set[datetime] = set()
+    for low, high in ranges:
+        boundary = max(first, low)
+        while boundary <= min(last, high):
+            out.add(boundary)
+            boundary += policy.base
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------- counts

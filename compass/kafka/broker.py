@@ -30,18 +30,35 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """A topic as COMPASS creates it: partitions, replicas and topic-level configs."""
+
     name: str
     partitions: int
     config: dict[str, str] | None = None
+    replication_factor: int = 1
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic COMPASS uses, with its partition count (all created explicitly)."""
+    """Every topic COMPASS uses, all created explicitly with their partition count, the
+    replication factor and ``min.insync.replicas`` of the settings (so ``acks=all`` waits for
+    that many replicas); ``adapter-updated`` is compacted: its latest record per language (the
+    key) is what a serving process reads on start."""
+    durable = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    replicas = settings.topic_replication_factor
     return [
-        TopicSpec(settings.topic_prompt_events, settings.prompt_events_partitions),
-        TopicSpec(settings.topic_prompt_events_dlq, settings.prompt_events_partitions),
-        TopicSpec(settings.topic_drift_events, settings.drift_events_partitions),
-        TopicSpec(settings.topic_adapter_updated, settings.adapter_updated_partitions),
+        TopicSpec(
+            settings.topic_prompt_events, settings.prompt_events_partitions, durable, replicas
+        ),
+        TopicSpec(
+            settings.topic_prompt_events_dlq, settings.prompt_events_partitions, durable, replicas
+        ),
+        TopicSpec(settings.topic_drift_events, settings.drift_events_partitions, durable, replicas),
+        TopicSpec(
+            settings.topic_adapter_updated,
+            settings.adapter_updated_partitions,
+            {**durable, "cleanup.policy": "compact"},
+            replicas,
+        ),
     ]
 
 
@@ -177,7 +194,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -194,7 +211,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.
                         NewTopic(
                             name=spec.name,
                             num_partitions=spec.partitions,
-                            replication_factor=1,
+                            replication_factor=spec.replication_factor,
                             topic_configs=spec.config or {},
                         )
                     ],
@@ -203,6 +220,11 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass
+            except KafkaError as exc:  # e.g. more replicas asked for than there are brokers
+                raise InfraError(
+                    f"cannot create topic {spec.name!r} ({spec.partitions} partitions, "
+                    f"replication factor {spec.replication_factor}, {spec.config or {}}): {exc}"
+                ) from None
         described = {
             item["name"]: len(item["partitions"])
             for item in admin.describe_topics([spec.name for spec in specs])

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
+from compass import metrics
 from compass.ports.publisher import MessageProducer
 from compass.ports.storage import UnitOfWork
 
@@ -43,6 +44,7 @@ class OutboxRelay:
             self._producer.flush()
             uow.outbox.mark_published([m.message_id for m in messages])
             uow.commit()
+        metrics.OUTBOX_PUBLISHED.inc(len(messages))
         log.info("outbox.published", count=len(messages))
         return len(messages)
 
@@ -53,11 +55,21 @@ class OutboxRelay:
             total += sent
         return total
 
-    def run(self, stop: threading.Event, idle_seconds: float = 1.0) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        idle_seconds: float = 1.0,
+        on_round: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish until ``stop`` is set; ``on_round`` is called before each round (a
+        liveness heartbeat)."""
         while not stop.is_set():
+            if on_round is not None:
+                on_round()
             try:
                 if self.publish_pending() == 0:
                     stop.wait(idle_seconds)
             except Exception:  # keep relaying after a broker or database hiccup
+                metrics.OUTBOX_FAILURES.inc()
                 log.exception("outbox.publish_failed")
                 stop.wait(idle_seconds)

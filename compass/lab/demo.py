@@ -80,8 +80,7 @@ def demo_settings(base: Settings, run_id: str) -> Settings:
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPASS_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"COMPASS_{name.upper()}"] = str(value)
+    env.update(settings.as_environment())
     return env
 
 

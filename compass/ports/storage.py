@@ -103,6 +103,61 @@ class AdapterRecord:
 
 
 @dataclass(frozen=True)
+class ReferenceCounts:
+    """The sample an adapter version was built for, kept so the drift detector can treat it as
+    a sample (with its own noise) rather than exact shares.
+
+    ``counts`` are the triggering window's *sampled* (embedded) events per cluster, ``n_sampled``
+    their sum, ``n_events`` every event of the window, ``sample_rate`` the embedded share,
+    ``blocks`` the window's ``(blocks, k)`` consecutive sub-window counts (the burstiness
+    estimate's input; empty when unknown), ``dispersion`` the over-dispersion ``φ ≥ 1``
+    estimated from them (1: independent events) and ``window_start``/``window_end`` the window's
+    event-time bounds (UTC; where an embedding-based detector reads the reference's vectors).
+    """
+
+    counts: dict[int, float]
+    n_sampled: int
+    n_events: int
+    sample_rate: float = 1.0
+    blocks: list[list[float]] = field(default_factory=list)
+    dispersion: float = 1.0
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``adapter_versions.reference_counts`` jsonb document (cluster keys as text)."""
+        return {
+            "counts": {str(k): float(v) for k, v in sorted(self.counts.items())},
+            "n_sampled": int(self.n_sampled),
+            "n_events": int(self.n_events),
+            "sample_rate": float(self.sample_rate),
+            "blocks": [[float(v) for v in row] for row in self.blocks],
+            "dispersion": float(self.dispersion),
+            "window_start": None if self.window_start is None else self.window_start.isoformat(),
+            "window_end": None if self.window_end is None else self.window_end.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ReferenceCounts:
+        """Inverse of :meth:`to_json`; raises :class:`KeyError`/:class:`ValueError` on a
+        malformed document."""
+        return cls(
+            counts={int(k): float(v) for k, v in doc["counts"].items()},
+            n_sampled=int(doc["n_sampled"]),
+            n_events=int(doc.get("n_events", doc["n_sampled"])),
+            sample_rate=float(doc.get("sample_rate", 1.0)),
+            blocks=[[float(v) for v in row] for row in doc.get("blocks", [])],
+            dispersion=float(doc.get("dispersion", 1.0)),
+            window_start=_time_or_none(doc.get("window_start")),
+            window_end=_time_or_none(doc.get("window_end")),
+        )
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+@dataclass(frozen=True)
 class NewAdapterVersion:
     """What a worker knows once it has trained and evaluated a candidate."""
 
@@ -111,6 +166,7 @@ class NewAdapterVersion:
     sampler: str
     sampler_params: dict[str, Any] = field(default_factory=dict)
     reference_distribution: dict[int, float] = field(default_factory=dict)
+    reference_counts: ReferenceCounts | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     drift_id: uuid.UUID | None = None
     parent_version: int | None = None
@@ -148,6 +204,11 @@ class AdapterVersionRecord:
     created_at: datetime
     activated_at: datetime | None
     retired_at: datetime | None
+    reference_counts: ReferenceCounts | None = None
+    """The reference as a sample (``None`` for versions written before migration 0004)."""
+    trigger_n_sampled: int | None = None
+    """Sampled events of the drift window that triggered the version (from its drift event),
+    the fallback sample size of a version without ``reference_counts``."""
 
     @property
     def adapter_name(self) -> str:
@@ -278,9 +339,29 @@ class AdapterRepository(abc.ABC):
 
 class JobRepository(abc.ABC):
     @abc.abstractmethod
-    def claim_job(self, drift_id: uuid.UUID, worker: str, lease: timedelta) -> TrainingJob | None:
+    def claim_job(
+        self,
+        drift_id: uuid.UUID,
+        worker: str,
+        lease: timedelta,
+        *,
+        max_attempts: int | None = None,
+    ) -> TrainingJob | None:
         """Create the job of a drift event if needed and claim it for ``lease``; ``None`` when
-        another worker holds a live lease or the job is finished. One job per drift event."""
+        another worker holds a live lease or the job is finished. One job per drift event.
+
+        A claim over an expired lease records ``lease of <worker> expired`` as the last error.
+        With ``max_attempts``, a claimable job that has used them all becomes ``failed``
+        instead (its last error kept) and ``None`` is returned."""
+
+    @abc.abstractmethod
+    def renew_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
+        """Extend ``worker``'s lease on its running job to now + ``lease``; ``False`` when the
+        job is no longer held by ``worker`` (finished, or expired and taken by another)."""
+
+    @abc.abstractmethod
+    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
+        """The job of a drift event, ``None`` before it was first claimed."""
 
     @abc.abstractmethod
     def complete_job(self, job_id: int, worker: str, version_id: int | None) -> None: ...

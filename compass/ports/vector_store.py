@@ -3,8 +3,13 @@
 The stream upserts one point per embedded usage event, the pool build one per pool record, and
 the worker scrolls a language's points to read usage texts back. Implementations
 (:mod:`compass.qdrant.store`: Qdrant Edge in-process, Qdrant server) must make an upsert with an
-existing id replace the point, so a redelivered event never adds one. Payload filters are plain
-``{field: value}`` equality matches — all the pipeline and the samplers need.
+existing id replace the point, so a redelivered event never adds one.
+
+Payload filters are ``{field: condition}``, all of which must hold: a plain value is an equality
+match, a :class:`Range` a numeric range (bounds in the field's unit). The fields the loop filters
+on are indexed by every implementation (:data:`INDEXED_FIELDS`): the language and semantic map
+version of a usage point, and ``occurred_at_ts``, its event time in integer epoch seconds — so a
+window's points are found by one filtered query whatever the size of the store.
 """
 
 from __future__ import annotations
@@ -17,7 +22,49 @@ from typing import Any
 
 import numpy as np
 
-PayloadFilter = Mapping[str, str | int | bool]
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range condition: each bound that is not ``None`` must hold."""
+
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+    def matches(self, value: object) -> bool:
+        """Does a payload value (a number; anything else never matches) lie in the range?"""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return (
+            (self.gte is None or value >= self.gte)
+            and (self.gt is None or value > self.gt)
+            and (self.lte is None or value <= self.lte)
+            and (self.lt is None or value < self.lt)
+        )
+
+
+PayloadFilter = Mapping[str, str | int | bool | Range]
+
+INDEXED_FIELDS: Mapping[str, str] = {
+    "language": "keyword",
+    "semantic_map_version": "integer",
+    "occurred_at_ts": "integer",
+}
+"""Payload fields every store indexes (``keyword``: equality; ``integer``: equality and range)."""
+
+
+def matches(payload: Mapping[str, Any], where: PayloadFilter | None) -> bool:
+    """Does ``payload`` satisfy every condition of ``where`` (the reference semantics of a
+    filter, for stores without a query engine)?"""
+    for key, condition in (where or {}).items():
+        value = payload.get(key)
+        if isinstance(condition, Range):
+            if not condition.matches(value):
+                return False
+        elif value != condition:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -72,6 +119,11 @@ class VectorStore(ABC):
 
     @abstractmethod
     def flush(self) -> None: ...
+
+    def create_payload_index(self, field: str, kind: str) -> None:
+        """Index payload ``field`` (``kind``: ``keyword`` or ``integer``); a store without
+        indexes (a test fake) keeps this default, which does nothing — its filters scan."""
+        return None
 
     @abstractmethod
     def close(self) -> None: ...

@@ -2,8 +2,10 @@
 (in-process, the embedded default) and a Qdrant server through ``qdrant-client`` (production).
 
 Point ids are UUIDs (uuid5 of the event id for usage events), so an upsert of a redelivered
-event replaces the point instead of adding one. Payload filters are plain ``{field: value}``
-equality matches — all the pipeline and the samplers need.
+event replaces the point instead of adding one. Payload filters are equality matches and
+numeric ranges (:class:`~compass.ports.vector_store.Range`); both stores create the payload
+indexes of :data:`~compass.ports.vector_store.INDEXED_FIELDS` when opened (idempotent), so the
+worker's event-time query of a window reads only that window's points.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ import structlog
 
 from compass.config import Settings
 from compass.core.errors import InfraError
-from compass.ports.vector_store import PayloadFilter, StoredPoint, VectorPoint, VectorStore
+from compass.ports.vector_store import (
+    INDEXED_FIELDS,
+    PayloadFilter,
+    Range,
+    StoredPoint,
+    VectorPoint,
+    VectorStore,
+)
 
 __all__ = [
     "PayloadFilter",
     "QdrantEdgeStore",
     "QdrantServerStore",
+    "Range",
     "StoredPoint",
     "VectorPoint",
     "VectorStore",
@@ -60,14 +70,29 @@ class QdrantEdgeStore(VectorStore):
                 vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
             )
             self._shard = qe.EdgeShard.create(str(self.path), config)
+        existing = set(self._shard.info().payload_schema or {})
+        for name, kind in INDEXED_FIELDS.items():
+            if name not in existing:
+                self.create_payload_index(name, kind)
+
+    def create_payload_index(self, field: str, kind: str) -> None:
+        """Index a payload field (``keyword`` or ``integer``, which serves ranges too)."""
+        qe = self._qe
+        schema = qe.PayloadSchemaType.Integer if kind == "integer" else qe.PayloadSchemaType.Keyword
+        self._shard.update(qe.UpdateOperation.create_field_index(field, schema))
 
     def _filter(self, where: PayloadFilter | None) -> Any:
         if not where:
             return None
         qe = self._qe
-        return qe.Filter(
-            must=[qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in where.items()]
-        )
+        must = []
+        for key, value in where.items():
+            if isinstance(value, Range):
+                bounds = qe.RangeFloat(gte=value.gte, gt=value.gt, lte=value.lte, lt=value.lt)
+                must.append(qe.FieldCondition(key=key, range=bounds))
+            else:
+                must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value)))
+        return qe.Filter(must=must)
 
     def upsert(self, points: Sequence[VectorPoint]) -> None:
         if not points:
@@ -158,16 +183,33 @@ class QdrantServerStore(VectorStore):
                     collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
                 )
+            schema = self._client.get_collection(collection).payload_schema or {}
+            for name, kind in INDEXED_FIELDS.items():
+                if name not in schema:
+                    self.create_payload_index(name, kind)
         except Exception as exc:
             raise InfraError(f"cannot use Qdrant at {url}: {exc}") from None
+
+    def create_payload_index(self, field: str, kind: str) -> None:
+        """Index a payload field (``keyword`` or ``integer``, which serves ranges too)."""
+        m = self._models
+        schema = m.PayloadSchemaType.INTEGER if kind == "integer" else m.PayloadSchemaType.KEYWORD
+        self._client.create_payload_index(
+            self.collection, field_name=field, field_schema=schema, wait=True
+        )
 
     def _filter(self, where: PayloadFilter | None) -> Any:
         if not where:
             return None
         m = self._models
-        return m.Filter(
-            must=[m.FieldCondition(key=k, match=m.MatchValue(value=v)) for k, v in where.items()]
-        )
+        must = []
+        for key, value in where.items():
+            if isinstance(value, Range):
+                bounds = m.Range(gte=value.gte, gt=value.gt, lte=value.lte, lt=value.lt)
+                must.append(m.FieldCondition(key=key, range=bounds))
+            else:
+                must.append(m.FieldCondition(key=key, match=m.MatchValue(value=value)))
+        return m.Filter(must=must)
 
     def upsert(self, points: Sequence[VectorPoint]) -> None:
         if not points:

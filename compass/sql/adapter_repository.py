@@ -8,6 +8,7 @@ same transaction; a job is claimed with ``FOR UPDATE SKIP LOCKED`` and a lease.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import timedelta
 from typing import Any, cast
@@ -24,6 +25,7 @@ from compass.ports.storage import (
     JobRepository,
     JobStatus,
     NewAdapterVersion,
+    ReferenceCounts,
     TrainingJob,
     VersionStatus,
 )
@@ -35,8 +37,9 @@ _VERSION_SELECT = """
            v.artifact_sha256, v.sampler, v.sampler_params, v.reference_distribution, v.metrics,
            v.drift_id, v.parent_version, v.base_model_revision, v.manifest, v.peft_config,
            v.training_seconds, v.evaluation_seconds, v.notes, v.created_at, v.activated_at,
-           v.retired_at
+           v.retired_at, v.reference_counts, d.n_sampled AS trigger_n_sampled
       FROM adapter_versions v JOIN adapters a ON a.id = v.adapter_id
+      LEFT JOIN drift_events d ON d.drift_id = v.drift_id
 """
 _JOB_COLUMNS = (
     "id, drift_id, language, status, worker, lease_until, attempts, last_error, version_id, "
@@ -79,7 +82,32 @@ def _version(row: RowMapping) -> AdapterVersionRecord:
         created_at=utc(row["created_at"]),
         activated_at=utc_or_none(row["activated_at"]),
         retired_at=utc_or_none(row["retired_at"]),
+        reference_counts=_reference_counts(row["reference_counts"]),
+        trigger_n_sampled=None
+        if row["trigger_n_sampled"] is None
+        else int(row["trigger_n_sampled"]),
     )
+
+
+def _reference_counts(doc: Any) -> ReferenceCounts | None:
+    """The stored reference sample; ``None`` when absent (versions before migration 0004) or
+    unreadable (then the stream falls back as for an old version, never fails)."""
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return ReferenceCounts.from_json(doc)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics as floats; :class:`DataError` for NaN or ±∞, which ``jsonb`` cannot hold (the
+    worker drops them before this, :func:`compass.core.gate.finite_metrics`)."""
+    out = {str(k): float(v) for k, v in metrics.items()}
+    bad = sorted(k for k, v in out.items() if not math.isfinite(v))
+    if bad:
+        raise DataError(f"non-finite metrics cannot be stored: {bad}")
+    return out
 
 
 def _job(row: RowMapping) -> TrainingJob:
@@ -153,7 +181,7 @@ class SqlAdapterRepository(AdapterRepository):
             "reference_distribution": {
                 str(k): float(v) for k, v in version.reference_distribution.items()
             },
-            "metrics": {str(k): float(v) for k, v in version.metrics.items()},
+            "metrics": _finite_metrics(version.metrics),
             "drift_id": version.drift_id,
             "parent_version": version.parent_version,
             "base_model_revision": version.base_model_revision,
@@ -170,6 +198,9 @@ class SqlAdapterRepository(AdapterRepository):
             "manifest",
             "peft_config",
         ]
+        if version.reference_counts is not None:  # absent: SQL NULL (not JSON null)
+            params["reference_counts"] = version.reference_counts.to_json()
+            json_params.append("reference_counts")
         columns = ", ".join(params)
         values = ", ".join(f":{name}" for name in params)
         # ``number`` is left out on purpose: the trigger assigns the adapter's next number.
@@ -244,7 +275,14 @@ class SqlJobRepository(JobRepository):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def claim_job(self, drift_id: uuid.UUID, worker: str, lease: timedelta) -> TrainingJob | None:
+    def claim_job(
+        self,
+        drift_id: uuid.UUID,
+        worker: str,
+        lease: timedelta,
+        *,
+        max_attempts: int | None = None,
+    ) -> TrainingJob | None:
         _check_lease(worker, lease)
         created = self._conn.execute(
             text(
@@ -259,16 +297,34 @@ class SqlJobRepository(JobRepository):
         ).scalar_one_or_none()
         if created is None and self._get_job(drift_id) is None:
             raise DataError(f"drift event {drift_id} is not stored; record it before its job")
+        claimable = "(status = 'queued' OR (status = 'running' AND lease_until < now()))"
+        expired_note = (
+            "CASE WHEN status = 'running' THEN 'lease of ' || worker || ' expired' "
+            "ELSE last_error END"
+        )
+        if max_attempts is not None:
+            self._conn.execute(
+                text(
+                    f"""
+                    UPDATE training_jobs
+                       SET status = 'failed', last_error = {expired_note},
+                           lease_until = NULL, finished_at = now()
+                     WHERE id = (SELECT id FROM training_jobs
+                                  WHERE drift_id = :d AND attempts >= :max AND {claimable}
+                                    FOR UPDATE SKIP LOCKED)
+                    """
+                ),
+                {"d": drift_id, "max": max_attempts},
+            )
         row = self._conn.execute(
             text(
                 f"""
                 UPDATE training_jobs
                    SET status = 'running', worker = :worker, lease_until = now() + :lease,
+                       last_error = {expired_note},
                        attempts = attempts + 1, started_at = now(), finished_at = NULL
                  WHERE id = (SELECT id FROM training_jobs
-                              WHERE drift_id = :d
-                                AND (status = 'queued'
-                                     OR (status = 'running' AND lease_until < now()))
+                              WHERE drift_id = :d AND {claimable}
                                 FOR UPDATE SKIP LOCKED)
                 RETURNING {_JOB_COLUMNS}
                 """
@@ -277,6 +333,20 @@ class SqlJobRepository(JobRepository):
         )
         found = row.mappings().one_or_none()
         return None if found is None else _job(found)
+
+    def renew_lease(self, job_id: int, worker: str, lease: timedelta) -> bool:
+        _check_lease(worker, lease)
+        result = self._conn.execute(
+            text(
+                "UPDATE training_jobs SET lease_until = now() + :lease "
+                "WHERE id = :j AND worker = :worker AND status = 'running'"
+            ),
+            {"j": job_id, "worker": worker, "lease": lease},
+        )
+        return bool(result.rowcount)
+
+    def get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
+        return self._get_job(drift_id)
 
     def complete_job(self, job_id: int, worker: str, version_id: int | None) -> None:
         result = self._conn.execute(

@@ -1,9 +1,12 @@
 """Run the Alembic migrations from Python: ``upgrade(url)``, ``downgrade(url, rev)``,
 ``current(url)``; the ``compass db`` commands and the test fixtures call these.
 
-The migration scripts live in ``migrations/`` at the repository root (next to ``alembic.ini``),
-so plain ``alembic upgrade head`` with ``COMPASS_DATABASE_URL`` set works too. An unreachable
-database becomes one :class:`~compass.core.errors.InfraError` line, checked before Alembic starts.
+The migration scripts live in ``migrations/`` at the repository root; the wheel ships the same
+folder as ``compass/_migrations`` (``[tool.setuptools] package-dir`` in pyproject.toml), so an
+installed COMPASS migrates without a checkout. The Alembic configuration is built here, in code:
+``alembic.ini`` is only for developers running plain ``alembic`` commands in the checkout. An
+unreachable database becomes one :class:`~compass.core.errors.InfraError` line, checked before
+Alembic starts.
 """
 
 from __future__ import annotations
@@ -24,19 +27,32 @@ log = structlog.get_logger(__name__)
 # Alembic narrates every plugin it loads and every step at INFO; callers print their own summary.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
-ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Where the scripts are, in order: inside an installed wheel, then in the checkout (a plain
+# checkout on sys.path or an editable install, whose ``compass/`` is the checkout's).
+MIGRATION_DIRS = (_PACKAGE_DIR / "_migrations", _PACKAGE_DIR.parent / "migrations")
+
+
+def migrations_dir() -> Path:
+    """The folder holding ``env.py`` and ``versions/`` (installed wheel first, else checkout).
+
+    Raises:
+        ConfigError: neither place has the scripts (a broken install).
+    """
+    for candidate in MIGRATION_DIRS:
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    places = ", ".join(str(p) for p in MIGRATION_DIRS)
+    raise ConfigError(f"migration scripts not found (looked in {places})")
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic ``Config`` bound to ``url``."""
+    """An Alembic ``Config`` bound to ``url``, built without an ini file."""
     from alembic.config import Config
 
-    if not MIGRATIONS_DIR.is_dir():
-        raise ConfigError(f"migration scripts not found at {MIGRATIONS_DIR}")
-    config = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.exists() else Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("path_separator", "os")
     config.attributes["url"] = url
     config.attributes["skip_logging"] = True
     return config

@@ -183,6 +183,8 @@ class AdapterVersionRow(Base):
     drift_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("drift_events.drift_id"), unique=True
     )
+    # migration 0004: the reference as a sample (counts, blocks, dispersion); NULL before it
+    reference_counts: Mapped[dict[str, Any] | None] = mapped_column()
     parent_version: Mapped[int | None] = mapped_column(Integer)
     base_model_revision: Mapped[str] = mapped_column(Text, server_default=text("''"))
     manifest: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))

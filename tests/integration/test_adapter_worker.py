@@ -82,6 +82,7 @@ def world(
             T0 + timedelta(seconds=20 * (i - len(usage) // 2)))  # fmt: skip
         event_id = f"fr-{i}"
         payload = {"language": "fr", "cluster": int(cluster), "occurred_at": when.isoformat(),
+                   "occurred_at_ts": int(when.timestamp()), "semantic_map_version": 1,
                    "text": record.text}  # fmt: skip
         points.append(VectorPoint(event_point_id(event_id), vector, payload))
         window_start = T0 if when >= T0 else T0 - WINDOW
@@ -113,13 +114,16 @@ LOOSE_GATE = PromotionGate(min_gain=-10.0, max_forgetting=10.0)
 
 def _worker(world: dict[str, object], cache_dir: Path, **overrides: object) -> AdapterWorker:
     services = Settings(artifacts_dir=Path(str(world["root"])) / "adapters")
+    overrides.setdefault(
+        "training",
+        AdapterTrainingConfig(
+            steps=3, batch_size=4, max_length=32, learning_rate=2e-3, fisher_samples=4
+        ),
+    )
     settings = WorkerSettings(
         base_model_id="smollm2-135m",
         data_dir=cache_dir,
         budget=16,
-        training=AdapterTrainingConfig(
-            steps=3, batch_size=4, max_length=32, learning_rate=2e-3, fisher_samples=4
-        ),
         eval_texts=12,
         **overrides,  # type: ignore[arg-type]
     )
@@ -164,6 +168,15 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     }  # fmt: skip
     assert abs(sum(versions[0].reference_distribution.values()) - 1.0) < 1e-6
+    # the reference is kept as a sample: the window's sampled counts, sizes and blocks
+    stored = versions[0].reference_counts
+    clusters = np.asarray(world["clusters"])
+    in_window = np.bincount(clusters[len(clusters) // 2 :], minlength=6)
+    assert stored is not None and stored.n_sampled == int(in_window.sum()) == stored.n_events
+    assert stored.counts == {c: float(v) for c, v in enumerate(in_window) if v > 0}
+    assert stored.sample_rate == 1.0 and stored.dispersion >= 1.0 and len(stored.blocks) == 1
+    assert (stored.window_start, stored.window_end) == (first.window_start, first.window_end)
+    assert versions[0].trigger_n_sampled == first.n_sampled
     assert len(pending) == (1 if outcome.status == "promoted" else 0)
     if outcome.status != "promoted":
         pytest.skip(f"first candidate rejected by the gate: {outcome.reason}")
@@ -273,3 +286,31 @@ def test_bootstrap_builds_the_worker(
     assert worker.settings.budget == 8
     services.close()
     assert world["store"].count() > 0  # type: ignore[attr-defined]
+
+
+def test_a_diverged_run_is_rejected_and_nothing_non_finite_is_stored(
+    world: dict[str, object], cache_dir: Path
+) -> None:
+    """A real diverged run (an absurd learning rate, no gradient clipping) on SmolLM2: the
+    candidate's losses are not finite, the gate rejects it with the reason, the version is
+    recorded as rejected with only finite metrics (jsonb has no NaN), nothing is announced."""
+    diverging = AdapterTrainingConfig(
+        steps=2, batch_size=4, max_length=32, learning_rate=1e9, grad_clip=0.0, fisher_samples=4
+    )
+    worker = _worker(world, cache_dir, gate=LOOSE_GATE, training=diverging)
+    drift = _drift(world, shift=3)
+    with world["uow"]() as uow:  # type: ignore[operator]
+        before = len(uow.outbox.unpublished_outbox(100))
+    outcome = worker.handle(drift)
+    assert outcome.status == "rejected", outcome.reason
+    assert outcome.evaluation is not None and outcome.evaluation.non_finite()
+    assert outcome.reason.startswith("non-finite metrics")
+    with world["uow"]() as uow:  # type: ignore[operator]
+        version = sql_helpers.version_for_drift(uow, drift.drift_id)
+        job = sql_helpers.get_job(uow, drift.drift_id)
+        after = len(uow.outbox.unpublished_outbox(100))
+    assert version is not None and version.status == "rejected"
+    assert all(np.isfinite(v) for v in version.metrics.values())
+    assert set(outcome.evaluation.non_finite()).isdisjoint(version.metrics)
+    assert "non-finite metrics not stored" in version.notes
+    assert job is not None and job.status == "succeeded" and after == before

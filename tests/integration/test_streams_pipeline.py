@@ -122,7 +122,7 @@ def test_live_adapter_reference_is_the_baseline(
     first window on (no stable window to wait for), and the drift names its version."""
     from sqlalchemy import make_url
 
-    from compass.ports.storage import NewAdapterVersion
+    from compass.ports.storage import NewAdapterVersion, ReferenceCounts
     from compass.sql.migrate import upgrade
     from compass.sql.server import create_database, drop_database
 
@@ -136,6 +136,9 @@ def test_live_adapter_reference_is_the_baseline(
     stable_fr = [assign[t] for (lang, topic), ts in pools.items() for t in ts
                  if lang == "fr" and topic in STABLE_TOPICS]  # fmt: skip
     reference = {c: stable_fr.count(c) / len(stable_fr) for c in set(stable_fr)}
+    # the reference as the worker stores it (issue 10): a sample, its counts and size
+    counts = {c: float(stable_fr.count(c)) for c in set(stable_fr)}
+    sample = ReferenceCounts(counts, n_sampled=len(stable_fr), n_events=len(stable_fr))
     url = create_database(pg_admin_url)
     try:
         upgrade(url)
@@ -146,7 +149,8 @@ def test_live_adapter_reference_is_the_baseline(
                 version = uow.adapters.create_version(
                     adapter.adapter_id,
                     NewAdapterVersion(artifact_uri="file:///a", artifact_sha256="0" * 64,
-                                      sampler="compass", reference_distribution=reference),
+                                      sampler="compass", reference_distribution=reference,
+                                      reference_counts=sample),
                 )  # fmt: skip
                 uow.adapters.activate_version(adapter.adapter_id, version.number)
                 uow.commit()

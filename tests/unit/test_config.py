@@ -70,3 +70,19 @@ def test_unknown_languages_are_rejected(code: str) -> None:
 
 def test_primary_subtag() -> None:
     assert primary_subtag("pt-BR") == "pt"
+
+
+def test_settings_survive_the_round_trip_through_child_process_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo and the benchmarks start child processes with ``as_environment()``: every
+    field, tuples included, must read back to the same value."""
+    from compass.config import Settings, load_settings
+
+    original = Settings(plugins=("json", "string"), stream_sample_rate=0.25)
+    for name in [n for n in __import__("os").environ if n.startswith("COMPASS_")]:
+        monkeypatch.delenv(name)
+    for name, value in original.as_environment().items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == original
+    assert Settings(plugins=()).as_environment()["COMPASS_PLUGINS"] == ""

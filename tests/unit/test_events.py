@@ -167,3 +167,144 @@ def test_decode_of_known_types_gives_reason_codes(raw: bytes, reason: str, stage
     with pytest.raises(InvalidEventError) as info:
         decode(raw, DriftEvent)
     assert (info.value.reason, info.value.stage) == (reason, stage)
+
+
+# ------------------------------------------------------------------ issue 10: the edge policy
+EDGE: list[tuple[str, bytes]] = [
+    ("invalid_event_id", _raw(event_id="evt-\u0000-42")),  # case 1
+    ("invalid_text", _raw(text="avant\u0000après")),  # case 2
+    ("invalid_text", _raw(text="a").replace(b'"a"', b'"\\ud800"')),  # a lone surrogate
+    ("invalid_field", _raw(source="web\u0000")),
+    ("invalid_metadata", _raw(metadata={"k\u0000": 1})),
+    ("invalid_metadata", _raw(metadata={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}})),
+    ("invalid_metadata", _raw(metadata={f"k{i}": i for i in range(300)})),
+    ("invalid_timestamp", _raw(occurred_at="0001-01-01T00:00:00+01:00")),  # case 3
+    ("invalid_timestamp", _raw(occurred_at="9999-12-31T23:59:59-01:00")),
+    ("invalid_timestamp", _raw(occurred_at="0001-01-01T00:00:00Z")),
+    ("invalid_timestamp", _raw(occurred_at=10**30)),
+    ("timestamp_in_future", _raw(occurred_at="2036-11-28T06:00:00Z")),  # case 4
+    ("invalid_json", _raw(metadata={"n": 1}).replace(b'"n": 1', b'"n": ' + b"9" * 5000)),  # case 6
+    ("invalid_json", _raw(event_id="x").replace(b'"x"', b"1" * 5000)),
+    ("invalid_json", _raw(metadata={"n": 1}).replace(b'"n": 1', b'"n": NaN')),
+    ("invalid_json", _raw(metadata={"n": 1}).replace(b'"n": 1', b'"n": 1e999')),
+    ("invalid_json", _raw(metadata={"n": 1}).replace(b'"n": 1', b'"n": ' + b"[" * 20_000)),
+    ("unsupported_schema_version", _raw(schema_version=True)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reason", "raw"), EDGE)
+def test_the_edge_refuses_what_the_sinks_cannot_hold(reason: str, raw: bytes) -> None:
+    result = decode_prompt_event(raw, partition=0, offset=3)
+    assert isinstance(result, DeadLetter), result
+    assert result.reason == reason, result.detail
+    assert result.raw == raw
+    assert "\x00" not in result.detail  # the dead letter itself is storable
+
+
+@pytest.mark.parametrize(
+    ("sent", "canonical"),
+    [("iw-IL", "he-IL"), ("in-ID", "id-ID"), ("ji", "yi"), ("fil-PH", "fil-PH"),
+     ("yue-Hant-HK", "yue-Hant-HK"), ("ca-ES-valencia", "ca-ES-valencia")],
+)  # fmt: skip
+def test_language_tags_real_clients_send_are_accepted(sent: str, canonical: str) -> None:
+    event = decode_prompt_event(_raw(language=sent))  # case 5
+    assert isinstance(event, PromptEvent) and event.language == canonical
+
+
+def test_clock_skew_and_age_limits_are_relative_to_now() -> None:
+    now = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+    ahead = _raw(occurred_at="2026-11-28T06:04:59Z")
+    assert isinstance(decode_prompt_event(ahead, now=now), PromptEvent)  # within 300 s
+    late = decode_prompt_event(ahead, now=now, max_clock_skew_s=60)
+    assert isinstance(late, DeadLetter) and late.reason == "timestamp_in_future"
+    old = _raw(occurred_at="2026-10-01T00:00:00Z")
+    assert isinstance(decode_prompt_event(old, now=now), PromptEvent)  # no horizon by default
+    too_old = decode_prompt_event(old, now=now, max_event_age_s=30 * 86_400)
+    assert isinstance(too_old, DeadLetter) and too_old.reason == "timestamp_too_old"
+    unchecked = decode_prompt_event(_raw(occurred_at="2036-01-01T00:00:00Z"), max_clock_skew_s=None)
+    assert isinstance(unchecked, PromptEvent)
+
+
+def test_the_workers_decoder_never_raises_anything_but_invalid_event() -> None:
+    """Case 6 in the adapter worker: a 5,000-digit number was a ValueError that killed it."""
+    from compass.core.errors import InvalidEventError
+    from workers.runner import decode_drift_event
+
+    body = {"schema_version": 1, "drift_id": str(uuid.uuid4()), "language": "fr", "statistic": 0.1}
+    poisons = [
+        json.dumps(body).replace("0.1", "1" * 5000).encode(),
+        json.dumps(body).replace("0.1", "NaN").encode(),
+        json.dumps(body | {"language": "fr\u0000"}).encode(),
+        b"[" * 100_000,
+        b"",
+        None,
+    ]
+    reasons = []
+    for raw in poisons:
+        with pytest.raises(InvalidEventError) as info:
+            decode_drift_event(raw)
+        reasons.append(info.value.reason)
+    assert reasons == ["invalid_json", "invalid_json", "unknown_language", "invalid_json",
+                       "empty_payload", "empty_payload"]  # fmt: skip
+
+
+def test_events_refuse_non_finite_numbers_and_unstorable_strings_when_built() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        PeftInfo(type="LORA", r=8, alpha=float("nan"), target_modules=["q_proj"])
+    with pytest.raises(ValidationError):
+        PeftInfo(type="LORA", r=8, alpha=16, target_modules=["q\x00proj"])
+
+
+def test_a_dead_letter_is_bounded_whatever_the_input() -> None:
+    import hashlib
+
+    from compass.core.errors import InvalidEventError
+    from compass.core.events import DEAD_LETTER_MAX_RAW_BYTES, dead_letter_for
+
+    raw = b"\x00" * (8 * 1024 * 1024)
+    letter = dead_letter_for(
+        raw, InvalidEventError("x" * 500, "d\x00" * 10_000, "s\ud800"), source_topic="t\x00"
+    )
+    assert len(letter.raw) == DEAD_LETTER_MAX_RAW_BYTES
+    assert hashlib.sha256(raw).hexdigest() in letter.detail and str(len(raw)) in letter.detail
+    assert len(letter.detail) <= 2000 and len(encode(letter)) < 400_000
+    assert all("\x00" not in v for v in (letter.detail, letter.stage, letter.source_topic))
+    small = dead_letter_for(b"abc", InvalidEventError("r", "d"), source_topic="t")
+    assert small.raw == b"abc" and "truncated" not in small.detail
+
+
+def test_transient_failures_are_told_apart_from_poison() -> None:
+    import kafka.errors
+    from sqlalchemy.exc import DataError, OperationalError
+
+    from compass.core.errors import TransientError, is_transient
+
+    class Sqlstate(Exception):
+        def __init__(self, state: str) -> None:
+            self.sqlstate = state
+
+    assert is_transient(OperationalError("SELECT 1", {}, ConnectionRefusedError()))
+    assert is_transient(OperationalError("SELECT 1", {}, Sqlstate("57P01")))  # admin shutdown
+    assert not is_transient(OperationalError("SELECT 1", {}, Sqlstate("54000")))  # too large
+    assert not is_transient(DataError("INSERT", {}, Sqlstate("22P05")))  # NUL in jsonb
+    assert is_transient(kafka.errors.KafkaTimeoutError())
+    assert not is_transient(kafka.errors.MessageSizeTooLargeError())
+    assert is_transient(TransientError("down")) and is_transient(TimeoutError())
+    wrapped = RuntimeError("batch")
+    wrapped.__cause__ = ConnectionResetError()
+    assert is_transient(wrapped) and not is_transient(ValueError("NUL"))
+
+
+def test_the_watermark_never_passes_the_limit() -> None:
+    from compass.core.windows import WindowPolicy, advance_watermarks
+
+    policy = WindowPolicy(base_seconds=60, allowed_lateness_seconds=5)
+    now = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+    on_time = PromptEvent(event_id="a", occurred_at=now, language="fr", text="x")
+    ahead = PromptEvent(event_id="b", occurred_at=now.replace(year=2036), language="fr", text="y")
+    watermarks: dict[str, datetime] = {"fr": now}
+    closed = advance_watermarks(watermarks, [ahead], policy, limit=now)
+    assert watermarks["fr"] == now and not closed
+    assert not policy.is_late(on_time.occurred_at, watermarks["fr"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -131,12 +132,12 @@ class _Recorder:
         self._note("counts")
         return 3
 
-    def check_drift(self, batch: str) -> Verdicts:
+    def check_drift(self, batch: str, *, skip_failed: bool = False) -> Verdicts:
         self._note("drift")
         return Verdicts(1, [object()] if self.drift else [])  # type: ignore[list-item]
 
-    def report(self, batch: str, counted: int, verdicts: Verdicts) -> tuple[int, int]:
-        return counted, verdicts.windows_checked
+    def report(self, batch: str, counted: int, verdicts: Verdicts) -> SimpleNamespace:
+        return SimpleNamespace(result=(counted, verdicts.windows_checked), poison=[])
 
     def edges(self) -> Edges:
         async def send(letters: object) -> None:
@@ -165,7 +166,7 @@ def _run(recorder: _Recorder) -> Any:
 
 def test_checkpoint_runs_the_effects_in_order_and_acks_last() -> None:
     recorder = _Recorder(drift=True)
-    assert _run(recorder) == (3, 1)
+    assert _run(recorder).result == (3, 1)
     assert recorder.calls == ["dlq", "prepare", "vectors", "counts", "drift", "relay", "ack"]
     quiet = _Recorder(drift=False)
     _run(quiet)
@@ -173,8 +174,16 @@ def test_checkpoint_runs_the_effects_in_order_and_acks_last() -> None:
 
 
 def test_a_failed_step_stops_the_checkpoint_before_the_ack() -> None:
-    for step in ("vectors", "counts", "drift", "relay"):
+    """With no event to blame (an empty batch here), a failure propagates and nothing is
+    acknowledged: the runtime retries the batch."""
+    for step in ("vectors", "counts", "drift"):
         recorder = _Recorder(drift=True, fail_at=step)
         with pytest.raises(RuntimeError, match=step):
             _run(recorder)
         assert recorder.calls[-1] == step and "ack" not in recorder.calls
+
+
+def test_a_failed_outbox_publish_leaves_the_row_to_the_relay_and_acks() -> None:
+    recorder = _Recorder(drift=True, fail_at="relay")
+    _run(recorder)
+    assert recorder.calls == ["dlq", "prepare", "vectors", "counts", "drift", "relay", "ack"]

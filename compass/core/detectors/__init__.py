@@ -1,12 +1,14 @@
 """Drift detectors: ``get_detector(name, **config).fit(reference).score(window) -> DriftResult``.
 
 Built in: ``js`` (Jensen–Shannon divergence with a threshold calibrated for the window's size,
-burstiness and sampling rate, :mod:`.js`). Register another with ``@register_detector("name")``
-and select it with ``COMPASS_DRIFT_DETECTOR``; the multiple-testing correction is a parameter of
-every detector (:mod:`.correction`).
+burstiness and sampling rate, :mod:`.js`) and ``mmd`` (a kernel two-sample test on the
+embeddings themselves, :mod:`.mmd`; it has ``needs_embeddings = True``, so the stream passes the
+reference's and the window's embeddings as ``embeddings=`` to ``fit`` and ``score``). Register
+another with ``@register_detector("name")`` and select it with ``COMPASS_DRIFT_DETECTOR``; the
+multiple-testing correction is a parameter of every detector (:mod:`.correction`).
 """
 
-from compass.core.detectors import js
+from compass.core.detectors import js, mmd
 from compass.core.detectors.base import (
     ClusterShift,
     Counts,
@@ -24,6 +26,7 @@ from compass.core.detectors.js import (
     estimate_dispersion,
     thinned_dispersion,
 )
+from compass.core.detectors.mmd import MMDDriftConfig, MMDDriftDetector
 
 __all__ = [
     "CORRECTIONS",
@@ -35,10 +38,13 @@ __all__ = [
     "DriftResult",
     "JSDriftConfig",
     "JSDriftDetector",
+    "MMDDriftConfig",
+    "MMDDriftDetector",
     "estimate_dispersion",
     "get_detector",
     "js",
     "known_detectors",
+    "mmd",
     "per_test_level",
     "register_detector",
     "reject",

@@ -97,7 +97,12 @@ class DriftDetector(Protocol):
     """``fit(reference)`` then ``score(window)``; ``fit`` replaces the state, ``score`` never
     changes it. ``exact=True`` marks a reference given as shares (an adapter's training
     coverage) rather than a finite sample; ``blocks`` are the reference's ``(blocks, k)``
-    consecutive sub-window counts (for burstiness), counted at ``blocks_sample_rate``."""
+    consecutive sub-window counts (for burstiness), counted at ``blocks_sample_rate``.
+
+    A detector that tests the embeddings themselves sets the class attribute
+    ``needs_embeddings = True``; the stream then also passes ``embeddings=`` (an ``(n, dim)``
+    array of the events' vectors, read from the vector store by event time) to ``fit`` and
+    ``score``. Count-only detectors (no such attribute) never receive it."""
 
     config: DriftConfig
 

@@ -1,0 +1,111 @@
+"""The edge policy for values that reach PostgreSQL, JSON(B), the vector store or the broker.
+
+Pure functions used by every event decoder (:mod:`compass.core.events`): a JSON parser that bounds
+numbers and nesting, and the string rule (valid Unicode, no NUL). See ``docs/streaming.md`` for
+the reason codes they lead to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+MAX_NUMBER_CHARS = 64
+"""Longest JSON number literal any decoder parses (longer → ``invalid_json``)."""
+MAX_NESTING = 32
+"""Deepest nesting of lists and objects inside any event field."""
+METADATA_MAX_DEPTH = 8
+METADATA_MAX_KEYS = 256
+
+
+def loads_json(text: str) -> Any:
+    """Parse JSON under the edge policy; raises :class:`ValueError` (or its subclass
+    :class:`json.JSONDecodeError`) for malformed JSON, a number longer than
+    :data:`MAX_NUMBER_CHARS` or not finite, and nesting deeper than Python can parse."""
+    try:
+        return json.loads(
+            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant
+        )
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a JSON number of {len(literal)} digits (limit {MAX_NUMBER_CHARS})")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a JSON number of {len(literal)} characters (limit {MAX_NUMBER_CHARS})")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"JSON number {literal[:20]!r} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def string_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as it is (NUL, invalid Unicode), or ``None``."""
+    if "\x00" in value:
+        return "contains NUL (U+0000), which PostgreSQL text and jsonb cannot hold"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode (lone surrogate at position {exc.start})"
+    return None
+
+
+def clean_string(value: str) -> str:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD (for text we must keep, such as
+    sample texts stored before the edge policy, and error details)."""
+    if string_problem(value) is None:
+        return value
+    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value)
+
+
+def check_value(value: Any, where: str = "value") -> Any:
+    """Raise :class:`ValueError` for a string that breaks the policy or a non-finite float,
+    anywhere inside ``value`` (lists and dicts, keys included); returns ``value``."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ValueError(f"{where} is nested deeper than {MAX_NESTING} levels")
+        if isinstance(node, str):
+            problem = string_problem(node)
+            if problem:
+                raise ValueError(f"{where} {problem}")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise ValueError(f"{where} is not a finite number")
+        elif isinstance(node, list | tuple):
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, dict):
+            stack.extend((key, depth + 1) for key in node)
+            stack.extend((item, depth + 1) for item in node.values())
+    return value
+
+
+def check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    keys = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > METADATA_MAX_DEPTH:
+            raise ValueError(f"metadata nested deeper than {METADATA_MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            keys += len(node)
+            if keys > METADATA_MAX_KEYS:
+                raise ValueError(f"metadata has more than {METADATA_MAX_KEYS} keys")
+            stack.extend((item, depth + 1) for item in node.values())
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+    return check_value(value, "metadata")

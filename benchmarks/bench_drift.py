@@ -143,8 +143,9 @@ def _simulated(
     """Counts and embeddings of n events: topic direction + noise; ``offset`` moves every
     vector along one direction (the same topics asked differently); ``session`` > 1: the
     topics come in same-topic runs of that mean length."""
-    topics = np.repeat(np.arange(K), sessions(rng, p, n, session).astype(np.int64))
-    if session <= 1.0:
+    if session > 1.0:
+        topics = np.repeat(np.arange(K), sessions(rng, p, n, session).astype(np.int64))
+    else:
         topics = rng.choice(K, size=n, p=p)
     x = _topics()[topics] + 0.35 * rng.standard_normal((n, DIM))
     x[:, 0] += offset

@@ -29,7 +29,8 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
 class Settings(BaseSettings):
-    """Every knob of a COMPASS deployment. Field docs double as the ``compass config`` help."""
+    """Every knob of a COMPASS deployment; each field's description is its documentation (the
+    README's configuration table summarises them)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -152,7 +153,8 @@ class Settings(BaseSettings):
     drift_detector: str = Field(
         "js",
         description="Drift detector: a name registered with @register_detector (js = "
-        "Jensen–Shannon with a calibrated threshold).",
+        "Jensen–Shannon on cluster counts with a calibrated threshold; mmd = maximum mean "
+        "discrepancy on the embeddings with random features).",
     )
     drift_correction: Literal["bonferroni", "bh", "none"] = Field(
         "bonferroni",

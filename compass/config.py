@@ -193,6 +193,43 @@ class Settings(BaseSettings):
     worker_max_attempts: int = Field(
         3, ge=1, le=100, description="Claims of one training job before it is marked failed."
     )
+    # serving (issue 11): compass serve-sync — see docs/serving.md
+    serving_engine: str = Field(
+        "peft", description="Engine serve-sync drives: peft (in-process), vllm or sglang."
+    )
+    serving_engine_url: str | None = Field(
+        None, description="URL of the vllm/sglang server ('http://host:8000')."
+    )
+    serving_base_model_revision: str = Field(
+        "",
+        description="Revision of the base model a vllm/sglang server serves (as adapters record "
+        "it); empty = not checked (logged). The peft engine knows its own.",
+    )
+    serving_max_rank: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Largest LoRA rank the engine takes (vLLM/SGLang: their --max-lora-rank; "
+        "unset: vllm/sglang 16, peft 64).",
+    )
+    serving_grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds requests in flight on a replaced adapter get before it is unloaded.",
+    )
+    serving_cache_dir: Path | None = Field(
+        None,
+        description="Where fetched adapter artifacts are cached (default <data_dir>/serving); "
+        "must be visible to a vllm/sglang server under the same path.",
+    )
+    serving_group_id: str = Field(
+        "compass-serve-sync", description="Consumer group of serve-sync (one per engine)."
+    )
+    serving_host: str = Field("127.0.0.1", description="Address of serve-sync's /routes.")
+    serving_port: int = Field(
+        8097, ge=0, le=65535, description="Port of serve-sync's /routes endpoint; 0 = off."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 

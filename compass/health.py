@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,18 +43,35 @@ class Heartbeat:
         return not self.dead and time.monotonic() - self._last <= self.max_silence_s
 
 
-class HealthServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (a daemon thread)."""
+Page = Callable[[], tuple[bytes, str]]  # → (body, content type)
 
-    def __init__(self, host: str, port: int, *, alive: Check, ready: Check) -> None:
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (port 0: any free port), plus
+    any ``pages`` (``{path: page}``, e.g. serve-sync's ``/routes``), on a daemon thread."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        alive: Check,
+        ready: Check,
+        pages: Mapping[str, Page] | None = None,
+        name: str = "compass-health",
+    ) -> None:
         self.alive = alive
         self.ready = ready
         server = self
+        extra = dict(pages or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if path in extra:
+                    body, kind = extra[path]()
+                    self._send(200, body, kind)
+                elif path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok = _safe(server.alive)
@@ -77,9 +94,7 @@ class HealthServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="compass-health", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=name, daemon=True)
 
     @property
     def port(self) -> int:

@@ -61,6 +61,7 @@ class MemoryState:
     drift: dict[uuid.UUID, DriftRecord] = field(default_factory=dict)
     adapters: dict[int, AdapterRecord] = field(default_factory=dict)
     versions: dict[int, AdapterVersionRecord] = field(default_factory=dict)
+    adapter_events: list[ports.AdapterEventRecord] = field(default_factory=list)
     jobs: dict[uuid.UUID, TrainingJob] = field(default_factory=dict)
     outbox: dict[int, OutboxMessage] = field(default_factory=dict)
     dead_letters: dict[object, DeadLetter] = field(default_factory=dict)
@@ -226,6 +227,65 @@ class MemoryAdapterRepository(_Repository, ports.AdapterRepository):
             ),
             None,
         )
+
+    def list_adapters(self) -> list[AdapterRecord]:
+        return sorted(self.s.adapters.values(), key=lambda a: (a.language, a.base_model))
+
+    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None:
+        return next(
+            (
+                a
+                for a in self.s.adapters.values()
+                if (a.language, a.base_model) == (language, base_model)
+            ),
+            None,
+        )
+
+    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]:
+        mine = [v for v in self.s.versions.values() if v.adapter_id == adapter_id]
+        return sorted(mine, key=lambda v: v.number)
+
+    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None:
+        return next((v for v in self.list_versions(adapter_id) if v.number == number), None)
+
+    def retire_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
+        target = self.get_version(adapter_id, number)
+        if target is None:
+            raise DataError(f"adapter {adapter_id} has no version {number}")
+        if target.status == "retired":
+            return target
+        if target.status != "candidate":
+            raise DataError(f"version {number} of adapter {adapter_id} is {target.status}")
+        retired = replace(target, status="retired", retired_at=_now())
+        self.s.versions[target.version_id] = retired
+        return retired
+
+    def set_pinned(self, adapter_id: int, pinned: bool, reason: str = "") -> AdapterRecord:
+        adapter = self.s.adapters.get(adapter_id)
+        if adapter is None:
+            raise DataError(f"adapter {adapter_id} does not exist")
+        at = (adapter.pinned_at or _now()) if pinned else None
+        adapter = replace(adapter, pinned_at=at, pin_reason=reason if pinned else "")
+        self.s.adapters[adapter_id] = adapter
+        return adapter
+
+    def record_event(
+        self,
+        adapter_id: int,
+        action: ports.AdapterAction,
+        *,
+        version: int | None = None,
+        reason: str = "",
+        actor: str = "",
+    ) -> ports.AdapterEventRecord:
+        event = ports.AdapterEventRecord(
+            self.s.next_id(), adapter_id, version, action, reason, actor, _now()
+        )
+        self.s.adapter_events.append(event)
+        return event
+
+    def list_events(self, adapter_id: int) -> list[ports.AdapterEventRecord]:
+        return [e for e in self.s.adapter_events if e.adapter_id == adapter_id]
 
 
 class MemoryJobRepository(_Repository, ports.JobRepository):

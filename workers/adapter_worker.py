@@ -14,8 +14,6 @@ typed end to end: :class:`Evaluation` (the held-out losses and timings), :class:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import time
@@ -34,6 +32,7 @@ from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
 from compass.core.events import AdapterUpdated, DriftEvent
 from compass.core.gate import GateDecision, PromotionGate, finite_metrics
+from compass.core.naming import announcement_id, manifest_sha256
 from compass.core.samplers.base import Pool, Sampler, SelectionRequest
 from compass.core.semantic_map import SemanticMap
 from compass.lm.artifact_store import read_training_texts, write_training_texts
@@ -256,14 +255,17 @@ class AdapterWorker:
         )  # fmt: skip
         trained = self._train_and_evaluate(drift, live, texts, new_eval, old_eval)
         evaluation = trained.evaluation
-        decision = s.gate.judge(evaluation, others=asdict(evaluation))
         non_finite = evaluation.non_finite()
-        notes = decision.reason
-        if non_finite:  # never stored (jsonb has no NaN), so say which were left out
-            notes += f"; non-finite metrics not stored: {', '.join(non_finite)}"
         shares = target / target.sum()
         reference = {int(c): float(v) for c, v in enumerate(shares) if v > 0}
         with self._uow_factory() as uow:
+            # read in the writing transaction: a pin set while the job trained still holds
+            current = uow.adapters.get_adapter(adapter.language, adapter.base_model)
+            pinned = current is not None and current.pinned
+            decision = s.gate.judge(evaluation, others=asdict(evaluation), pinned=pinned)
+            notes = decision.reason
+            if non_finite:  # never stored (jsonb has no NaN), so say which were left out
+                notes += f"; non-finite metrics not stored: {', '.join(non_finite)}"
             version = uow.adapters.create_version(
                 adapter.adapter_id,
                 NewAdapterVersion(
@@ -281,16 +283,20 @@ class AdapterWorker:
                     peft_config=trained.peft.to_dict(),
                     training_seconds=evaluation.training_seconds,
                     evaluation_seconds=evaluation.evaluation_seconds,
-                    status="candidate" if decision.promote else "rejected",
+                    status="candidate" if decision.promote or decision.pinned else "rejected",
                     notes=notes,
                 ),
             )
             if decision.promote:
                 version = uow.adapters.activate_version(adapter.adapter_id, version.number)
-                message = self._announcement(version, live, drift, trained.peft)
+                message = self._announcement(version, live, drift, trained.peft, decision.reason)
                 uow.outbox.add_outbox(
                     s.topic_adapter_updated, drift.language, message.model_dump(mode="json")
                 )
+                uow.adapters.record_event(
+                    adapter.adapter_id, "promote", version=version.number,
+                    reason=decision.reason, actor=s.worker_name,
+                )  # fmt: skip
             uow.jobs.complete_job(job_id, s.worker_name, version.version_id)
             uow.commit()
         log.info(
@@ -394,6 +400,7 @@ class AdapterWorker:
         candidate_old = loss(candidate.model, old_eval) if old_eval else candidate_new
         evaluation += time.perf_counter() - clock
 
+        dtype = _weights_dtype(candidate.model)  # before detach() takes the LoRA layers off
         adapter_dir = self._artifacts.version_dir(drift.language, str(drift.drift_id))
         manifest = save_adapter(candidate, adapter_dir)
         write_training_texts(adapter_dir, [*earlier_texts, *texts])
@@ -401,9 +408,9 @@ class AdapterWorker:
         return TrainingOutcome(
             folder=adapter_dir,
             manifest=manifest,
-            manifest_sha256=_manifest_digest(manifest),
+            manifest_sha256=manifest_sha256(manifest),
             base_model_revision=base.revision,
-            peft=candidate.config.peft_settings(),
+            peft=candidate.config.peft_settings(dtype=dtype),
             evaluation=Evaluation(
                 live_new_loss=live_new,
                 live_old_loss=live_old,
@@ -424,9 +431,10 @@ class AdapterWorker:
         live: AdapterVersionRecord | None,
         drift: DriftEvent,
         peft: PeftSettings,
+        reason: str = "",
     ) -> AdapterUpdated:
         return AdapterUpdated(
-            message_id=uuid.uuid5(uuid.NAMESPACE_URL, f"adapter-version:{version.version_id}"),
+            message_id=announcement_id(version.version_id, version.artifact_sha256),
             language=version.language,
             base_model=version.base_model,
             base_model_revision=version.base_model_revision,
@@ -439,6 +447,8 @@ class AdapterWorker:
             metrics={k: float(v) for k, v in version.metrics.items()},
             previous_version=live.number if live else None,
             drift_id=drift.drift_id,
+            action="promote",
+            reason=reason[:2000],
         )
 
 
@@ -468,5 +478,9 @@ def _reference_counts(
     )
 
 
-def _manifest_digest(manifest: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+def _weights_dtype(model: Any) -> str | None:
+    """Dtype of the adapter's trainable weights (``"float32"``); ``None`` if there are none."""
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            return str(param.dtype).removeprefix("torch.")
+    return None

@@ -35,6 +35,8 @@ _COMMAND_MODULES = (
     "compass.cli.schemas",  # issue 12
     "compass.cli.produce",  # issue 12
     "compass.cli.relay",  # issue 13
+    "compass.cli.serving",  # issue 11: serve-sync, routes
+    "compass.cli.adapters",  # issue 11: adapters list|show|rollback|pin|unpin|retire
 )
 
 

@@ -171,11 +171,21 @@ class DriftEvent(_Event):
 
 
 class PeftInfo(_Event):
+    """What a serving engine checks before it loads an adapter (PEFT's ``LoraConfig`` terms).
+
+    ``type`` is PEFT's adapter type (``"LORA"``); a DoRA adapter is ``type: "LORA"`` with
+    ``use_dora: true``, as in PEFT's own ``adapter_config.json``, so an engine that cannot
+    serve DoRA (vLLM, SGLang) refuses on that flag. ``use_dora`` and ``dtype`` were added in
+    schema version 1 as optional fields (issue 11): an older message without them reads as
+    ``use_dora=false`` and ``dtype=null`` (unknown)."""
+
     type: str
     r: int = Field(ge=1)
     alpha: float
     target_modules: list[str]
     modules_to_save: list[str] | None = None
+    use_dora: bool = False
+    dtype: str | None = Field(None, max_length=50)
 
 
 class AdapterUpdated(_Event):
@@ -196,6 +206,11 @@ class AdapterUpdated(_Event):
     previous_version: int | None = None
     drift_id: uuid.UUID | None = None
     created_at: UtcDatetime = Field(default_factory=utc_now)
+    action: Literal["promote", "rollback"] = "promote"
+    """Why this version is live now: ``promote`` (the worker's gate, after drift) or
+    ``rollback`` (``compass adapters rollback``). Optional, added in schema version 1."""
+    reason: str = Field("", max_length=2000)
+    """One line saying why (e.g. ``rollback to v2: bad French answers``); may be empty."""
 
 
 class DeadLetter(_Event):

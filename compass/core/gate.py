@@ -5,6 +5,10 @@ on the new usage by more than ``min_gain`` nats, and may raise the loss on the e
 at most ``max_forgetting`` nats. Losses are mean token negative log-likelihoods in nats. A
 candidate that fails is still recorded (as ``rejected``) with the decision's reason.
 
+A *pinned* language (``compass adapters pin``) promotes nothing automatically: a candidate that
+passes the rule is refused with a reason starting ``pinned`` and ``GateDecision.pinned`` set, so
+the worker records it as a ``candidate`` (not ``rejected``) that a person may activate later.
+
 A loss that is not a finite number (a diverged run gives NaN or ∞) fails the gate before any
 comparison — NaN compares false with everything, so ``gain <= min_gain`` alone would let it
 through — and :func:`finite_metrics` is the one filter that keeps such values out of what is
@@ -53,12 +57,14 @@ class HeldOutLosses(Protocol):
 
 @dataclass(frozen=True)
 class GateDecision:
-    """``promote`` or not, why (one line), and the two numbers the rule compared."""
+    """``promote`` or not, why (one line), and the two numbers the rule compared; ``pinned``:
+    the candidate passed the rule but its language is pinned (so it is held, not rejected)."""
 
     promote: bool
     reason: str
     gain: float
     forgetting: float
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,17 @@ class PromotionGate:
     max_forgetting: float = 0.05
 
     def judge(
-        self, losses: HeldOutLosses, *, others: Mapping[str, float] | None = None
+        self,
+        losses: HeldOutLosses,
+        *,
+        others: Mapping[str, float] | None = None,
+        pinned: bool = False,
     ) -> GateDecision:
         """Promote only if better on the new usage and not worse (beyond the tolerance) on the
         old; ``gain = live_new - candidate_new``, ``forgetting = candidate_old - live_old``.
         Any non-finite loss, or non-finite value among ``others`` (the run's other metrics,
         e.g. the final training loss), rejects, naming them (``gain``/``forgetting`` are then
-        NaN)."""
+        NaN). ``pinned``: a candidate that passes is refused anyway, reason ``pinned: …``."""
         values = {name: float(value) for name, value in (others or {}).items()}
         values.update({name: float(getattr(losses, name)) for name in LOSS_NAMES})
         bad = sorted(name for name, value in values.items() if not math.isfinite(value))
@@ -93,4 +103,7 @@ class PromotionGate:
             reason = f"forgets the earlier usage ({forgetting:+.4f} nats > {self.max_forgetting})"
             return GateDecision(False, reason, gain, forgetting)
         reason = f"gain {gain:+.4f} nats on new usage, forgetting {forgetting:+.4f} nats"
+        if pinned:
+            reason = f"pinned: automatic promotion is paused for this language ({reason})"
+            return GateDecision(False, reason, gain, forgetting, pinned=True)
         return GateDecision(True, reason, gain, forgetting)

@@ -110,18 +110,16 @@ class Subscription(Generic[EventT]):
         self._window = dedupe_window
         self._poll_ms = int(poll_timeout_s * 1000)
         if consumer is None:
-            from kafka import KafkaConsumer
+            from compass.kafka.io import open_consumer
 
             if not bootstrap_servers:
                 raise ValueError("bootstrap_servers is required")
-            consumer = KafkaConsumer(
+            consumer = open_consumer(
+                bootstrap_servers,
                 topic,
-                bootstrap_servers=bootstrap_servers,
-                group_id=group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                group_id,
                 session_timeout_ms=session_timeout_ms,
-                heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
+                max_poll_records=500,  # kafka-python's default: handlers here are short
                 max_poll_interval_ms=max_poll_interval_ms,
             )
         self._consumer = consumer

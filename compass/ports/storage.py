@@ -28,8 +28,10 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from compass.core.events import DeadLetter, DriftEvent
+from compass.core.naming import adapter_name as serving_name
 from compass.core.semantic_map import SemanticMap
 from compass.core.windows import ClusterCount
+from compass.ports.adapter_events import AdapterAction, AdapterEventRecord
 
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -100,6 +102,13 @@ class AdapterRecord:
     base_model: str
     last_version: int
     created_at: datetime
+    pinned_at: datetime | None = None
+    """Set while pinned (``compass adapters pin``): candidates are recorded, not promoted."""
+    pin_reason: str = ""
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_at is not None
 
 
 @dataclass(frozen=True)
@@ -212,8 +221,10 @@ class AdapterVersionRecord:
 
     @property
     def adapter_name(self) -> str:
-        """A serving name unique per version (engines cache by name): ``sw-v7``."""
-        return f"{self.language}-v{self.number}"
+        """The serving name, unique forever (engines cache by name): ``sw-v7-1a2b3c4d``, the
+        language, the number and the first 8 hex of the manifest hash (``artifact_sha256``,
+        :func:`compass.core.naming.adapter_name`)."""
+        return serving_name(self.language, self.number, self.artifact_sha256)
 
 
 @dataclass(frozen=True)
@@ -335,6 +346,43 @@ class AdapterRepository(abc.ABC):
     @abc.abstractmethod
     def active_version(self, language: str, base_model: str) -> AdapterVersionRecord | None:
         """The live version of (language, base model), ``None`` before the first activation."""
+
+    # ---- lifecycle (issue 11); pins and retirements lock the adapter row
+    @abc.abstractmethod
+    def list_adapters(self) -> list[AdapterRecord]: ...  # by language, then base model
+
+    @abc.abstractmethod
+    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None: ...
+
+    @abc.abstractmethod
+    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]: ...  # by number
+
+    @abc.abstractmethod
+    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None: ...
+
+    @abc.abstractmethod
+    def retire_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
+        """Mark a candidate ``retired`` (a retired one stays so); :class:`DataError` for a
+        missing, active or rejected version."""
+
+    @abc.abstractmethod
+    def set_pinned(self, adapter_id: int, pinned: bool, reason: str = "") -> AdapterRecord:
+        """Pin (``pinned_at`` = now) or unpin; :class:`DataError` for a missing adapter."""
+
+    @abc.abstractmethod
+    def record_event(
+        self,
+        adapter_id: int,
+        action: AdapterAction,
+        *,
+        version: int | None = None,
+        reason: str = "",
+        actor: str = "",
+    ) -> AdapterEventRecord:
+        """Append one lifecycle change to the adapter's history (``adapter_events``)."""
+
+    @abc.abstractmethod
+    def list_events(self, adapter_id: int) -> list[AdapterEventRecord]: ...  # oldest first
 
 
 class JobRepository(abc.ABC):

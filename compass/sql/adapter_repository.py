@@ -19,6 +19,8 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from compass.core.errors import DataError
 from compass.ports.storage import (
+    AdapterAction,
+    AdapterEventRecord,
     AdapterRecord,
     AdapterRepository,
     AdapterVersionRecord,
@@ -31,7 +33,8 @@ from compass.ports.storage import (
 )
 from compass.sql.common import float_or_none, json_safe, utc, utc_or_none
 
-_ADAPTER_COLUMNS = "id, language, base_model, last_version, created_at"
+_ADAPTER_COLUMNS = "id, language, base_model, last_version, created_at, pinned_at, pin_reason"
+_EVENT_COLUMNS = "id, adapter_id, version, action, reason, actor, created_at"
 _VERSION_SELECT = """
     SELECT v.id, v.adapter_id, a.language, a.base_model, v.number, v.status, v.artifact_uri,
            v.artifact_sha256, v.sampler, v.sampler_params, v.reference_distribution, v.metrics,
@@ -53,6 +56,20 @@ def _adapter(row: RowMapping) -> AdapterRecord:
         language=row["language"],
         base_model=row["base_model"],
         last_version=int(row["last_version"]),
+        created_at=utc(row["created_at"]),
+        pinned_at=utc_or_none(row["pinned_at"]),
+        pin_reason=row["pin_reason"],
+    )
+
+
+def _event(row: RowMapping) -> AdapterEventRecord:
+    return AdapterEventRecord(
+        event_id=int(row["id"]),
+        adapter_id=int(row["adapter_id"]),
+        version=None if row["version"] is None else int(row["version"]),
+        action=cast(AdapterAction, row["action"]),
+        reason=row["reason"],
+        actor=row["actor"],
         created_at=utc(row["created_at"]),
     )
 
@@ -269,6 +286,93 @@ class SqlAdapterRepository(AdapterRepository):
         )
         found = row.mappings().one_or_none()
         return None if found is None else _version(found)
+
+    # ------------------------------------------------------------------ lifecycle
+    def list_adapters(self) -> list[AdapterRecord]:
+        rows = self._conn.execute(
+            text(f"SELECT {_ADAPTER_COLUMNS} FROM adapters ORDER BY language, base_model")
+        )
+        return [_adapter(row) for row in rows.mappings()]
+
+    def get_adapter(self, language: str, base_model: str) -> AdapterRecord | None:
+        return self._get_adapter(language, base_model)
+
+    def list_versions(self, adapter_id: int) -> list[AdapterVersionRecord]:
+        rows = self._conn.execute(
+            text(_VERSION_SELECT + " WHERE v.adapter_id = :a ORDER BY v.number"), {"a": adapter_id}
+        )
+        return [_version(row) for row in rows.mappings()]
+
+    def get_version(self, adapter_id: int, number: int) -> AdapterVersionRecord | None:
+        return self._get_version(adapter_id, number)
+
+    def retire_version(self, adapter_id: int, number: int) -> AdapterVersionRecord:
+        self._lock_adapter(adapter_id)
+        target = self._get_version(adapter_id, number)
+        if target is None:
+            raise DataError(f"adapter {adapter_id} has no version {number}")
+        if target.status == "retired":
+            return target
+        if target.status != "candidate":
+            hint = " (activate another version first)" if target.status == "active" else ""
+            raise DataError(
+                f"version {number} of adapter {adapter_id} is {target.status}; "
+                f"only a candidate can be retired{hint}"
+            )
+        self._conn.execute(
+            text(
+                "UPDATE adapter_versions SET status = 'retired', retired_at = now() "
+                "WHERE adapter_id = :a AND number = :n"
+            ),
+            {"a": adapter_id, "n": number},
+        )
+        return self._version_by_id(target.version_id)
+
+    def set_pinned(self, adapter_id: int, pinned: bool, reason: str = "") -> AdapterRecord:
+        self._lock_adapter(adapter_id)
+        row = self._conn.execute(
+            text(
+                "UPDATE adapters SET pinned_at = CASE WHEN :p THEN coalesce(pinned_at, now()) "
+                "END, pin_reason = CASE WHEN :p THEN :r ELSE '' END "
+                f"WHERE id = :a RETURNING {_ADAPTER_COLUMNS}"
+            ),
+            {"a": adapter_id, "p": pinned, "r": reason},
+        )
+        return _adapter(row.mappings().one())
+
+    def record_event(
+        self,
+        adapter_id: int,
+        action: AdapterAction,
+        *,
+        version: int | None = None,
+        reason: str = "",
+        actor: str = "",
+    ) -> AdapterEventRecord:
+        row = self._conn.execute(
+            text(
+                "INSERT INTO adapter_events (adapter_id, version, action, reason, actor) "
+                f"VALUES (:a, :v, :action, :reason, :actor) RETURNING {_EVENT_COLUMNS}"
+            ),
+            {
+                "a": adapter_id,
+                "v": version,
+                "action": action,
+                "reason": reason[:4000],
+                "actor": actor[:200],
+            },
+        )
+        return _event(row.mappings().one())
+
+    def list_events(self, adapter_id: int) -> list[AdapterEventRecord]:
+        rows = self._conn.execute(
+            text(
+                f"SELECT {_EVENT_COLUMNS} FROM adapter_events WHERE adapter_id = :a "
+                "ORDER BY created_at, id"
+            ),
+            {"a": adapter_id},
+        )
+        return [_event(row) for row in rows.mappings()]
 
 
 class SqlJobRepository(JobRepository):

@@ -158,10 +158,35 @@ class AdapterRow(Base):
     base_model: Mapped[str] = mapped_column(Text)
     last_version: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[dt.datetime] = _now()
+    # migration 0005: a pinned adapter's candidates are recorded but never promoted
+    pinned_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    pin_reason: Mapped[str] = mapped_column(Text, server_default=text("''"))
 
     __table_args__ = (
         UniqueConstraint("language", "base_model"),
         CheckConstraint("last_version >= 0", name="last_version"),
+    )
+
+
+class AdapterEventRow(Base):
+    """Migration 0005: every lifecycle change of an adapter (promote, rollback, pin, unpin,
+    retire), append-only, with the reason a person or the worker gave."""
+
+    __tablename__ = "adapter_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("adapters.id"))
+    version: Mapped[int | None] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    actor: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    created_at: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('promote', 'rollback', 'pin', 'unpin', 'retire')", name="action"
+        ),
+        Index("ix_adapter_events_adapter_id_created_at", "adapter_id", "created_at"),
     )
 
 

@@ -16,6 +16,7 @@ from compass.bootstrap import bootstrap, open_artifact_store, sampler_for
 from compass.config import Settings
 from compass.core.events import AdapterUpdated, DriftEvent, decode, encode, event_point_id
 from compass.core.gate import PromotionGate
+from compass.core.naming import manifest_sha256
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
 from compass.corpora.chatterbot import load_chatterbot
@@ -166,6 +167,7 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
     assert versions[0].peft_config == {
         "type": "LORA", "r": 8, "alpha": 16.0, "use_dora": False,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "modules_to_save": [], "dtype": "float32",  # issue 11: what an engine checks
     }  # fmt: skip
     assert abs(sum(versions[0].reference_distribution.values()) - 1.0) < 1e-6
     # the reference is kept as a sample: the window's sampled counts, sizes and blocks
@@ -227,7 +229,7 @@ def test_consumer_publishes_adapter_updated(
     assert len(messages) == 1
     update = messages[0]
     assert update.drift_id == drift.drift_id and update.language == "fr"
-    assert update.adapter_name == f"fr-v{update.version}"
+    assert update.adapter_name == f"fr-v{update.version}-{manifest_sha256(update.manifest)[:8]}"
     assert set(update.manifest) >= {"adapter_config.json", "adapter_model.safetensors"}
     assert update.peft.type == "LORA" and update.peft.r == 8
     assert update.peft.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]

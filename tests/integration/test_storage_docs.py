@@ -41,8 +41,22 @@ def doc_examples() -> dict[str, str]:
     return examples
 
 
+class _ServingName:
+    """Matches a unique serving name (issue 11): ``<prefix>-<8 hex of the manifest hash>``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __eq__(self, other: object) -> bool:
+        tail = str(other).removeprefix(self.prefix + "-")
+        return isinstance(other, str) and other != tail and len(tail) == 8 and tail.isalnum()
+
+    def __repr__(self) -> str:
+        return f"{self.prefix}-<8 hex>"
+
+
 EXPECTED: dict[str, list[tuple[Any, ...]]] = {
-    "live-swahili": [("sw", BASE, "sw-v1", 1, "compass", "libreoffice-help", 2000)],
+    "live-swahili": [("sw", BASE, _ServingName("sw-v1"), 1, "compass", "libreoffice-help", 2000)],
     "french-lineage": [
         (1, "retired", "all-data", None, 12.0),
         (2, "retired", "compass", 0.21, 10.5),
@@ -60,6 +74,7 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     ],
     "dead-letter-reasons": [("empty_text", "validate", 2), ("invalid_json", "decode", 1)],
     "outbox-backlog": [("adapter-updated", 1, True), ("drift-events", 1, True)],
+    "adapter-lifecycle": [("sw", "pin", None, "ana@host", "release freeze")],
 }
 
 
@@ -179,6 +194,8 @@ def seed(store: SqlStore) -> None:
         )
         uow.adapters.activate_version(sw, version.number)
         uow.jobs.complete_job(job.job_id, "w2", version.version_id)
+        uow.adapters.set_pinned(sw, True, "release freeze")  # issue 11: the lifecycle history
+        uow.adapters.record_event(sw, "pin", reason="release freeze", actor="ana@host")
 
         ja_id = uow.adapters.get_or_create_adapter("ja", BASE).adapter_id
         version = uow.adapters.create_version(

@@ -161,7 +161,6 @@ def test_versions_are_immutable(store: SqlStore) -> None:
     statements = [
         "UPDATE adapter_versions SET metrics = '{\"perplexity\": 1}' WHERE adapter_id = :a",
         "UPDATE adapter_versions SET number = 5 WHERE adapter_id = :a",
-        "UPDATE adapter_versions SET status = 'retired' WHERE adapter_id = :a",  # not active
         "DELETE FROM adapter_versions WHERE adapter_id = :a",
         "INSERT INTO adapter_versions (adapter_id, number, artifact_uri, artifact_sha256, sampler)"
         " VALUES (:a, 7, 'x', repeat('a', 64), 'random')",  # a number out of sequence
@@ -174,6 +173,10 @@ def test_versions_are_immutable(store: SqlStore) -> None:
         uow.commit()
         with pytest.raises(DataError, match="rejected"):
             uow.adapters.activate_version(a, 1)
+    # candidate → retired is allowed since 0005 (compass adapters retire); rejected → retired not
+    retire = "UPDATE adapter_versions SET status = 'retired' WHERE adapter_id = :a"
+    with store.engine.connect() as conn, pytest.raises(sqlalchemy.exc.DBAPIError):
+        conn.execute(text(retire), {"a": a})
 
 
 def test_reference_distribution_comes_from_the_live_version(store: SqlStore) -> None:
@@ -185,7 +188,7 @@ def test_reference_distribution_comes_from_the_live_version(store: SqlStore) -> 
         uow.adapters.activate_version(a, v.number)
         live = uow.adapters.active_version("hu", BASE)
         assert live is not None and live.reference_distribution == {0: 0.4, 3: 0.6}
-        assert v.adapter_name == "hu-v1"
+        assert v.adapter_name == f"hu-v1-{v.artifact_sha256[:8]}"
 
 
 def test_repositories_take_canonical_language_codes(store: SqlStore) -> None:

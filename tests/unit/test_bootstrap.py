@@ -105,7 +105,9 @@ def test_peft_settings_come_from_the_training_config() -> None:
     assert peft.to_dict() == {
         "type": "LORA", "r": 4, "alpha": 8.0, "use_dora": True,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "modules_to_save": [], "dtype": None,
     }  # fmt: skip
     info = peft.to_info()
+    assert info.use_dora and info.modules_to_save is None  # DoRA is announced (issue 11)
     assert (info.type, info.r, info.alpha, info.target_modules) == ("LORA", 4, 8.0, list(
         peft.target_modules))  # fmt: skip

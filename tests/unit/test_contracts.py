@@ -183,7 +183,7 @@ def test_schema_and_stream_agree_on_invalid_prompt_events(name: str) -> None:
 def test_read_event_ignores_unknown_fields_at_every_level() -> None:
     raw = (GOLDEN / "adapter-updated" / "v1" / "additive-field.json").read_bytes()
     event = read_event(raw, AdapterUpdated)
-    assert event.peft.r == 8 and "use_dora" not in event.peft.model_dump()
+    assert event.peft.r == 8 and "init_lora_weights" not in event.peft.model_dump()
     with pytest.raises(InvalidEventError) as caught:
         read_event(b'{"schema_version": 1, "drift_id": "x"', DriftEvent)
     assert caught.value.reason == "invalid_json"

@@ -78,8 +78,10 @@ def test_records() -> None:
     assert (total, sampled) == (2.5, 2)
     assert PurgeResult(1, 2, 3, 4).total == 10
     fields = {name: None for name in AdapterVersionRecord.__dataclass_fields__}
-    version = AdapterVersionRecord(**{**fields, "language": "pt-BR", "number": 7})  # type: ignore[arg-type]
-    assert version.adapter_name == "pt-BR-v7"
+    version = AdapterVersionRecord(
+        **{**fields, "language": "pt-BR", "number": 7, "artifact_sha256": "ab12" * 16}  # type: ignore[arg-type]
+    )
+    assert version.adapter_name == "pt-BR-v7-ab12ab12"
 
 
 def test_memory_store_keeps_the_guarantees_the_loop_relies_on() -> None:
@@ -113,7 +115,7 @@ def test_memory_store_keeps_the_guarantees_the_loop_relies_on() -> None:
         uow.commit()
     with store() as uow:
         live = uow.adapters.active_version("sw", "base")
-        assert live is not None and live.number == 1 and live.adapter_name == "sw-v1"
+        assert live is not None and live.number == 1 and live.adapter_name == "sw-v1-00000000"
         assert [m.message_id for m in uow.outbox.unpublished_outbox()] == [message]
         assert uow.outbox.mark_published([message]) == 1
         with pytest.raises(DataError, match="not held"):

@@ -38,22 +38,56 @@ class PeftSettings:
     alpha: float
     target_modules: tuple[str, ...]
     use_dora: bool
+    modules_to_save: tuple[str, ...] = ()
+    dtype: str | None = None
+    """Dtype of the saved adapter weights (``"float32"``); ``None`` when unknown."""
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"type", "r", "alpha", "target_modules": [...], "use_dora"}`` (JSON-ready)."""
+        """``{"type", "r", "alpha", "target_modules": [...], "use_dora", "modules_to_save":
+        [...], "dtype"}`` (JSON-ready)."""
         return {
             "type": self.type,
             "r": self.r,
             "alpha": self.alpha,
             "target_modules": list(self.target_modules),
             "use_dora": self.use_dora,
+            "modules_to_save": list(self.modules_to_save),
+            "dtype": self.dtype,
         }
 
     def to_info(self) -> PeftInfo:
-        """The announcement's ``peft`` field."""
+        """The announcement's ``peft`` field (DoRA: ``type="LORA"`` with ``use_dora=True``;
+        ``modules_to_save`` is ``None`` when there are none)."""
         return PeftInfo(
-            type=self.type, r=self.r, alpha=self.alpha, target_modules=list(self.target_modules)
+            type=self.type,
+            r=self.r,
+            alpha=self.alpha,
+            target_modules=list(self.target_modules),
+            modules_to_save=list(self.modules_to_save) or None,
+            use_dora=self.use_dora,
+            dtype=self.dtype,
         )
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What an engine serves with its default settings: the highest LoRA rank (``None``: no
+    fixed default) and whether it serves DoRA."""
+
+    max_rank: int | None
+    dora: bool
+
+
+SERVING_LIMITS: dict[str, ServingLimits] = {
+    # vLLM: --max-lora-rank defaults to 16; DoRA adapters are not supported.
+    "vllm": ServingLimits(max_rank=16, dora=False),
+    # SGLang: the rank bound comes from --max-lora-rank or the first adapters; no DoRA.
+    "sglang": ServingLimits(max_rank=None, dora=False),
+}
+"""Default limits per ``serving_target`` (``"any"`` has none)."""
+
+OPTIONAL_FIELDS = frozenset({"serving_target"})
+"""Fields added after version 1 of the saved config: a file without them gets the default."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +134,13 @@ class AdapterTrainingConfig:
     fisher_samples: int = field(
         default=32, metadata=_help("Earlier texts used to estimate the diagonal Fisher.")
     )
+    serving_target: Literal["any", "vllm", "sglang"] = field(
+        default="any",
+        metadata=_help(
+            "Engine the adapters must stay servable by with its default limits: 'vllm' "
+            "refuses DoRA and r > 16, 'sglang' refuses DoRA; 'any' checks nothing."
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -141,8 +182,32 @@ class AdapterTrainingConfig:
             problems.append(f"fisher_samples must be >= 1, got {self.fisher_samples}")
         if problems:
             raise ConfigError("invalid AdapterTrainingConfig: " + "; ".join(problems))
+        self.check_servable()
         # Accept lists (from JSON or the CLI) but store a tuple so the config stays hashable.
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def check_servable(self) -> None:
+        """Raise one :class:`ConfigError` naming every reason the ``serving_target`` engine
+        would refuse adapters trained with this config (its default limits,
+        :data:`SERVING_LIMITS`); nothing for ``"any"``."""
+        if self.serving_target == "any":
+            return
+        limits = SERVING_LIMITS.get(self.serving_target)
+        if limits is None:
+            raise ConfigError(
+                f"serving_target must be 'any', 'vllm' or 'sglang', got {self.serving_target!r}"
+            )
+        refused: list[str] = []
+        if self.method == "dora" and not limits.dora:
+            refused.append("it cannot serve DoRA (use method='lora')")
+        if limits.max_rank is not None and self.r > limits.max_rank:
+            refused.append(f"r={self.r} is above its default maximum rank {limits.max_rank}")
+        if refused:
+            raise ConfigError(
+                f"adapters would not be servable by {self.serving_target}: "
+                + "; ".join(refused)
+                + " (or set serving_target='any')"
+            )
 
     def total_steps(self, n_texts: int) -> int:
         """Optimizer steps for ``n_texts`` training texts."""
@@ -151,15 +216,18 @@ class AdapterTrainingConfig:
         assert self.epochs is not None
         return max(1, round(self.epochs * n_texts / self.batch_size))
 
-    def peft_settings(self) -> PeftSettings:
+    def peft_settings(self, dtype: str | None = None) -> PeftSettings:
         """The PEFT settings an adapter trained with this config carries (LoRA; DoRA is LoRA
-        with ``use_dora``)."""
+        with ``use_dora``; no ``modules_to_save``); ``dtype`` is the saved weights' dtype
+        (``"float32"``), ``None`` when unknown."""
         return PeftSettings(
             type="LORA",
             r=self.r,
             alpha=self.alpha,
             target_modules=tuple(self.target_modules),
             use_dora=self.method == "dora",
+            modules_to_save=(),
+            dtype=dtype,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +255,7 @@ class AdapterTrainingConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             log.warning("unknown_config_keys_ignored", keys=unknown)
-        missing = sorted(known - set(values))
+        missing = sorted(known - set(values) - OPTIONAL_FIELDS)
         if missing:
             raise ConfigError(f"{CONFIG_TYPE} is missing fields: {', '.join(missing)}")
         values = {k: v for k, v in values.items() if k in known}

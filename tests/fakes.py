@@ -6,21 +6,19 @@ committed state and writes it back on ``commit()``, so rollback and a missing co
 :mod:`compass.sql.unit_of_work`. It keeps the guarantees the loop relies on (each event counted
 once, one drift event per window, one job per drift event with a lease, numbered versions with
 one live version, outbox in order) but not PostgreSQL's locking. :class:`MemoryVectorStore`
-holds points in a dict and searches by cosine similarity.
+(:mod:`tests.fake_vector_store`) holds points in a dict and searches by cosine similarity.
 """
 
 from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
-
-from compass.core.errors import DataError, InfraError
+from compass.core.errors import DataError
 from compass.core.events import DeadLetter, DriftEvent
 from compass.core.semantic_map import SemanticMap
 from compass.ports import storage as ports
@@ -35,13 +33,6 @@ from compass.ports.storage import (
     SemanticMapRecord,
     TrainingJob,
     UsageObservation,
-)
-from compass.ports.vector_store import (
-    PayloadFilter,
-    StoredPoint,
-    VectorPoint,
-    VectorStore,
-    matches,
 )
 
 _UsageKey = tuple[str, datetime, int, int, int]  # language, window start, seconds, map, cluster
@@ -461,60 +452,3 @@ class MemoryStore(ports.UnitOfWorkFactory):
 
     def __call__(self) -> MemoryUnitOfWork:
         return MemoryUnitOfWork(self)
-
-
-class MemoryVectorStore(VectorStore):
-    """Points in a dict; ``search`` ranks by cosine similarity; filters are equality matches."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self.points: dict[uuid.UUID, tuple[np.ndarray, dict[str, Any]]] = {}
-        self.closed = False
-
-    def upsert(self, points: Sequence[VectorPoint]) -> None:
-        for point in points:
-            vector = np.asarray(point.vector, dtype=np.float32)
-            if vector.shape != (self.dim,):
-                raise InfraError(f"vector of shape {vector.shape}, the store holds {self.dim}")
-            self.points[point.id] = (vector, dict(point.payload))
-
-    def _matching(self, where: PayloadFilter | None) -> Iterator[uuid.UUID]:
-        for point_id, (_, payload) in self.points.items():
-            if matches(payload, where):
-                yield point_id
-
-    def _stored(
-        self, point_id: uuid.UUID, with_vectors: bool, score: float | None = None
-    ) -> StoredPoint:
-        vector, payload = self.points[point_id]
-        return StoredPoint(point_id, dict(payload), vector.copy() if with_vectors else None, score)
-
-    def retrieve(self, ids: Sequence[uuid.UUID], with_vectors: bool = False) -> list[StoredPoint]:
-        return [self._stored(i, with_vectors) for i in ids if i in self.points]
-
-    def search(
-        self, vector: np.ndarray, limit: int = 10, where: PayloadFilter | None = None
-    ) -> list[StoredPoint]:
-        query = np.asarray(vector, dtype=np.float32)
-        query = query / (np.linalg.norm(query) or 1.0)
-        scored = []
-        for point_id in self._matching(where):
-            stored = self.points[point_id][0]
-            scored.append((float(stored @ query / (np.linalg.norm(stored) or 1.0)), point_id))
-        scored.sort(key=lambda pair: -pair[0])
-        return [self._stored(i, False, score) for score, i in scored[:limit]]
-
-    def count(self, where: PayloadFilter | None = None) -> int:
-        return sum(1 for _ in self._matching(where))
-
-    def scroll(
-        self, where: PayloadFilter | None = None, batch_size: int = 1000, with_vectors: bool = False
-    ) -> Iterator[StoredPoint]:
-        for point_id in list(self._matching(where)):
-            yield self._stored(point_id, with_vectors)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True

@@ -15,7 +15,8 @@ from compass.core.gate import PromotionGate
 from compass.lm.artifact_store import LocalArtifactStore, read_training_texts, write_training_texts
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.ports.embedder import Embedder, EmbeddingKind
-from tests.fakes import MemoryStore, MemoryVectorStore
+from tests.fake_vector_store import MemoryVectorStore
+from tests.fakes import MemoryStore
 
 
 class ToyEmbedder(Embedder):

@@ -26,7 +26,8 @@ from compass.ports.storage import (
 from compass.ports.vector_store import VectorPoint
 from compass.sql import migrate
 from compass.sql.tables import metadata
-from tests.fakes import MemoryStore, MemoryVectorStore
+from tests.fake_vector_store import MemoryVectorStore
+from tests.fakes import MemoryStore
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
 

@@ -230,6 +230,12 @@ class Settings(BaseSettings):
     serving_port: int = Field(
         8097, ge=0, le=65535, description="Port of serve-sync's /routes endpoint; 0 = off."
     )
+    serving_target: Literal["any", "vllm", "sglang"] = Field(
+        "any",
+        description="Engine the worker's adapters must stay servable by, with its default "
+        "limits (vllm: no DoRA, r <= 16; sglang: no DoRA); checked when the worker starts "
+        "(AdapterTrainingConfig.serving_target). 'any' checks nothing.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 

@@ -7,6 +7,7 @@ failed and recorded) and the outbox was drained, so a crash re-delivers the even
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from compass.core.events import DeadLetter, DriftEvent, dead_letter_for
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
 from compass.health import Heartbeat, serve
+from compass.lm.training.config import AdapterTrainingConfig
 from compass.ports.publisher import MessageProducer
 from compass.ports.storage import UnitOfWork
 from workers.adapter_worker import AdapterWorker, WorkerOutcome, WorkerSettings
@@ -173,6 +175,18 @@ def decode_drift_event(raw: bytes | None) -> DriftEvent:
         raise InvalidEventError("internal_error", repr(exc)[:500], stage="decode") from None
 
 
+def servable_training(
+    training: AdapterTrainingConfig, serving_target: str
+) -> AdapterTrainingConfig:
+    """``training`` bound to ``serving_target`` (``COMPASS_SERVING_TARGET``) unless it names a
+    target itself. Raises :class:`~compass.core.errors.ConfigError` when that engine could not
+    serve what the config trains (DoRA, a rank above its default maximum), so a worker fails at
+    start rather than announcing adapters serving would refuse."""
+    if serving_target == "any" or training.serving_target != "any":
+        return training
+    return dataclasses.replace(training, serving_target=serving_target)  # type: ignore[arg-type]
+
+
 def build_worker(services: Services, pool_name: str, **worker_options: Any) -> AdapterWorker:
     """An :class:`AdapterWorker` on ``services``: the pool ``pool_name`` re-assigned to the
     active semantic map, usage texts from the event vector store. ``worker_options`` are
@@ -181,6 +195,11 @@ def build_worker(services: Services, pool_name: str, **worker_options: Any) -> A
 
     settings = services.settings
     record = services.maps.current()
+    training = servable_training(
+        worker_options.pop("training", None)
+        or WorkerSettings(settings.base_model_id, Path(settings.data_dir)).training,
+        settings.serving_target,
+    )
     return AdapterWorker(
         services.uow_factory,
         load_pool(pools_dir(settings.data_dir) / pool_name, record.semantic_map),
@@ -192,6 +211,7 @@ def build_worker(services: Services, pool_name: str, **worker_options: Any) -> A
             **{
                 "lease": timedelta(seconds=settings.worker_lease_s),
                 "max_attempts": settings.worker_max_attempts,
+                "training": training,
                 **worker_options,
             },
         ),

@@ -5,7 +5,8 @@ Each version goes the worker's way — stored and activated in one transaction w
 ``adapter-updated`` outbox row — and the relay publishes it; serve-sync consumes the topic with
 its own consumer group. Checked: a new adapter is loaded and answers a French prompt differently
 from the base model; a duplicate message is applied once; a tampered artifact (one byte changed)
-is refused and the previous adapter keeps serving; a rank above the engine's maximum is refused
+is refused and the previous adapter keeps serving; a rollback (and a roll forward) switches the
+route through the same path; a rank above the engine's maximum is refused
 with its reason; a restart restores the live adapter from SQL.
 
 Not here: the real vLLM server test of issue 11 (only the protocol test against a stub, in
@@ -30,6 +31,7 @@ from compass.core.naming import announcement_id
 from compass.corpora.chatterbot import load_chatterbot
 from compass.kafka.broker import ensure_topics, topic_specs
 from compass.kafka.subscribe import Subscription, subscribe_adapter_updated
+from compass.lifecycle import AdapterLifecycle
 from compass.lm.training.artifacts import read_metadata
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.lm.training.service import train_to_folder
@@ -183,6 +185,35 @@ def test_serve_sync_on_the_peft_engine(
     assert sync.routes() == {"fr": third.adapter_name}
     assert engine.loaded() == {third.adapter_name}
     third_answer = sync.answer("fr", PROMPT)
+
+    # 4b. rollback to the first version: one transaction writes the version change, its history
+    # row and an outbox message (action=rollback); the relay publishes it and serve-sync
+    # switches the route back through the same path (the first adapter was unloaded: reloaded)
+    lifecycle = AdapterLifecycle(uow_factory, BASE, topic=TOPIC, actor="test")
+    rolled = lifecycle.rollback("fr", "regression on support tickets", to=first.version)
+    assert rolled.message.action == "rollback" and rolled.replaced == third.version
+    assert rolled.message.reason == f"rollback to v{first.version}: regression on support tickets"
+    publisher = open_publisher(settings)
+    try:
+        assert outbox_relay(uow_factory, publisher).drain() == 1
+    finally:
+        publisher.close()
+    assert _consume(subscription, sync) == ["applied"]
+    assert sync.routes() == {"fr": first.adapter_name}
+    assert engine.loaded() == {first.adapter_name}
+    assert sync.answer("fr", PROMPT) == first_answer
+    history = [e.action for e in lifecycle.show("fr").events]
+    assert history[-1] == "rollback"
+    # and forward again to the third version (a rollback to a later version is allowed)
+    lifecycle.rollback("fr", "fixed", to=third.version)
+    publisher = open_publisher(settings)
+    try:
+        assert outbox_relay(uow_factory, publisher).drain() == 1
+    finally:
+        publisher.close()
+    assert _consume(subscription, sync) == ["applied"]
+    assert sync.routes() == {"fr": third.adapter_name}
+    assert sync.answer("fr", PROMPT) == third_answer
 
     # 5. a rank above the engine's maximum (16): refused with its reason
     _announce(uow_factory, settings, adapters["big"])

@@ -96,3 +96,30 @@ def test_gate_refuses_a_passing_candidate_while_pinned_and_only_then() -> None:
     worse = type("Worse", (_Losses,), {"candidate_new_loss": 3.5})()
     failed = gate.judge(worse, pinned=True)  # the rule rejects first: rejected, not held
     assert not failed.promote and not failed.pinned and "no gain" in failed.reason
+
+
+def test_the_serving_target_setting_reaches_the_worker_training_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from compass.config import Settings
+    from workers.runner import servable_training
+
+    monkeypatch.setenv("COMPASS_SERVING_TARGET", "vllm")
+    target = Settings().serving_target
+    assert target == "vllm"
+    bound = servable_training(AdapterTrainingConfig(r=8), target)
+    assert bound.serving_target == "vllm" and bound.r == 8
+    # an explicit target in the config wins; "any" leaves the config alone
+    assert (
+        servable_training(AdapterTrainingConfig(serving_target="sglang"), target).serving_target
+        == "sglang"
+    )
+    assert servable_training(AdapterTrainingConfig(r=64), "any").serving_target == "any"
+    # what vLLM would refuse fails when the worker is built, naming the reason
+    with pytest.raises(ConfigError, match="r=32"):
+        servable_training(AdapterTrainingConfig(r=32), target)
+    with pytest.raises(ConfigError, match="DoRA"):
+        servable_training(AdapterTrainingConfig(method="dora"), target)
+    monkeypatch.setenv("COMPASS_SERVING_TARGET", "lorax")
+    with pytest.raises(ValueError, match="serving_target"):
+        Settings()

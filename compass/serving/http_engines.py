@@ -116,6 +116,32 @@ class VllmEngine(HttpEngine):
     load_path = "/v1/load_lora_adapter"
     unload_path = "/v1/unload_lora_adapter"
 
+    def load(self, adapter_name: str, path: Path) -> None:
+        """Load, or adopt an adapter the server already serves under ``adapter_name``.
+
+        vLLM answers 400 to a name it holds, which happens whenever serve-sync restarts while
+        the server keeps running (the restore loads every live adapter again). Adapter names
+        are unique forever (they end with the manifest hash), so the adapter vLLM holds under
+        that name is this artifact: it is adopted instead of refused."""
+        try:
+            super().load(adapter_name, path)
+        except EngineError:
+            if adapter_name not in self.served():
+                raise
+            log.info("serving.adopted", engine=self.name, adapter=adapter_name)
+            self._names.add(adapter_name)
+
+    def served(self) -> set[str]:
+        """The adapter names ``GET /v1/models`` lists (the base model left out); empty when
+        the server cannot say."""
+        request = urllib.request.Request(self.engine_url + "/v1/models", method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                models = json.loads(response.read())["data"]
+            return {str(m["id"]) for m in models} - {self.served_model_name}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+
     def generate(self, prompt: str, adapter_name: str | None, max_new_tokens: int = 24) -> str:
         """A greedy ``/v1/completions`` answer with ``model=<adapter_name>`` (or the base)."""
         status, body = self._post(

@@ -16,6 +16,7 @@ volume both see (the same host, or the same mount). Neither engine serves DoRA n
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -69,12 +70,15 @@ class HttpEngine(ServingEngine):
 
     # ------------------------------------------------------------------ protocol
     def load(self, adapter_name: str, path: Path) -> None:
+        started = time.perf_counter()
         status, body = self._post(
             self.load_path, {"lora_name": adapter_name, "lora_path": str(path)}
         )
         if status >= 300:
             raise EngineError(f"{self.name} refused to load {adapter_name}: {status} {body[:300]}")
         self._names.add(adapter_name)
+        seconds = round(time.perf_counter() - started, 4)
+        log.info("serving.engine_loaded", engine=self.name, adapter=adapter_name, seconds=seconds)
 
     def unload(self, adapter_name: str) -> None:
         status, body = self._post(self.unload_path, {"lora_name": adapter_name})

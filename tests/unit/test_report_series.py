@@ -19,7 +19,7 @@ def _history(minutes: int, drift_span_s: int | None = None) -> History:
         UsageCell("fr", 1, T0 + timedelta(seconds=10 * i), 10, i % 3, 1.0, 1)
         for i in range(minutes * 6)
     )
-    drifts = ()
+    drifts: tuple[DriftRow, ...] = ()
     if drift_span_s is not None:
         drifts = (
             DriftRow("d", "fr", T0, T0 + timedelta(seconds=drift_span_s), 0.9, 0.4, None, 30, 30,

@@ -135,8 +135,16 @@ def drift_plot(
                    zorder=5, label="drift event (recorded)")  # fmt: skip
         ax.scatter([d.window_start for d in drifts], [d.threshold for d in drifts], s=40,
                    marker="_", color="#d62728", zorder=5, label="its threshold")  # fmt: skip
+    right = max(moments) + window
+    later = [
+        f"v{v.version} {v.activated_at:%H:%M}"
+        for v in history.versions
+        if v.language == language and v.activated_at is not None and v.activated_at > right
+    ]
     for version in history.versions:
         if version.language == language and version.activated_at is not None:
+            if version.activated_at > right:
+                continue
             ax.axvline(version.activated_at, color="#33a02c", ls=":", lw=1.5)
             ax.annotate(f"v{version.version} live", (version.activated_at, 1.0),
                         xycoords=("data", "axes fraction"), fontsize=8, color="#33a02c",
@@ -145,7 +153,11 @@ def drift_plot(
     ax.set_xlabel("window start (UTC)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{len(drifts)} drift event(s); green: adapter versions going live", fontsize=9)
+    ax.set_title(
+        f"{len(drifts)} drift event(s); green: adapter versions going live"
+        + (f" (after the last window: {', '.join(later)})" if later else ""),
+        fontsize=9,
+    )
     fig.autofmt_xdate()
     return _finish(fig, "drift", title)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from compass.config import Settings
 from compass.core.errors import DataError
@@ -157,7 +157,14 @@ def file_gap_report(
     )
     for cluster, texts in pool_samples.items():
         samples.setdefault(cluster, texts)
-    return build_gap_report(language, semantic_map, usage, coverage, samples=samples)
+    source = (
+        "none (no --coverage records)"
+        if coverage is None
+        else f"the --coverage records ({int(coverage.sum())} texts)"
+    )
+    return build_gap_report(
+        language, semantic_map, usage, coverage, samples=samples, coverage_source=source
+    )
 
 
 def live_usage(language: str, hours: float, settings: Settings) -> tuple[SemanticMap, np.ndarray]:
@@ -182,25 +189,111 @@ def live_usage(language: str, hours: float, settings: Settings) -> tuple[Semanti
     return record.semantic_map, usage
 
 
+CoverageSource = Literal["reference", "training", "none"]
+COVERAGE_SOURCES: tuple[str, ...] = ("reference", "training", "none")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Coverage counts per cluster (``(k,)``, ``None``: nothing covered) and, in words, what
+    they are — ``compass gaps`` prints it."""
+
+    counts: np.ndarray | None
+    description: str
+
+
+def live_adapter_coverage(
+    language: str, k: int, source: CoverageSource, settings: Settings
+) -> Coverage:
+    """The coverage of the live adapter of ``language`` (``COMPASS_BASE_MODEL_ID``):
+
+    * ``reference`` (default): its reference distribution — the drift window it was built for,
+      as counts (``reference_counts``, migration 0004), else ``reference_distribution`` × the
+      triggering window's sampled events; the distribution the stream compares usage with;
+    * ``training``: the data it was trained on — the per-cluster counts of the selection of the
+      live version and of every ancestor (continued versions replay their parents' data),
+      from ``sampler_params.per_cluster``;
+    * ``none``: nothing covered (every cluster with usage is a gap).
+
+    Without a live adapter the coverage is empty, and the description says so."""
+    from compass.bootstrap import open_unit_of_work
+    from compass.core.distributions import counts_vector
+
+    if source == "none":
+        return Coverage(None, "none (--coverage-from none): usage alone")
+    if source not in COVERAGE_SOURCES:
+        raise DataError(f"unknown coverage source {source!r}; use one of {COVERAGE_SOURCES}")
+    base_model = settings.base_model_id
+    with open_unit_of_work(settings, pool_size=1) as store, store() as uow:
+        live = uow.adapters.active_version(language, base_model)
+        lineage = [] if live is None else uow.adapters.list_versions(live.adapter_id)
+    if live is None:
+        return Coverage(None, f"none: no live {language} adapter for {base_model}")
+    name = f"live adapter {live.adapter_name}"
+    if source == "reference":
+        if live.reference_counts is not None:
+            counts = counts_vector(live.reference_counts.counts, k)
+        else:
+            size = live.trigger_n_sampled or 100
+            counts = counts_vector(live.reference_distribution, k) * size
+        return Coverage(
+            counts,
+            f"{name}'s reference distribution (the usage it was built for, "
+            f"{counts.sum():.0f} events)",
+        )
+    by_number = {v.number: v for v in lineage}
+    total: dict[int, float] = {}
+    chain: list[int] = []
+    version: Any = live
+    while version is not None and version.number not in chain:
+        chain.append(version.number)
+        for cluster, n in (version.sampler_params.get("per_cluster") or {}).items():
+            total[int(cluster)] = total.get(int(cluster), 0.0) + float(n)
+        version = by_number.get(version.parent_version) if version.parent_version else None
+    counts = counts_vector(total, k)
+    versions = ", ".join(f"v{n}" for n in chain)
+    return Coverage(
+        counts if counts.sum() > 0 else None,
+        f"{name}'s training data (selections of {versions}: {counts.sum():.0f} items)",
+    )
+
+
 def live_gap_report(
     language: str,
-    snapshot: PoolSnapshot,
-    coverage_vectors: np.ndarray | None,
     hours: float,
     settings: Settings,
+    *,
+    coverage_vectors: np.ndarray | None = None,
+    coverage_from: CoverageSource = "reference",
+    snapshot: PoolSnapshot | None = None,
 ) -> GapReport:
-    """Gaps of the live usage counts against coverage, on the active map (pool samples when
-    the pool uses the same map)."""
+    """Gaps of the live usage counts on the active map against a coverage: the embedded
+    ``coverage_vectors`` (a records file) when given, else the live adapter's
+    (:func:`live_adapter_coverage`). Rows carry the map's labels, and pool samples when
+    ``snapshot`` uses the same map."""
     from compass.core.gaps import build_gap_report, cluster_samples
 
     semantic_map, usage = live_usage(language, hours, settings)
     samples = (
         cluster_samples([r.text for r in snapshot.records], snapshot.vectors, semantic_map)
-        if semantic_map.version == snapshot.semantic_map.version
+        if snapshot is not None and semantic_map.version == snapshot.semantic_map.version
         else {}
     )
-    coverage = _coverage_counts(semantic_map, coverage_vectors)
-    return build_gap_report(language, semantic_map, usage, coverage, samples=samples)
+    if coverage_vectors is not None:
+        coverage = Coverage(
+            _coverage_counts(semantic_map, coverage_vectors),
+            f"the --coverage records ({len(coverage_vectors)} texts)",
+        )
+    else:
+        coverage = live_adapter_coverage(language, semantic_map.k, coverage_from, settings)
+    return build_gap_report(
+        language,
+        semantic_map,
+        usage,
+        coverage.counts,
+        samples=samples,
+        coverage_source=coverage.description,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tools some tests use beyond Python (issue 12), installed idempotently; a second run is instant.
 #  - kcat (Debian package): tests/integration/test_produce.py writes a message with it.
+#  - chromium (Debian package): tests/integration/test_report.py renders the HTML report.
 #  - the AsyncAPI parser (npm, pinned by scripts/asyncapi/package-lock.json), installed into
 #    scripts/asyncapi/node_modules (project-local, never global): tests/unit/test_contracts.py
 #    validates docs/asyncapi.yaml with it.
@@ -33,6 +34,16 @@ if ! command -v prometheus >/dev/null 2>&1; then
       >/dev/null 2>&1 || echo "install-test-tools: could not install prometheus (apt-get)" >&2
   else
     echo "install-test-tools: prometheus missing; install it with: sudo apt-get install -y prometheus" >&2
+  fi
+fi
+# Chromium (Debian package; issue 16): tests/integration/test_report.py renders the HTML report
+# headless and checks that every plot is in the page.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } \
+      >/dev/null 2>&1 || echo "install-test-tools: could not install chromium (apt-get)" >&2
+  else
+    echo "install-test-tools: chromium missing; install it with: sudo apt-get install -y chromium" >&2
   fi
 fi
 exit 0

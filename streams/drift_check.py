@@ -191,6 +191,7 @@ class DriftChecker:
             map_version=planned.record.version,
             reference_version=reference.adapter_version,
             sample_texts=self._sample_texts(planned, spans, result),
+            labels={c.cluster: c.title for c in planned.record.semantic_map.labels},
         )
         if not uow.drift.record_drift_event(event):
             return None

@@ -221,6 +221,7 @@ def build_drift_event(
     map_version: int,
     reference_version: int | None,
     sample_texts: Mapping[int, list[str]],
+    labels: Mapping[int, str] | None = None,
 ) -> DriftEvent:
     return DriftEvent(
         drift_id=drift_id_for(language, span.start, map_version),
@@ -241,6 +242,7 @@ def build_drift_event(
                 window_share=change.window_share,
                 delta=change.delta,
                 sample_texts=[clean_string(t) for t in sample_texts.get(change.cluster, [])],
+                label=(labels or {}).get(change.cluster, ""),
             )
             for change in result.top_changes
         ],

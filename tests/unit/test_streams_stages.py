@@ -99,8 +99,9 @@ def test_drift_event_has_a_stable_id_and_carries_the_changes() -> None:
     )  # fmt: skip
     event = stages.build_drift_event(
         language="fr", span=span, result=result, map_version=2, reference_version=None,
-        sample_texts={3: ["Roupie indonésienne"]},
+        sample_texts={3: ["Roupie indonésienne"]}, labels={3: "currency · rupee"},
     )  # fmt: skip
+    assert event.top_cluster_changes[0].label == "currency · rupee"
     assert event.drift_id == stages.drift_id_for("fr", T0, 2)
     assert event.drift_id != stages.drift_id_for("fr", T0, 3)
     assert event.n_events == 80 and event.n_sampled == 40

@@ -25,6 +25,7 @@ from compass.core.errors import DataError
 from compass.core.samplers import Pool
 from compass.core.semantic_map import SemanticMap
 from compass.corpora import TextRecord, load_corpus
+from compass.corpora.pool import display_texts
 from compass.lab.experiment.config import ExperimentConfig
 from compass.lm.evaluation import MCItem, continuation_items
 
@@ -207,17 +208,18 @@ def build_experiment_data(
     pool_vectors = embed([r.text for r in pool_records])
     target_vectors = {c: embed([r.text for r in rs]) for c, rs in by_language.items()}
     fit_vectors = [pool_vectors]
-    fit_languages = [r.language for r in pool_records]
+    fit_records = list(pool_records)
     for code, records in by_language.items():
         keep = np.setdiff1d(np.arange(len(records)), heldout_rows[code])
         fit_vectors.append(target_vectors[code][keep])
-        fit_languages += [code] * len(keep)
+        fit_records += [records[i] for i in keep]
     semantic_map = SemanticMap.fit(
         np.concatenate(fit_vectors),
-        languages=fit_languages,
+        languages=[r.language for r in fit_records],
         k=config.k,
         seed=0,
         embedder_id=config.embedder_id,
+        texts=display_texts(fit_records),
     )
     pool = Pool.from_records(pool_records, pool_vectors, semantic_map)
     languages: dict[str, LanguageData] = {}

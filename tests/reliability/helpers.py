@@ -195,7 +195,9 @@ class TcpProxy:
 
     :meth:`cut` closes the listening socket and resets every open connection: clients see the
     server gone (connection refused, connection reset), as when PostgreSQL is down or its port
-    blocked. :meth:`restore` listens again on the same port.
+    rejected. :meth:`freeze` forwards nothing more (open connections and new ones hang, their
+    bytes waiting in the kernel's buffers), as when the port is dropped by a firewall or the
+    network partitioned. :meth:`restore` ends either.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -207,6 +209,7 @@ class TcpProxy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
+        self._frozen = threading.Event()
         self.cuts = 0
 
     def start(self) -> TcpProxy:
@@ -245,8 +248,15 @@ class TcpProxy:
             for sock in list(self._pairs):
                 self._drop(sock)
 
+    def freeze(self) -> None:
+        """Forward nothing until :meth:`restore` (connections stay open and hang)."""
+        self._frozen.set()
+
     def restore(self) -> None:
-        self._listen()
+        if self._frozen.is_set():
+            self._frozen.clear()
+        else:
+            self._listen()
 
     def close(self) -> None:
         self._stop.set()
@@ -271,6 +281,9 @@ class TcpProxy:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._frozen.is_set():
+                time.sleep(0.1)
+                continue
             for key, _ in self._selector.select(timeout=0.2):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -357,11 +370,19 @@ class SteadyProducer(threading.Thread):
         self.finished = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._produce()
+        except Exception as exc:  # surfaced by the test through ``failed``
+            self.failed.append(repr(exc))
+        finally:
+            self.finished.set()
+
+    def _produce(self) -> None:
         from kafka import KafkaProducer
 
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, retries=20,
-            request_timeout_ms=120_000, max_block_ms=180_000,
+            request_timeout_ms=120_000, delivery_timeout_ms=300_000, max_block_ms=180_000,
         )  # fmt: skip
         started = time.monotonic()
 
@@ -381,7 +402,6 @@ class SteadyProducer(threading.Thread):
             producer.flush(timeout=300)
         finally:
             producer.close(timeout=30)
-            self.finished.set()
 
 
 def create_topics(bootstrap: str, env: dict[str, str]) -> Any:

@@ -235,6 +235,7 @@ class SteadyProducer(threading.Thread):
         super().__init__(name="steady-producer", daemon=True)
         self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, messages, rate
         self.acked = 0
+        self.attempted = 0  # handed to the client (acknowledged or still buffered)
         self.failed: list[str] = []
         self.finished = threading.Event()
 
@@ -267,6 +268,7 @@ class SteadyProducer(threading.Thread):
                 if delay > 0:
                     time.sleep(delay)
                 future = producer.send(self.topic, key=message.key, value=message.value)
+                self.attempted = i + 1
                 future.add_callback(done).add_errback(failed)
             producer.flush(timeout=300)
         finally:

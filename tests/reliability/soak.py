@@ -138,7 +138,7 @@ class Soak:
             )
 
     def lag(self, producer: SteadyProducer) -> int:
-        return self.valid_prefix[min(producer.acked, len(self.messages))] - self.processed()
+        return self.valid_prefix[min(producer.attempted, len(self.messages))] - self.processed()
 
     def start_stream(self) -> None:
         label = f"stream#{len(self.streams)}"

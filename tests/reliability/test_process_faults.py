@@ -16,7 +16,7 @@ duplicates = 0, every valid event a point in the vector store once.
   loop — and the outage dead-letters nothing.
 
 Recovery time: seconds from the end of the fault (restart, SIGCONT, proxy restored) until every
-valid event the broker had acknowledged by then is counted — the lag back to zero.
+valid event produced by then is counted — the lag back to zero.
 """
 
 from __future__ import annotations
@@ -134,9 +134,10 @@ class StreamRun:
         assert process.alive(), process.log_tail()
 
     def recovery(self, producer: SteadyProducer) -> float:
-        """Seconds until the stream has counted every valid event the broker had acknowledged
-        when this is called (the fault's end): the lag back to zero."""
-        target = sum(1 for m in self.messages[: producer.acked] if m.event is not None)
+        """Seconds until the stream has counted every valid event produced when this is called
+        (the fault's end; acknowledged or still buffered in the producer): the lag back to
+        zero."""
+        target = sum(1 for m in self.messages[: producer.attempted] if m.event is not None)
         process = self.process
         took = wait_until(
             lambda: self.processed() >= target or not process.alive(),

@@ -283,7 +283,7 @@ def create_topics(bootstrap: str, env: dict[str, str]) -> Any:
 
     values = {k.removeprefix("COMPASS_").lower(): v for k, v in env.items()
               if k.startswith("COMPASS_")}  # fmt: skip
-    settings = Settings(**values)
+    settings = Settings(**values)  # type: ignore[arg-type]
     ensure_topics(bootstrap, topic_specs(settings))
     return settings
 

@@ -251,7 +251,7 @@ class Soak:
             "samples": [asdict(s) for s in self.samples],
         }  # fmt: skip
 
-    def slopes(self) -> dict[str, dict[str, float]]:
+    def slopes(self) -> dict[str, dict[str, Any]]:
         """Per process, the longest lifetime's least-squares RSS slope (MB/hour) after warm-up,
         with its first and last RSS and the lifetime's length."""
         from scipy.stats import linregress
@@ -260,7 +260,7 @@ class Soak:
         for s in self.samples:
             for label, mb in s.rss_mb.items():
                 series.setdefault(label, []).append((s.t_s, mb))
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for label, points in series.items():
             start = points[0][0]
             kept = [(t, mb) for t, mb in points if t - start >= self.args.warmup]

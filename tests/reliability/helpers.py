@@ -382,6 +382,20 @@ class Ledger:
         path.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
 
 
+def topic_keys(bootstrap: str, topic: str) -> list[bytes | None]:
+    """The key of every record on ``topic`` (read from the beginning, no consumer group)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, group_id=None,
+    )  # fmt: skip
+    try:
+        return [record.key for record in consumer]
+    finally:
+        consumer.close()
+
+
 def count_points(data_dir: Path, point_ids: Sequence[Any]) -> int:
     """How many of ``point_ids`` are in the Qdrant Edge store of a stream process whose data dir
     is ``data_dir`` (the process must be stopped: one process per path)."""

@@ -13,8 +13,9 @@ Reported (``benchmarks/results/soak.json`` and the soak block of ``docs/reliabil
 - memory slope per process in MB/hour: least-squares line (:func:`scipy.stats.linregress`)
   over the samples after the first ``--warmup`` seconds, per process lifetime (a restarted
   stream starts a new one); the longest lifetime's slope is the one reported;
-- per fault, the seconds from its end until the lag is back to at most one batch plus two
-  seconds of traffic (the steady state's own lag), and the largest lag it caused;
+- per fault, the seconds from its end until the stream counts again and its lag is back to at
+  most one batch plus two seconds of traffic (the steady state's own lag), and the largest lag
+  it caused;
 - the ledger: sent = counted + dead-lettered, duplicates = 0, a point per valid event.
 
     COMPASS_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
@@ -73,6 +74,7 @@ class FaultRecord:
 class Sample:
     t_s: float
     lag: int
+    counted: int
     rss_mb: dict[str, float] = field(default_factory=dict)
 
 
@@ -155,7 +157,9 @@ class Soak:
             rss["relay"] = value
         if self.broker.pid is not None and (kib := rss_kib(self.broker.pid)) is not None:
             rss["broker"] = kib / 1024.0
-        sample = Sample(round(self.now(), 1), self.lag(producer), rss)
+        counted = self.processed()
+        lag = self.valid_prefix[min(producer.attempted, len(self.messages))] - counted
+        sample = Sample(round(self.now(), 1), lag, counted, rss)
         self.samples.append(sample)
         return sample
 
@@ -164,12 +168,15 @@ class Soak:
         return BATCH + int(2 * self.args.rate)
 
     def wait_recovered(self, producer: SteadyProducer, fault: FaultRecord) -> None:
+        """Until the stream has counted new events since the fault's end (a restarted process
+        is back at work) and its lag is down to the steady state's."""
         ended = time.monotonic()
+        counted_at_end = self.processed()
         deadline = ended + 600
         while time.monotonic() < deadline:
             sample = self.sample(producer)
             fault.max_lag = max(fault.max_lag, sample.lag)
-            if sample.lag <= self.settled():
+            if sample.lag <= self.settled() and self.processed() > counted_at_end:
                 fault.recovery_s = round(time.monotonic() - ended, 1)
                 return
             assert self.streams[-1].alive(), self.streams[-1].log_tail()
@@ -240,7 +247,7 @@ class Soak:
         ids = {m.event.event_id for m in self.data.valid if m.event is not None}
         ledger.read(self.database_url, ids)
         ledger.points = count_points(self.workdir / "data", [event_point_id(i) for i in ids])
-        ledger.recovery_s = [f.recovery_s or -1.0 for f in self.faults]
+        ledger.recovery_s = [-1.0 if f.recovery_s is None else f.recovery_s for f in self.faults]
         return {
             "minutes": args.minutes, "rate_per_s": args.rate, "fault_every_s": args.fault_every,
             "outage_s": args.outage, "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
@@ -257,7 +264,9 @@ class Soak:
         from scipy.stats import linregress
 
         series: dict[str, list[tuple[float, float]]] = {}
+        counted_at: dict[float, int] = {}
         for s in self.samples:
+            counted_at[s.t_s] = s.counted
             for label, mb in s.rss_mb.items():
                 series.setdefault(label, []).append((s.t_s, mb))
         out: dict[str, dict[str, Any]] = {}
@@ -271,7 +280,14 @@ class Soak:
             if name in out and out[name]["span_s"] >= span:
                 continue
             fit = linregress([t / 3600.0 for t, _ in kept], [mb for _, mb in kept])
+            xs = [counted_at[t] / 1000.0 for t, _ in kept]
+            per_1000 = (
+                float(linregress(xs, [mb for _, mb in kept]).slope)
+                if len(set(xs)) > 1
+                else float("nan")
+            )
             out[name] = {"slope_mb_per_hour": round(float(fit.slope), 2), "span_s": round(span),
+                         "mb_per_1000_events": round(per_1000, 2),
                          "rss_first_mb": round(kept[0][1], 1), "rss_last_mb": round(kept[-1][1], 1),
                          "lifetime": label}  # fmt: skip
         return out
@@ -316,12 +332,13 @@ def write_doc(result: dict[str, Any], doc: Path = DOC) -> None:
         f"{ledger['points']}; exact: **{result['exact']}**. Lag back to zero "
         f"{result['drain_after_traffic_s']} s after the traffic stopped.",
         "",
-        "| process | RSS slope (MB/hour) | RSS first → last (MB) | over (s) |",
-        "|---|---|---|---|",
+        "| process | RSS slope (MB/hour) | MB per 1,000 events counted | RSS first → last (MB) "
+        "| over (s) |",
+        "|---|---|---|---|---|",
     ]
     for name, s in sorted(result["memory_slope_mb_per_hour"].items()):
-        lines.append(f"| {name} | {s['slope_mb_per_hour']:+.1f} | {s['rss_first_mb']} → "
-                     f"{s['rss_last_mb']} | {s['span_s']} |")  # fmt: skip
+        lines.append(f"| {name} | {s['slope_mb_per_hour']:+.1f} | {s['mb_per_1000_events']:+.2f} "
+                     f"| {s['rss_first_mb']} → {s['rss_last_mb']} | {s['span_s']} |")  # fmt: skip
     lines += ["", "| fault | at (s) | lasted (s) | lag back to steady (s) | max lag (events) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for f in result["faults"]:

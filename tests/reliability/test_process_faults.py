@@ -48,6 +48,7 @@ from tests.reliability.helpers import (
     ready,
     store_semantic_map,
     stream_env,
+    topic_keys,
     wait_until,
 )
 
@@ -68,6 +69,7 @@ class StreamRun:
     port: int = field(default_factory=free_port)
     prefix: str = field(default_factory=lambda: f"rel-{uuid.uuid4().hex[:8]}")
     runs: list[ManagedProcess] = field(default_factory=list)
+    dlq_copies: int = 0  # re-sent copies on the DLQ topic (same key)
 
     def __post_init__(self) -> None:
         self.env = stream_env(
@@ -169,6 +171,11 @@ class StreamRun:
         ledger.points = count_points(
             self.tmp / "data", [event_point_id(i) for i in sorted(valid_ids)]
         )
+        # the DLQ topic: every malformed message under its stable key (source position); a
+        # re-sent copy (a batch redelivered after a fault) has the same key, for consumers to drop
+        keys = topic_keys(self.broker.bootstrap_servers, self.settings.topic_prompt_events_dlq)
+        assert len(set(keys)) == ledger.malformed, (len(set(keys)), ledger.malformed)
+        self.dlq_copies = len(keys) - len(set(keys))
         return ledger
 
     def handled(self) -> int:
@@ -234,7 +241,8 @@ def test_stream_killed_mid_batch_five_times_loses_and_doubles_nothing(
     redelivered = run.handled() - ledger.sent
     ledger.notes = (
         f"{len(run.runs)} processes, restarted after each kill; {redelivered} events redelivered"
-        " (done, not yet committed at the kill) and counted once"
+        f" (done, not yet committed at the kill) and counted once; {run.dlq_copies} re-sent"
+        " copies on the DLQ topic under their dead letter's key"
     )
     ledger.record()
     ledger.assert_exact()

@@ -3,8 +3,11 @@
 seconds (default 180). Marked ``slow``: neither ``make test`` nor ``make test-reliability`` runs
 it; ``make soak`` runs the script itself and rewrites docs/reliability.md's soak block.
 
-Passes when the ledger is exact, the lag came back after every fault, and no process's resident
-memory grew faster than ``MAX_SLOPE_MB_PER_HOUR`` over its longest lifetime."""
+Passes when the ledger is exact, the lag came back after every fault, the relay's resident
+memory grew slower than ``MAX_SLOPE_MB_PER_HOUR``, and the stream's no faster per event than
+``MAX_STREAM_MB_PER_1000_EVENTS``: the stream embeds the vector store, which holds 5.8 MB per
+1,000 points in the process (benchmarks/results/vector_store_memory.txt), so its memory grows
+with the data by design. The broker (Tansu keeps every message in memory) is reported only."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import pytest
 from tests.reliability.helpers import REPO
 
 MAX_SLOPE_MB_PER_HOUR = 100.0
+MAX_STREAM_MB_PER_1000_EVENTS = 12.0  # twice the embedded vector store's own figure
 
 
 @pytest.mark.slow
@@ -38,5 +42,5 @@ def test_soak_memory_flat_lag_recovers_ledger_exact(tmp_path: Path) -> None:
     assert all(f["recovery_s"] is not None for f in result["faults"]), result["faults"]
     slopes = result["memory_slope_mb_per_hour"]
     assert {"stream", "relay", "broker"} <= set(slopes), slopes
-    for name, fit in slopes.items():
-        assert fit["slope_mb_per_hour"] < MAX_SLOPE_MB_PER_HOUR, (name, fit)
+    assert slopes["relay"]["slope_mb_per_hour"] < MAX_SLOPE_MB_PER_HOUR, slopes["relay"]
+    assert slopes["stream"]["mb_per_1000_events"] < MAX_STREAM_MB_PER_1000_EVENTS, slopes["stream"]

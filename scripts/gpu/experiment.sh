@@ -10,6 +10,7 @@
 # Needs python3 with torch, transformers, peft (the machine's image) and the gguf wheel in the
 # carried .whl/ folder (installed with pip --no-index). Results and the log go to $OUT (the
 # device tool's folder) or runs/gpu-out; rerunning with the same results file resumes.
+# EXTRA_ARGS (optional) is passed to train_eval.py, e.g. "--methods v0,compass --mc-items 50".
 set -euo pipefail
 SRC=${1:?usage: experiment.sh GGUF_OR_STAGE_DIR [BUNDLE] [DEADLINE_S]}
 BUNDLE=${2:-runs/bundle-v2}
@@ -33,5 +34,5 @@ fi
 nvidia-smi -L || true
 PYTHONUNBUFFERED=1 python3 compass/lab/experiment/train_eval.py \
   --bundle "$BUNDLE" --gguf "$GGUF" --results "$DEST/results.jsonl" \
-  --device cuda --deadline-s "$DEADLINE" 2>&1 | tee "$DEST/train_eval.log"
+  --device cuda --deadline-s "$DEADLINE" ${EXTRA_ARGS:-} 2>&1 | tee "$DEST/train_eval.log"
 echo "wall time: $(( $(date +%s) - STARTED )) s" | tee -a "$DEST/train_eval.log"

@@ -86,19 +86,26 @@ class Runner:
     def __init__(self, gguf: Path, plan: dict[str, Any], device: str, cache: Path | None) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
         self.torch = torch
         self.plan = plan
         self.device = device
         if cache is not None and (cache / "config.json").exists():
-            tokenizer = AutoTokenizer.from_pretrained(cache)
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(cache)
             model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
         else:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
+            # The GGUF weights are dequantised on load, but transformers still marks the model
+            # as quantised (and then refuses save_pretrained): drop the mark.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            if hasattr(model, "is_quantized"):
+                model.is_quantized = False
             if cache is not None:
                 model.save_pretrained(cache)
                 tokenizer.save_pretrained(cache)
@@ -223,18 +230,25 @@ class Runner:
         every option; options = ``mc_option_tokens`` tokens after each text's own cut; score =
         mean log-probability per option token; item correct when the true option wins."""
         prefix_cap, option_cap = self.plan["mc_prefix_tokens"], self.plan["mc_option_tokens"]
-        correct = 0
-        scored = 0
+        sequences: list[list[int]] = []
+        starts: list[int] = []
         for item in items:
             cut = {i: max(1, min(len(self.ids[i]) // 2, prefix_cap)) for i in item}
             options = [self.ids[i][cut[i] : cut[i] + option_cap] for i in item]
             if any(not o for o in options):
                 continue
             prefix = [self.start, *self.ids[item[0]][: cut[item[0]]]]
-            scores = self._token_logprobs([prefix + o for o in options])
-            means = [float(s[len(prefix) - 1 :].mean()) for s in scores]
-            correct += int(int(np.argmax(means)) == 0)
-            scored += 1
+            sequences += [prefix + o for o in options]
+            starts += [len(prefix) - 1] * len(options)
+        size = self.plan["eval_batch_size"]
+        means = []
+        for first in range(0, len(sequences), size):
+            scores = self._token_logprobs(sequences[first : first + size])
+            means += [float(s[b:].mean()) for s, b in zip(scores, starts[first:], strict=False)]
+        n_options = len(items[0]) if items else 4
+        grid = np.array(means).reshape(-1, n_options)
+        scored = len(grid)
+        correct = int(np.sum(np.argmax(grid, axis=1) == 0)) if scored else 0
         return {"mc_correct": correct, "mc_items": scored,
                 "mc_accuracy": correct / scored if scored else None}  # fmt: skip
 
@@ -246,11 +260,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     manifest, texts, units = load_bundle(args.bundle)
     plan = dict(manifest["training"])
-    for name in ("steps", "batch_size", "eval_batch_size"):
+    for name in ("steps", "batch_size", "eval_batch_size", "max_length"):
         if getattr(args, name) is not None:
             plan[name] = getattr(args, name)
     index, count = (int(x) for x in args.shard.split("/"))
-    jobs = [j for k, j in enumerate(list_jobs(manifest, units)) if k % count == index]
+    jobs = list_jobs(manifest, units)
+    if args.methods:
+        jobs = [j for j in jobs if j[2] in args.methods.split(",")]
+    if args.regimes:
+        jobs = [j for j in jobs if j[1] in ("-", *args.regimes.split(","))]
+    jobs = [j for k, j in enumerate(jobs) if k % count == index]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(args.results)
     todo = [j for j in jobs if job_key(j[0]["unit"], j[1], j[2]) not in done]
@@ -279,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
             row["n_train_texts"] = len(mix)
         eval_started = time.perf_counter()
         row.update(runner.bits_per_byte(unit["heldout"], clusters))
-        row.update(runner.multiple_choice(unit["mc_items"]))
+        items = unit["mc_items"][: args.mc_items] if args.mc_items else unit["mc_items"]
+        row.update(runner.multiple_choice(items))
         row["eval_seconds"] = time.perf_counter() - eval_started
         row.update(
             key=job_key(unit["unit"], regime, method), unit=unit["unit"],
@@ -308,9 +328,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for the dequantised model (fast reloads)")  # fmt: skip
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="start no job that would end after this many seconds")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help="override (smoke tests only)")
-    parser.add_argument("--batch-size", type=int, default=None, help="override (smoke only)")
+    parser.add_argument("--methods", default="", help="only these methods (comma-separated)")
+    parser.add_argument("--regimes", default="", help="only these pool regimes (without,with)")
+    parser.add_argument("--steps", type=int, default=None, help="override the bundle's plan")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the plan")
+    parser.add_argument("--max-length", type=int, default=None, help="override the plan")
     parser.add_argument("--eval-batch-size", type=int, default=None, help="eval batch override")
+    parser.add_argument("--mc-items", type=int, default=0, help="score at most this many MC items")
     args = parser.parse_args(argv)
     index, _, count = args.shard.partition("/")
     if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):

@@ -24,15 +24,15 @@ REGIMES = ("without", "with")
 class TrainingPlan:
     """What every adapter of the grid gets: same LoRA, optimiser, steps, batch and context."""
 
-    steps: int = 48
-    batch_size: int = 16
+    steps: int = 24
+    batch_size: int = 32
     max_length: int = 128
     learning_rate: float = 1e-3
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    eval_batch_size: int = 32
+    eval_batch_size: int = 64
     mc_prefix_tokens: int = 64
     mc_option_tokens: int = 32
 
@@ -99,18 +99,24 @@ def full_v2() -> V2Config:
 
 
 def pilot_v2() -> V2Config:
-    """The CPU pilot for the power analysis: 2 languages, 3 draws, short training, fewer
-    held-out texts (not part of the confirmatory analysis)."""
+    """The CPU pilot for the power analysis: 2 targets (one with relatives, one without), 5
+    auxiliary languages, 4 draws, short training, fewer texts (embedding ran at ~1-5 texts/s on
+    the shared machine); not part of the confirmatory analysis."""
     return replace(
         V2Config(),
         name="pilot",
         target_languages=("de", "ja"),
-        draws=3,
-        pool_per_corpus=80,
-        target_handbook=300,
-        target_libreoffice=420,
-        heldout_size=96,
-        mc_items=48,
+        aux_languages=("en", "fr", "pt-BR", "pl", "zh-CN"),
+        draws=4,
+        k=12,
+        pool_per_corpus=40,
+        target_handbook=200,
+        target_libreoffice=280,
+        heldout_size=64,
+        usage_size=60,
+        coverage_size=64,
+        budget=64,
+        mc_items=40,
         training=TrainingPlan(steps=12, batch_size=8, max_length=96, eval_batch_size=16),
     )
 

@@ -167,3 +167,62 @@ def test_jobs_are_ordered_by_draw_and_resume_skips_done_keys(tmp_path: Path) -> 
     assert train_eval.done_keys(results) == {"de-0|-|v0"}
     with pytest.raises(SystemExit):
         train_eval.parse_args(["--bundle", "b", "--gguf", "g", "--results", "r", "--shard", "2/2"])
+
+
+# ----------------------------------------------------------------------------- analysis
+def _synthetic_results(tmp_path: Path) -> tuple[Path, Path]:
+    """A bundle of 12 units and results where compass beats linguistic by 0.05 bits/byte,
+    equals random within 0.001, and v0 gains only in the covered cluster."""
+    rng = np.random.default_rng(0)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    names = [f"{lang}-{d}" for d in range(4) for lang in ("de", "ja", "vi")]
+    units, rows = [], []
+    for name in names:
+        js = float(rng.uniform(0.2, 0.7))
+        units.append({"unit": name, "language": name[:2], "draw": int(name[-1]),
+                      "js_usage_coverage": js, "gap_clusters": [0],
+                      "selections": {f"{m}/{r}": {"gap_share": 0.5, "handbook_share": 0.5,
+                                                  "target_language_share": 0.0}
+                                     for m in ("random", "linguistic", "compass")
+                                     for r in ("without", "with")}})  # fmt: skip
+        base = 1.5 + rng.normal(0, 0.1)
+        values = {("-", "zero-shot"): (base, base), ("-", "v0"): (base, base - 0.2)}
+        for regime in ("without", "with"):
+            noise = rng.normal(0, 0.0005)
+            values[(regime, "random")] = (base - 0.1, base - 0.25)
+            values[(regime, "compass")] = (base - 0.1 + noise, base - 0.25 + noise)
+            shift = 0.05 + rng.normal(0, 0.01)
+            values[(regime, "linguistic")] = (base - 0.1 + shift, base - 0.25 + shift)
+        for (regime, method), (gap, covered) in values.items():
+            cells = {"0": [gap * 100, 100.0], "1": [covered * 100, 100.0]}
+            rows.append({"unit": name, "regime": regime, "method": method, "device": "cpu",
+                         "bpb": (gap + covered) / 2, "mc_accuracy": 0.5, "job_seconds": 1.0,
+                         "per_cluster": cells})  # fmt: skip
+    manifest = {"config": {"name": "syn"}, "k": 2, "semantic_map_silhouette": 0.1,
+                "methods_missing": ["hybrid"], "units": names}  # fmt: skip
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "units.jsonl").write_text("\n".join(json.dumps(u) for u in units) + "\n")
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return bundle, results
+
+
+def test_analysis_reaches_the_registered_verdicts(tmp_path: Path) -> None:
+    from compass.lab.experiment.analyse import analyse_results
+
+    bundle, results = _synthetic_results(tmp_path)
+    doc = tmp_path / "results.md"
+    doc.write_text("# R\n\n## Pre-registered design (v2)\n\nx\n\n## v1 (earlier run)\n\nold\n")
+    text = analyse_results([results], bundle, tmp_path / "img", doc)
+    lines = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
+             for line in text.splitlines()
+             if line.startswith("| compass − ") and line.count("|") > 10}  # fmt: skip
+    assert "**win**" in lines["compass − linguistic/without"]
+    assert "equivalent" in lines["compass − random/without"]
+    assert "v0 gains more in the covered than in the gap clusters in 12 of 12 units" in text
+    assert "hybrid" in text.split("Methods missing")[1].splitlines()[0]
+    again = analyse_results([results], bundle, tmp_path / "img", doc)  # replaces, not appends
+    body = doc.read_text()
+    assert body.count("<!-- v2-results:start -->") == 1 and again in body
+    assert body.index("Pre-registered") < body.index("v2 results") < body.index("## v1")

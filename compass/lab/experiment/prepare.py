@@ -25,6 +25,7 @@ import structlog
 from scipy.spatial.distance import jensenshannon
 
 from compass.core.errors import DataError
+from compass.core.records import TextRecord
 from compass.core.samplers import Pool, SelectionRequest, available_samplers, get_sampler
 from compass.core.semantic_map import SemanticMap
 from compass.lab.experiment.v2_config import SELECTING_METHODS, V2Config
@@ -76,6 +77,19 @@ def mc_items(heldout: np.ndarray, clusters: np.ndarray, n_items: int, seed: int)
     return items
 
 
+def _record(text: Text) -> TextRecord:
+    """A pool record for samplers that read records (e.g. to de-duplicate by parallel key: a
+    merged text is keyed by its smallest paragraph key, shared by translations that hold the
+    same paragraphs)."""
+    return TextRecord(
+        id=f"v2:{text.index}",
+        language=text.language,
+        text=text.text,
+        source=text.corpus,
+        parallel_key=min(text.keys) if text.keys else None,
+    )
+
+
 def _selections(
     split: UnitSplit,
     texts: list[Text],
@@ -89,7 +103,8 @@ def _selections(
     out: dict[str, dict[str, Any]] = {}
     for regime in config.regimes:
         rows = split.pool_without if regime == "without" else split.pool_with
-        pool = Pool.build(vectors[rows], clusters[rows], [texts[int(r)].language for r in rows])
+        records = [_record(texts[int(r)]) for r in rows]
+        pool = Pool.build(vectors[rows], clusters[rows], [r.language for r in records], records)
         for method in methods:
             request = SelectionRequest(
                 target_language=split.language,

@@ -269,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
         jobs = [j for j in jobs if j[2] in args.methods.split(",")]
     if args.regimes:
         jobs = [j for j in jobs if j[1] in ("-", *args.regimes.split(","))]
+    if args.draws:
+        jobs = [j for j in jobs if str(j[0]["draw"]) in args.draws.split(",")]
     jobs = [j for k, j in enumerate(jobs) if k % count == index]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(args.results)
@@ -297,7 +299,12 @@ def run(args: argparse.Namespace) -> int:
             row = runner.train(mix, int(unit["seed"]))
             row["n_train_texts"] = len(mix)
         eval_started = time.perf_counter()
-        row.update(runner.bits_per_byte(unit["heldout"], clusters))
+        heldout = unit["heldout"]  # handbook texts first, then help texts: subsample evenly
+        if args.heldout_limit and len(heldout) > args.heldout_limit:
+            step = len(heldout) / args.heldout_limit
+            heldout = [heldout[int(k * step)] for k in range(args.heldout_limit)]
+        row.update(runner.bits_per_byte(heldout, clusters))
+        row["n_heldout"] = len(heldout)
         items = unit["mc_items"][: args.mc_items] if args.mc_items else unit["mc_items"]
         row.update(runner.multiple_choice(items))
         row["eval_seconds"] = time.perf_counter() - eval_started
@@ -334,7 +341,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="override the plan")
     parser.add_argument("--max-length", type=int, default=None, help="override the plan")
     parser.add_argument("--eval-batch-size", type=int, default=None, help="eval batch override")
+    parser.add_argument("--draws", default="", help="only these split draws (comma-separated)")
     parser.add_argument("--mc-items", type=int, default=0, help="score at most this many MC items")
+    parser.add_argument("--heldout-limit", type=int, default=0,
+                        help="score only the first N held-out texts (CPU pilots only)")  # fmt: skip
     args = parser.parse_args(argv)
     index, _, count = args.shard.partition("/")
     if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):

@@ -224,5 +224,5 @@ def test_analysis_reaches_the_registered_verdicts(tmp_path: Path) -> None:
     assert "hybrid" in text.split("Methods missing")[1].splitlines()[0]
     again = analyse_results([results], bundle, tmp_path / "img", doc)  # replaces, not appends
     body = doc.read_text()
-    assert body.count("<!-- v2-results:start -->") == 1 and again in body
+    assert body.count("<!-- v2_syn:start -->") == 1 and again in body
     assert body.index("Pre-registered") < body.index("v2 results") < body.index("## v1")

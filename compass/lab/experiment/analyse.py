@@ -4,8 +4,9 @@ Reads the results files of ``train_eval.py`` and the bundle they came from, and 
 facts, the gap check (zero-shot and v0 bits per byte in gap vs covered clusters), the primary
 table, the eight confirmatory contrasts (sign-flip p, Holm, bootstrap intervals, d_z, TOST), the
 per-language robustness check, secondary metrics, the power analysis and the dose-response
-plot. With ``doc`` the section between ``<!-- v2-results:start -->`` and ``<!-- v2-results:end
--->`` of that file is replaced (appended when absent); the design section is never touched.
+plot. With ``doc`` the section between ``<!-- v2_<preset>:start -->`` and ``<!--
+v2_<preset>:end -->`` of that file is replaced (inserted before the v1 section when absent), so
+the pilot's section and the main run's section live side by side; the design is never touched.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ CONTRASTS = [
     for a in ("compass", "hybrid")
     for b in ("linguistic", "random")
 ]
-START, END = "<!-- v2-results:start -->", "<!-- v2-results:end -->"
 
 
 def load_rows(paths: list[Path]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -186,7 +186,8 @@ def analyse_results(
     rows = load_rows(results)
     units = {u: all_units[u] for u in all_units if (u, "-", "zero-shot") in rows}
     prefix = "v2_" + manifest["config"]["name"]
-    lines = [START, f"## {title}", ""]
+    start, end = f"<!-- {prefix}:start -->", f"<!-- {prefix}:end -->"
+    lines = [start, f"## {title}", ""]
     any_row = next(iter(rows.values()), {})
     job_seconds = sum(r.get("job_seconds", 0.0) for r in rows.values())
     lines += [
@@ -385,13 +386,13 @@ def analyse_results(
     for key, (rho, p) in spearman.items():
         lines.append(f"- {key}: Spearman ρ = {rho:+.2f} (permutation p = {p:.3f})")
     relative = Path("img") if doc is not None and images.parent == doc.parent else images
-    lines += [""] + [f"![{n}]({relative / n})" for n in plot_names] + ["", END]
+    lines += [""] + [f"![{n}]({relative / n})" for n in plot_names] + ["", end]
     text = "\n".join(lines) + "\n"
     if doc is not None:
         current = doc.read_text() if doc.exists() else ""
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            after = rest.split(END, 1)[1]
+        if start in current and end in current:
+            before, rest = current.split(start, 1)
+            after = rest.split(end, 1)[1]
             current = before + text.rstrip("\n") + after
         else:
             marker = "## v1 (earlier run"

@@ -146,8 +146,12 @@ def prepare_bundle(config: V2Config, data_dir: Path, out: Path, embedder: Any) -
     texts = load_texts(config, data_dir)
     parts = partition(texts, config)
     log.info("v2_texts_loaded", texts=len(texts))
-    vectors = np.asarray(embedder.embed([embedding_view(t.text, config) for t in texts]),
-                         dtype=np.float32)  # fmt: skip
+    views = [embedding_view(t.text, config) for t in texts]
+    # In chunks, so an interrupted prepare keeps what it embedded (the cache writes per call).
+    vectors = np.concatenate(
+        [np.asarray(embedder.embed(views[i : i + 256]), dtype=np.float32)
+         for i in range(0, len(views), 256)]
+    )  # fmt: skip
     fit_rows = np.concatenate(list(parts.pool.values()))
     semantic_map = SemanticMap.fit(
         vectors[fit_rows],

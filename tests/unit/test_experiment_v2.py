@@ -214,7 +214,8 @@ def test_analysis_reaches_the_registered_verdicts(tmp_path: Path) -> None:
     bundle, results = _synthetic_results(tmp_path)
     doc = tmp_path / "results.md"
     doc.write_text("# R\n\n## Pre-registered design (v2)\n\nx\n\n## v1 (earlier run)\n\nold\n")
-    text = analyse_results([results], bundle, tmp_path / "img", doc)
+    text = analyse_results([results], bundle, tmp_path / "img", doc, power_sims=20)
+    assert "Conclusion (from the registered tests)" in text
     lines = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
              for line in text.splitlines()
              if line.startswith("| compass − ") and line.count("|") > 10}  # fmt: skip
@@ -222,7 +223,9 @@ def test_analysis_reaches_the_registered_verdicts(tmp_path: Path) -> None:
     assert "equivalent" in lines["compass − random/without"]
     assert "v0 gains more in the covered than in the gap clusters in 12 of 12 units" in text
     assert "hybrid" in text.split("Methods missing")[1].splitlines()[0]
-    again = analyse_results([results], bundle, tmp_path / "img", doc)  # replaces, not appends
+    again = analyse_results(
+        [results], bundle, tmp_path / "img", doc, power_sims=20
+    )  # replaces, not appends
     body = doc.read_text()
     assert body.count("<!-- v2_syn:start -->") == 1 and again in body
     assert body.index("Pre-registered") < body.index("v2 results") < body.index("## v1")

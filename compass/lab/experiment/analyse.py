@@ -99,6 +99,33 @@ def _verdict(stat: dict[str, Any]) -> str:
     return f"inconclusive (|effect| < {bound:.4f} not excluded)"
 
 
+def _wall_time(rows: dict[tuple[str, str, str], dict[str, Any]]) -> str:
+    stamped = [r for r in rows.values() if "finished_at" in r]
+    if not stamped:
+        return "wall time not recorded (rows without timestamps)"
+    first = min(r["finished_at"] - r["job_seconds"] - r.get("load_seconds", 0) for r in stamped)
+    last = max(r["finished_at"] for r in stamped)
+    return f"wall time {(last - first) / 60:.1f} min from the first model load to the last row"
+
+
+def _conclusion(
+    stats_rows: list[tuple[tuple[str, str, str], dict[str, Any]]],
+    rows: dict[tuple[str, str, str], dict[str, Any]],
+) -> list[str]:
+    """One line per confirmatory contrast: verdict, mean difference, interval, p-values."""
+    out = []
+    for (a, b, regime), s in stats_rows:
+        out.append(
+            f"- **{a} vs {b}** (pool {regime}, {s['n']} units): {_verdict(s)}; mean difference "
+            f"{s['mean']:+.4f} bits/byte, 95 % CI [{s['ci'][0]:+.4f}, {s['ci'][1]:+.4f}], "
+            f"sign-flip p = {s['p']:.4f} (Holm {s['p_holm']:.4f}), d_z = {s['dz']:+.2f}."
+        )
+    if not out:
+        out.append("- no confirmatory contrast has two paired units yet.")
+    out.append(f"- {_wall_time(rows)}.")
+    return out
+
+
 def _plots(
     units: dict[str, dict[str, Any]],
     rows: dict[tuple[str, str, str], dict[str, Any]],
@@ -175,9 +202,15 @@ def _plots(
 
 
 def analyse_results(
-    results: list[Path], bundle: Path, images: Path, doc: Path | None, title: str = "v2 results"
+    results: list[Path],
+    bundle: Path,
+    images: Path,
+    doc: Path | None,
+    title: str = "v2 results",
+    power_sims: int = 200,
 ) -> str:
-    """Build the markdown section (and plots); write it into ``doc`` when given."""
+    """Build the markdown section (and plots); write it into ``doc`` when given.
+    ``power_sims``: simulated experiments per contrast for the sign-flip power."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     all_units = {
         u["unit"]: u
@@ -363,7 +396,7 @@ def analyse_results(
         paired = [u for u in units if (u, regime, a) in rows and (u, regime, b) in rows]
         diffs = [rows[(u, regime, a)]["bpb"] - rows[(u, regime, b)]["bpb"] for u in paired]
         power = simulated_sign_flip_power(
-            0.5, target_n, residuals=diffs, n_sim=200, n_resamples=1000
+            0.5, target_n, residuals=diffs, n_sim=power_sims, n_resamples=1000
         )
         mde = next(
             (e / 100 for e in range(5, 500, 5) if paired_t_power(e / 100, s["n"]) >= 0.8),
@@ -373,6 +406,8 @@ def analyse_results(
             f"| {a} − {b} | {regime} | {s['n']} | {s['sd']:.4f} | {0.5 * s['sd']:.4f} | "
             f"{power:.2f} | {mde:.2f} |"
         )
+    lines += ["", "### Conclusion (from the registered tests)", ""]
+    lines += _conclusion(stats_rows, rows)
     # Dose-response and plots
     plot_names, spearman = _plots(units, rows, methods, images, prefix)
     lines += [

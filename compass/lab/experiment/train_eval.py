@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
             language=unit["language"], draw=unit["draw"], regime=regime, method=method,
             device=args.device, steps=plan["steps"], batch_size=plan["batch_size"],
             max_length=plan["max_length"], load_seconds=round(load_seconds, 1),
-            job_seconds=time.perf_counter() - job_started,
+            job_seconds=time.perf_counter() - job_started, finished_at=time.time(),
         )  # fmt: skip
         with args.results.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")

@@ -41,6 +41,7 @@ def _train_eval(bundle: Path, results: Path, cache: Path, shard: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.timeout(3600)  # 40 small adapters and two model loads on shared cores
 def test_v2_prepare_train_eval_analyse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not (unpacked_root(ROOT / ".data") / "usr").exists():
         pytest.skip("corpora not fetched: run 'compass data fetch'")

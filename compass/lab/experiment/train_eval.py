@@ -101,11 +101,11 @@ class Runner:
             )
             # The GGUF weights are dequantised on load, but transformers still marks the model
             # as quantised (and then refuses save_pretrained): drop the mark.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             if hasattr(model, "is_quantized"):
-                model.is_quantized = False
+                model.is_quantized = False  # type: ignore[assignment]
             if cache is not None:
                 model.save_pretrained(cache)
                 tokenizer.save_pretrained(cache)

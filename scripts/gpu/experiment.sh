@@ -11,6 +11,7 @@
 # carried .whl/ folder (installed with pip --no-index). Results and the log go to $OUT (the
 # device tool's folder) or runs/gpu-out; rerunning with the same results file resumes.
 # EXTRA_ARGS (optional) is passed to train_eval.py, e.g. "--methods v0,compass --mc-items 50".
+# DEVICE=cpu (optional) runs the same path on a CPU, for a smoke test of this script.
 set -euo pipefail
 SRC=${1:?usage: experiment.sh GGUF_OR_STAGE_DIR [BUNDLE] [DEADLINE_S]}
 BUNDLE=${2:-runs/bundle-v2}
@@ -34,5 +35,5 @@ fi
 nvidia-smi -L || true
 PYTHONUNBUFFERED=1 python3 compass/lab/experiment/train_eval.py \
   --bundle "$BUNDLE" --gguf "$GGUF" --results "$DEST/results.jsonl" \
-  --device cuda --deadline-s "$DEADLINE" ${EXTRA_ARGS:-} 2>&1 | tee "$DEST/train_eval.log"
+  --device "${DEVICE:-cuda}" --deadline-s "$DEADLINE" ${EXTRA_ARGS:-} 2>&1 | tee "$DEST/train_eval.log"
 echo "wall time: $(( $(date +%s) - STARTED )) s" | tee -a "$DEST/train_eval.log"

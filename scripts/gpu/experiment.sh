@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Experiment v2 on a lent GPU machine, in one call (docs/results.md, "Pre-registered design (v2)").
 #
-#   bash scripts/gpu/experiment.sh GGUF_OR_STAGE_DIR [BUNDLE] [DEADLINE_S]
+#   bash scripts/gpu/experiment.sh GGUF_OR_STAGE_DIR [BUNDLE] [DEADLINE_S] [PRIOR_RESULTS]
 #
 # GGUF_OR_STAGE_DIR: the SmolLM2 .gguf file, or a folder holding part-00, part-01, ... and SHA256
 # from scripts/gpu/stage_gguf.sh (joined and checked here). BUNDLE: from
@@ -9,7 +9,8 @@
 # job starts that would end later, so the call finishes within 8 minutes with whole draws done.
 # Needs python3 with torch, transformers, peft (the machine's image) and the gguf wheel in the
 # carried .whl/ folder (installed with pip --no-index). Results and the log go to $OUT (the
-# device tool's folder) or runs/gpu-out; rerunning with the same results file resumes.
+# device tool's folder) or runs/gpu-out. $OUT starts empty on every call: to resume a cut run,
+# carry its results.jsonl and pass it as PRIOR_RESULTS (copied in first; done jobs are skipped).
 # EXTRA_ARGS (optional) is passed to train_eval.py, e.g. "--methods v0,compass --mc-items 50".
 # DEVICE=cpu (optional) runs the same path on a CPU, for a smoke test of this script.
 set -euo pipefail
@@ -18,6 +19,7 @@ BUNDLE=${2:-runs/bundle-v2}
 DEADLINE=${3:-450}
 DEST=${OUT:-runs/gpu-out}
 mkdir -p "$DEST"
+if [ -n "${4:-}" ] && [ -f "$4" ]; then cp "$4" "$DEST/results.jsonl"; fi
 STARTED=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/gguf-*.whl

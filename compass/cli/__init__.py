@@ -38,6 +38,7 @@ _COMMAND_MODULES = (
     "compass.cli.serving",  # issue 11: serve-sync, routes
     "compass.cli.adapters",  # issue 11: adapters list|show|rollback|pin|unpin|retire
     "compass.cli.report",  # issue 16: report (HTML + PNGs)
+    "compass.cli.experiment",  # issue 15: experiment (v1), experiment prepare|analyse (v2)
 )
 
 

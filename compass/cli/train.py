@@ -1,4 +1,4 @@
-"""``compass train``, ``compass eval`` and ``compass experiment``.
+"""``compass train`` and ``compass eval`` (``compass experiment``: :mod:`compass.cli.experiment`).
 
 Heavy imports (torch, transformers, PEFT) happen inside the commands so ``compass --help`` stays
 fast. Texts come from a records file (JSONL/Parquet with ``text`` and ``language``) or a plain
@@ -132,51 +132,6 @@ def evaluate(
         typer.echo(f"{key:<12} {value}")
 
 
-def experiment(
-    quick: bool = typer.Option(False, "--quick", help="The few-minute configuration (CI)."),
-    out: Path | None = typer.Option(None, help="Results folder (default runs/experiment-<name>)."),
-    parts: str = typer.Option("main,continual", help="Which parts: main, continual."),
-    report_only: bool = typer.Option(False, help="Only rebuild report.md and the plot."),
-    plot: Path | None = typer.Option(None, help="Also write the plot here (e.g. docs/...png)."),
-    languages: str | None = typer.Option(
-        None, help="Only these target languages (comma-separated): run shards in parallel."
-    ),
-    seeds: str | None = typer.Option(None, help="Only these seeds (comma-separated): shards."),
-    methods: str | None = typer.Option(
-        None, help="Only these methods, in this order (comma-separated): shards."
-    ),
-    threads: int = typer.Option(1, help="torch CPU threads per process (0: torch's default)."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
-) -> None:
-    """Compare COMPASS with zero-shot, all-data, random, linguistic and importance sampling, then
-    ECDA with naive/replay/EWC/retraining, on real multilingual text. Resumes an interrupted run."""
-    from compass.config import load_settings
-    from compass.lab.experiment import full_config, quick_config, run_experiment, write_report
-
-    config = quick_config() if quick else full_config()
-    folder = out or Path("runs") / f"experiment-{config.name}"
-    if not report_only:
-        wanted = tuple(p.strip() for p in parts.split(",") if p.strip())
-        unknown = sorted(set(wanted) - {"main", "continual"})
-        if unknown:
-            raise DataError(f"unknown parts {unknown}; use main and/or continual")
-        only = tuple(c.strip() for c in languages.split(",") if c.strip()) if languages else None
-        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip()) if seeds else None
-        method_list = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
-        run_experiment(
-            config, folder, load_settings().data_dir, progress, wanted, only, threads or None,
-            seed_list, method_list,
-        )  # fmt: skip
-    report = write_report(folder)
-    if plot is not None:
-        import shutil
-
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "comparison.png", plot)
-    typer.echo(f"report: {report}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("eval")(evaluate)
-    app.command("experiment")(experiment)

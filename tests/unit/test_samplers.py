@@ -182,7 +182,10 @@ def test_budget_larger_than_the_pool_is_an_error(
         with pytest.raises(BudgetError, match="exceeds"):
             get_sampler(name).select(request)
     everything = get_sampler("all").select(request)
-    assert len(everything) == len(pool) and everything.report.notes
+    # one item per parallel key (the gettext strings are msgid-parallel across languages)
+    assert len(everything) == len(np.unique(pool.unit_ids())) and everything.report.notes
+    undeduped = make_request(case, pool, semantic_map, budget=len(pool), dedupe_parallel=False)
+    assert len(get_sampler("all").select(undeduped)) == len(pool)
 
 
 @pytest.mark.parametrize("budget", [0, -5])
@@ -248,9 +251,10 @@ def test_gap_cluster_without_pool_items_redistributes_the_budget(
 def test_budget_beyond_the_gap_clusters_spills_over_by_usage(
     case: GapCase, pool: Pool, semantic_map: SemanticMap
 ) -> None:
-    request = make_request(case, pool, semantic_map, budget=len(pool) - 10)
+    units = len(np.unique(pool.unit_ids()))
+    request = make_request(case, pool, semantic_map, budget=units - 10)
     selection = get_sampler("compass").select(request)
-    assert len(selection) == len(pool) - 10
+    assert len(selection) == units - 10
     assert any("ran out of pool items" in note for note in selection.report.notes)
 
 
@@ -281,3 +285,30 @@ def test_request_validates_shapes(case: GapCase, pool: Pool, semantic_map: Seman
         make_request(case, pool, semantic_map, coverage_counts=np.ones(3))
     with pytest.raises(DataError):
         Pool.build(case.pool_vectors, np.zeros(2, np.int32), ["de"] * len(case.pool_vectors))
+
+
+@pytest.mark.parametrize("name", ["compass", "linguistic", "random", "importance", "all"])
+def test_no_sampler_spends_budget_on_translations_of_one_text(
+    name: str, case: GapCase, pool: Pool, semantic_map: SemanticMap
+) -> None:
+    """Issue 15: a selection must not hold two translations of one text (same parallel key).
+    The gettext part of the pool is msgid-parallel across its five languages."""
+    keys_in_pool = [r.parallel_key for r in case.pool if r.parallel_key is not None]
+    assert len(set(keys_in_pool)) < len(keys_in_pool)
+    request = make_request(case, pool, semantic_map, budget=120)
+    selection = get_sampler(name).select(request)
+    keys = [case.pool[i].parallel_key for i in selection.indices]
+    keyed = [k for k in keys if k is not None]
+    assert len(keyed) == len(set(keyed)), f"{name}: {len(keyed) - len(set(keyed))} repeats"
+    if name != "all":
+        assert len(selection) == 120
+
+
+def test_budget_counts_distinct_texts(case: GapCase, pool: Pool, semantic_map: SemanticMap) -> None:
+    keys = [r.parallel_key or f"alone-{i}" for i, r in enumerate(case.pool)]
+    units = len(set(keys))
+    assert units < len(pool)
+    request = make_request(case, pool, semantic_map, budget=units + 1)
+    for name in ("compass", "linguistic", "random", "importance"):
+        with pytest.raises(BudgetError, match="one per parallel key"):
+            get_sampler(name).select(request)

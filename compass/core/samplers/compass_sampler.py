@@ -15,6 +15,9 @@
    the same cluster is at least ``dedup_threshold`` is skipped (greedy suppression, evaluated
    block-wise with matrix products). The guard is soft: near-duplicates fill a cluster only when
    it has run out of distinct items, so the budget is always met exactly.
+5. One item per parallel unit (translations of one text, :mod:`.base`): before the budget is
+   split, each unit keeps only its member closest to the target's centre of its own cluster,
+   so capacities count distinct content.
 
 Everything is vectorised per cluster (a loop over clusters, never over items), so selecting
 10,000 from 1,000,000 takes a few seconds.
@@ -56,6 +59,19 @@ def target_centres(request: SelectionRequest) -> np.ndarray:
     present = norms > 0
     centres[present] = sums[present] / norms[present, None]
     return centres
+
+
+def own_centre_scores(
+    request: SelectionRequest, items: np.ndarray, centres: np.ndarray
+) -> np.ndarray:
+    """Neutral cosine of each pool item in ``items`` to ``centres[its cluster]`` (chunked)."""
+    out = np.empty(len(items), dtype=np.float32)
+    clusters = request.pool.clusters
+    for start in range(0, len(items), 65_536):
+        chunk = items[start : start + 65_536]
+        neutral = request.semantic_map.transform(request.pool.vectors[chunk])
+        out[start : start + len(chunk)] = np.einsum("ij,ij->i", neutral, centres[clusters[chunk]])
+    return out
 
 
 def _diverse_top(
@@ -117,7 +133,12 @@ class CompassSampler(Sampler):
 
     def select(self, request: SelectionRequest) -> Selection:
         semantic_map = request.semantic_map
+        centres = target_centres(request)
         eligible = request.eligible()
+        if request.dedupes():
+            eligible = request.representatives(
+                eligible, own_centre_scores(request, eligible, centres)
+            )
         request.check_budget(len(eligible))
         usage = request.usage_counts()
         coverage = request.coverage_counts_or_zero()
@@ -153,7 +174,6 @@ class CompassSampler(Sampler):
                 )
             alloc += allocate(remaining, tier_weights, capacity - alloc)
 
-        centres = target_centres(request)
         vectors = request.pool.vectors
         picks: list[np.ndarray] = []
         for cluster in np.flatnonzero(alloc):

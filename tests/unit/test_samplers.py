@@ -83,9 +83,16 @@ def test_compass_spends_its_budget_in_the_gap_while_baselines_do_not(
         )
         record_property(f"gap_share_{name}", shares[name])
     print(f"\nshare of the budget in gap clusters: {shares}; chat share: {chat}")
-    assert shares["compass"] >= 0.8
+    # Base rate: the share of distinct pool texts (one per parallel key) in gap clusters. The
+    # software strings are msgid-parallel across the five pool languages, so de-duplication
+    # (issue 15) leaves far fewer software units than software items.
+    gaps = gap_scores(request.usage_counts(), request.coverage_counts_or_zero())
+    units = request.representatives(request.eligible())
+    base_rate = float((gaps[pool.clusters[units]] > 0).mean())
+    print(f"gap share of the de-duplicated pool: {base_rate:.2f}")
+    assert shares["compass"] >= 0.8 and shares["compass"] >= base_rate + 0.3
     assert chat["compass"] >= 0.8
-    assert shares["linguistic"] <= 0.5 and shares["random"] <= 0.5
+    assert shares["linguistic"] <= base_rate + 0.15 and shares["random"] <= base_rate + 0.15
     assert shares["compass"] > shares["importance"] >= shares["random"]
 
 

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     sampler: str = Field(
         "compass",
         description="Sampler that picks the worker's auxiliary data: a name registered with "
-        "@register_sampler (compass, importance, linguistic, random, all).",
+        "@register_sampler (compass, hybrid, importance, linguistic, random, all).",
     )
     topic_prompt_events: str = "prompt-events"
     topic_prompt_events_dlq: str = "prompt-events.dlq"

@@ -220,7 +220,9 @@ def test_unknown_language_is_an_error(case: GapCase, pool: Pool, semantic_map: S
 
 
 def test_unknown_sampler_and_bad_parameters(case: GapCase) -> None:
-    assert available_samplers() == ["all", "compass", "importance", "linguistic", "random"]
+    assert available_samplers() == [
+        "all", "compass", "hybrid", "importance", "linguistic", "random"
+    ]  # fmt: skip
     with pytest.raises(DataError, match="unknown sampler"):
         get_sampler("magic")
     with pytest.raises(DataError, match="bad parameters"):
@@ -319,3 +321,42 @@ def test_budget_counts_distinct_texts(case: GapCase, pool: Pool, semantic_map: S
     for name in ("compass", "linguistic", "random", "importance"):
         with pytest.raises(BudgetError, match="one per parallel key"):
             get_sampler(name).select(request)
+
+
+def test_hybrid_keeps_compass_allocation_and_prefers_related_languages(
+    case: GapCase, pool: Pool, semantic_map: SemanticMap
+) -> None:
+    """Issue 15 part 3: the same gap-weighted split over clusters as COMPASS; within clusters
+    German's relatives in the pool (Dutch 0.25, English 0.35 by URIEL) are preferred. A budget
+    of 20 leaves room to choose (the gap clusters hold 94 distinct texts, 38 of them en/nl)."""
+    request = make_request(case, pool, semantic_map, budget=20)
+    plain = get_sampler("compass").select(request)
+    hybrid = get_sampler("hybrid").select(request)
+    assert hybrid.report.per_cluster == plain.report.per_cluster
+    assert hybrid.report.sampler == "hybrid" and "related" in hybrid.report.reason
+
+    def related_share(selection: Selection) -> float:
+        related = sum(selection.report.per_language.get(code, 0) for code in ("nl", "en"))
+        return related / len(selection)
+
+    print(
+        f"\nrelated share: compass {related_share(plain):.2f}, hybrid {related_share(hybrid):.2f}"
+    )
+    assert related_share(hybrid) >= related_share(plain) + 0.15
+    assert len(set(hybrid.indices.tolist())) == 20
+
+
+def test_hybrid_is_compass_where_the_pool_has_no_relatives(
+    case: GapCase, pool: Pool, semantic_map: SemanticMap
+) -> None:
+    """Japanese has no relative among en/fr/es/it/nl (URIEL distances >= 0.64) and shares no
+    script with them: every bonus is 0 and the selection is COMPASS's, item for item."""
+    from compass.core.samplers.hybrid import HybridSampler
+
+    request = make_request(case, pool, semantic_map, target_language="ja")
+    hybrid = HybridSampler()
+    assert not any(hybrid.bonuses("ja", pool.language_vocab).values())
+    np.testing.assert_array_equal(
+        hybrid.select(request).indices, get_sampler("compass").select(request).indices
+    )
+    assert any(hybrid.bonuses("de", ["nl", "ja"]).values())

@@ -128,17 +128,27 @@ class CompassSampler(Sampler):
         self.config = GapConfig(alpha=alpha, tau=tau, weighting=weighting)  # type: ignore[arg-type]
         self.dedup_threshold = float(dedup_threshold)
 
+    def language_bonus(self, request: SelectionRequest) -> np.ndarray | None:
+        """Added to an item's within-cluster score, per pool language id (``None``: nothing;
+        the hybrid sampler overrides this)."""
+        return None
+
+    def within_cluster_reason(self) -> str:
+        return "the items closest to the target's cluster centre"
+
     def params(self) -> dict[str, Any]:
         return {**asdict(self.config), "dedup_threshold": self.dedup_threshold}
 
     def select(self, request: SelectionRequest) -> Selection:
         semantic_map = request.semantic_map
         centres = target_centres(request)
+        bonus = self.language_bonus(request)
         eligible = request.eligible()
         if request.dedupes():
-            eligible = request.representatives(
-                eligible, own_centre_scores(request, eligible, centres)
-            )
+            priority = own_centre_scores(request, eligible, centres)
+            if bonus is not None:
+                priority = priority + bonus[request.pool.language_ids[eligible]]
+            eligible = request.representatives(eligible, priority)
         request.check_budget(len(eligible))
         usage = request.usage_counts()
         coverage = request.coverage_counts_or_zero()
@@ -180,6 +190,8 @@ class CompassSampler(Sampler):
             idx = members[starts[cluster] : starts[cluster + 1]]
             want = int(alloc[cluster])
             scores = semantic_map.neutral_dot(vectors[idx], centres[cluster])[:, 0]
+            if bonus is not None:
+                scores = scores + bonus[request.pool.language_ids[idx]]
             ranked = idx[np.lexsort((idx, -scores))]
             # The guard looks at the best 4·want + 256 candidates (enough unless the cluster is
             # mostly duplicates; then near-duplicates fill the rest, see the module docstring).
@@ -197,7 +209,7 @@ class CompassSampler(Sampler):
             f"budget split across {int(gap_clusters.sum())} gap clusters ∝ max(0, usage share − "
             f"coverage share); {gap_share:.0%} of it went to gap clusters (largest: "
             + ", ".join(f"#{c} {w:.0%}" for c, w in top)
-            + "); within each cluster the items closest to the target's cluster centre, "
+            + f"); within each cluster {self.within_cluster_reason()}, "
             f"skipping near-duplicates (cosine ≥ {self.dedup_threshold})."
         )
         return summarise(

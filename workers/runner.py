@@ -22,9 +22,11 @@ from compass.config import Settings
 from compass.contracts import read_event
 from compass.core.errors import DataError, InvalidEventError
 from compass.core.events import DeadLetter, DriftEvent, dead_letter_for
+from compass.core.gate import PromotionGate
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
 from compass.health import Heartbeat, serve
+from compass.lm.training.config import AdapterTrainingConfig
 from compass.ports.publisher import MessageProducer
 from compass.ports.storage import UnitOfWork
 from workers.adapter_worker import AdapterWorker, WorkerOutcome, WorkerSettings
@@ -192,6 +194,16 @@ def build_worker(services: Services, pool_name: str, **worker_options: Any) -> A
             **{
                 "lease": timedelta(seconds=settings.worker_lease_s),
                 "max_attempts": settings.worker_max_attempts,
+                "eval_texts": settings.gate_eval_texts,
+                "gate": PromotionGate(
+                    min_gain=settings.gate_margin,
+                    max_forgetting=settings.gate_max_forgetting,
+                    confidence=settings.gate_confidence,
+                    n_resamples=settings.gate_resamples,
+                ),
+                "training": AdapterTrainingConfig(
+                    steps=24, batch_size=8, max_length=64, replay_weight=settings.replay_weight
+                ),
                 **worker_options,
             },
         ),

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     sampler: str = Field(
         "compass",
         description="Sampler that picks the worker's auxiliary data: a name registered with "
-        "@register_sampler (compass, importance, linguistic, random, all).",
+        "@register_sampler (compass, hybrid, importance, linguistic, random, all).",
     )
     topic_prompt_events: str = "prompt-events"
     topic_prompt_events_dlq: str = "prompt-events.dlq"
@@ -193,6 +193,27 @@ class Settings(BaseSettings):
     )
     worker_max_attempts: int = Field(
         3, ge=1, le=100, description="Claims of one training job before it is marked failed."
+    )
+    # promotion gate and continual update (issue 15) — see docs/training.md
+    gate_margin: float = Field(
+        0.0,
+        description="Nats the lower bound of the held-out gain on new usage must exceed.",
+    )
+    gate_max_forgetting: float = Field(
+        0.05,
+        gt=0,
+        description="Nats the upper bound of the loss increase on the reference usage must "
+        "stay under.",
+    )
+    gate_confidence: float = Field(
+        0.95, ge=0.5, lt=1, description="Confidence of the gate's paired bootstrap intervals."
+    )
+    gate_resamples: int = Field(2000, ge=100, le=100_000, description="Bootstrap resamples.")
+    gate_eval_texts: int = Field(
+        64, ge=2, le=10_000, description="Held-out texts per window, kept out of the selection."
+    )
+    replay_weight: float = Field(
+        0.1, ge=0, description="beta: weight of the replay loss (paper: 0.1)."
     )
     # serving (issue 11): compass serve-sync — see docs/serving.md
     serving_engine: str = Field(

@@ -6,8 +6,12 @@ from the auxiliary pool, continues the live adapter on it (replay + EWC, COMPASS
 the first one, evaluates candidate and live adapter on the new usage and on the old, and writes
 the version, its promotion and the ``adapter-updated`` outbox row in one transaction.
 
-The promotion decision is :class:`compass.core.gate.PromotionGate`'s. A candidate that fails is
-stored as ``rejected`` with its metrics, so the history shows why nothing changed. Results are
+The promotion decision is :class:`compass.core.gate.PromotionGate`'s, a paired bootstrap over
+held-out texts of the window that the selection never saw (:mod:`workers.held_out`); its
+intervals are stored with the version's metrics (``gate_*``). A candidate that fails is stored
+as ``rejected`` with its metrics, so the history shows why nothing changed. Continual updates
+replay the parent's training texts stratified by their clusters, in proportion to the parent's
+reference distribution. Results are
 typed end to end: :class:`Evaluation` (the held-out losses and timings), :class:`TrainingOutcome`
 (the saved version and its PEFT settings, from the training config) and :class:`WorkerOutcome`.
 """
@@ -27,15 +31,18 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import structlog
 
-from compass.core.detectors import estimate_dispersion
 from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
 from compass.core.events import AdapterUpdated, DriftEvent
-from compass.core.gate import GateDecision, PromotionGate, finite_metrics
+from compass.core.gate import GateDecision, PairedLosses, PromotionGate, finite_metrics
 from compass.core.naming import announcement_id, manifest_sha256
 from compass.core.samplers.base import Pool, Sampler, SelectionRequest
 from compass.core.semantic_map import SemanticMap
-from compass.lm.artifact_store import read_training_texts, write_training_texts
+from compass.lm.artifact_store import (
+    read_training_clusters,
+    read_training_texts,
+    write_training_texts,
+)
 from compass.lm.training.config import AdapterTrainingConfig, PeftSettings
 from compass.ports.artifacts import ArtifactStore
 from compass.ports.storage import (
@@ -45,16 +52,23 @@ from compass.ports.storage import (
     ReferenceCounts,
     UnitOfWork,
 )
+from workers.held_out import (
+    UsageText,
+    held_out_sample,
+    reference_counts,
+    weights_dtype,
+    without_held_out,
+)
 from workers.leases import LeaseKeeper
 
 log = structlog.get_logger(__name__)
 
 
 class UsageTexts(Protocol):
-    """Recent prompt texts of a language (for evaluation), newest first; with
-    ``semantic_map_version``, only events embedded under that map."""
+    """Recent prompts of a language with their clusters (for the gate's held-out texts),
+    newest first; with ``semantic_map_version``, only events embedded under that map."""
 
-    def texts(
+    def items(
         self,
         language: str,
         since: datetime,
@@ -62,7 +76,7 @@ class UsageTexts(Protocol):
         limit: int,
         *,
         semantic_map_version: int | None = None,
-    ) -> list[str]: ...
+    ) -> list[UsageText]: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,8 @@ class WorkerSettings:
     training: AdapterTrainingConfig = field(
         default_factory=lambda: AdapterTrainingConfig(steps=24, batch_size=8, max_length=64)
     )
-    eval_texts: int = 64
+    eval_texts: int = 64  # held-out texts per window for the gate (kept out of the selection)
+    window_texts: int = 5000  # texts of a window read to draw the held-out sample from
     lease: timedelta = timedelta(minutes=2)  # renewed every third while the job runs
     max_attempts: int | None = 3  # claims of one job before it is marked failed
     gate: PromotionGate = field(default_factory=PromotionGate)
@@ -122,6 +137,7 @@ class TrainingOutcome:
     base_model_revision: str
     peft: PeftSettings
     evaluation: Evaluation
+    paired: PairedLosses
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,8 @@ class SelectedData:
     """The selection step of one drift event: the adapter it updates and its live version, the
     drift window's usage counts per cluster (``target``, ``(k,)`` of the event's semantic map),
     the chosen pool texts and the sampler's report (``per_cluster``, ``per_language``), and the
-    window as a sample (``reference``: what the version's drift reference will be)."""
+    window as a sample (``reference``: what the version's drift reference will be), and the
+    chosen texts' clusters."""
 
     adapter: AdapterRecord
     live: AdapterVersionRecord | None
@@ -137,6 +154,7 @@ class SelectedData:
     texts: list[str]
     report: dict[str, Any]
     reference: ReferenceCounts | None = None
+    clusters: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,12 +215,13 @@ class AdapterWorker:
             return WorkerOutcome(drift.drift_id, "failed", reason=str(exc))
         return outcome
 
-    def select(self, drift: DriftEvent) -> SelectedData:
+    def select(self, drift: DriftEvent, held_out: Sequence[UsageText] = ()) -> SelectedData:
         """The data a drift event's adapter update trains on: the window's usage counts (from
         the database, on the event's semantic map) as the target, the live adapter's reference
         distribution as the coverage, and the sampler's choice from the pool for them.
 
-        Creates the adapter row of (language, base model) on first use; raises
+        ``held_out`` (the gate's texts of the window) are subtracted from the counts the sampler
+        sees. Creates the adapter row of (language, base model) on first use; raises
         :class:`DataError` without a stored semantic map or without usage in the window."""
         s = self.settings
         with self._uow_factory() as uow:
@@ -229,31 +248,39 @@ class AdapterWorker:
         coverage = None
         if live is not None and live.reference_distribution:
             coverage = counts_vector(live.reference_distribution, semantic_map.k) * target.sum()
-        texts, report = self._select(drift.language, semantic_map, target, coverage)
-        reference = _reference_counts(usage, by_block, semantic_map.k)
+        visible = without_held_out(target, held_out)
+        if visible.sum() <= 0:
+            raise DataError(
+                f"no {drift.language} usage left in the window after the held-out texts"
+            )
+        texts, report, clusters = self._select(drift.language, semantic_map, visible, coverage)
+        reference = reference_counts(usage, by_block, semantic_map.k)
         if reference is not None:
             reference = replace(
                 reference, window_start=drift.window_start, window_end=drift.window_end
             )
-        return SelectedData(adapter, live, target, texts, report, reference)
+        return SelectedData(adapter, live, target, texts, report, reference, tuple(clusters))
 
     def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
         s = self.settings
         started = time.perf_counter()
-        selected = self.select(drift)
+        map_version, salt = drift.semantic_map_version, str(drift.drift_id)
+        window = self._usage.items(
+            drift.language, drift.window_start, drift.window_end, s.window_texts,
+            semantic_map_version=map_version,
+        )  # fmt: skip
+        before = self._usage.items(
+            drift.language, drift.window_start - (drift.window_end - drift.window_start),
+            drift.window_start, s.window_texts, semantic_map_version=map_version,
+        )  # fmt: skip
+        gate_new = held_out_sample(window, s.eval_texts, salt)
+        selected = self.select(drift, held_out=gate_new)
         adapter, live, target, texts = (
             selected.adapter, selected.live, selected.target, selected.texts
         )  # fmt: skip
-        map_version = drift.semantic_map_version
-        new_eval = self._usage.texts(
-            drift.language, drift.window_start, drift.window_end, s.eval_texts,
-            semantic_map_version=map_version,
-        )  # fmt: skip
-        old_eval = self._usage.texts(
-            drift.language, drift.window_start - (drift.window_end - drift.window_start),
-            drift.window_start, s.eval_texts, semantic_map_version=map_version,
-        )  # fmt: skip
-        trained = self._train_and_evaluate(drift, live, texts, new_eval, old_eval)
+        new_eval = [item.text for item in gate_new]
+        old_eval = [item.text for item in held_out_sample(before, s.eval_texts, salt)]
+        trained = self._train_and_evaluate(drift, live, selected, new_eval, old_eval)
         evaluation = trained.evaluation
         non_finite = evaluation.non_finite()
         shares = target / target.sum()
@@ -262,7 +289,9 @@ class AdapterWorker:
             # read in the writing transaction: a pin set while the job trained still holds
             current = uow.adapters.get_adapter(adapter.language, adapter.base_model)
             pinned = current is not None and current.pinned
-            decision = s.gate.judge(evaluation, others=asdict(evaluation), pinned=pinned)
+            decision = s.gate.judge(
+                evaluation, others=asdict(evaluation), pinned=pinned, paired=trained.paired
+            )
             notes = decision.reason
             if non_finite:  # never stored (jsonb has no NaN), so say which were left out
                 notes += f"; non-finite metrics not stored: {', '.join(non_finite)}"
@@ -275,7 +304,7 @@ class AdapterWorker:
                     sampler_params={"budget": len(texts), "seed": s.seed, **selected.report},
                     reference_distribution=reference,
                     reference_counts=selected.reference,
-                    metrics=evaluation.metrics(),
+                    metrics={**evaluation.metrics(), **decision.interval_metrics()},
                     drift_id=drift.drift_id,
                     parent_version=live.number if live else None,
                     base_model_revision=trained.base_model_revision,
@@ -319,7 +348,7 @@ class AdapterWorker:
         semantic_map: SemanticMap,
         target: np.ndarray,
         coverage: np.ndarray | None,
-    ) -> tuple[list[str], dict[str, Any]]:
+    ) -> tuple[list[str], dict[str, Any], list[int]]:
         s = self.settings
         request = SelectionRequest(
             target_language=language,
@@ -337,7 +366,8 @@ class AdapterWorker:
             "per_cluster": report.get("per_cluster", {}),
             "per_language": report.get("per_language", {}),
         }
-        return [r.text for r in records], summary
+        clusters = self._pool.clusters[selection.indices].tolist()
+        return [r.text for r in records], summary, clusters
 
     def _base_model(self) -> Any:
         if self._base is None:
@@ -350,34 +380,39 @@ class AdapterWorker:
         self,
         drift: DriftEvent,
         live: AdapterVersionRecord | None,
-        texts: Sequence[str],
+        selected: SelectedData,
         new_eval: Sequence[str],
         old_eval: Sequence[str],
     ) -> TrainingOutcome:
-        from compass.lm.evaluation.perplexity import text_nll
+        from compass.lm.evaluation.perplexity import TextNll, text_nll
         from compass.lm.training import continue_adapter, load_adapter, save_adapter, train_adapter
 
         s = self.settings
         base = self._base_model()
+        texts = selected.texts
         if not new_eval:
             raise DataError(f"no {drift.language} usage texts to evaluate on")
 
-        def loss(model: Any, batch: Sequence[str]) -> float:
-            return text_nll(model, base.tokenizer, batch, s.training.max_length).mean_loss
+        def score(model: Any, batch: Sequence[str]) -> TextNll:
+            return text_nll(model, base.tokenizer, batch, s.training.max_length)
 
+        empty = TextNll(np.zeros(0), np.zeros(0, dtype=np.int64))
         evaluation = 0.0
         earlier_texts: list[str] = []
+        earlier_clusters: list[int] | None = None
+        map_key = str(drift.semantic_map_version)
         clock = time.perf_counter()
+        model_now = base.model
         if live is not None:
             live_dir = self._artifacts.local_path(live.artifact_uri)
             previous = load_adapter(live_dir, base, trainable=True)
             earlier_texts = read_training_texts(live_dir)
-            live_new = loss(previous.model, new_eval)
-            live_old = loss(previous.model, old_eval) if old_eval else live_new
+            earlier_clusters = read_training_clusters(live_dir, map_key)
+            model_now = previous.model
         else:
             previous = None
-            live_new = loss(base.model, new_eval)
-            live_old = loss(base.model, old_eval) if old_eval else live_new
+        live_new = score(model_now, new_eval)
+        live_old = score(model_now, old_eval) if old_eval else empty
         evaluation += time.perf_counter() - clock
 
         provenance = {
@@ -387,23 +422,29 @@ class AdapterWorker:
             "drift_id": str(drift.drift_id),
         }
         if previous is not None and earlier_texts:
+            assert live is not None
+            shares = {int(c): float(v) for c, v in live.reference_distribution.items()}
             candidate = continue_adapter(
-                previous, texts, earlier_texts, s.training, progress=False, provenance=provenance
-            )
+                previous, texts, earlier_texts, s.training, earlier_clusters, progress=False,
+                provenance=provenance, reference_shares=shares or None,
+            )  # fmt: skip
         else:
             if previous is not None:
                 previous.detach()
             candidate = train_adapter(base, texts, s.training, progress=False,
                                       provenance=provenance)  # fmt: skip
         clock = time.perf_counter()
-        candidate_new = loss(candidate.model, new_eval)
-        candidate_old = loss(candidate.model, old_eval) if old_eval else candidate_new
+        candidate_new = score(candidate.model, new_eval)
+        candidate_old = score(candidate.model, old_eval) if old_eval else empty
         evaluation += time.perf_counter() - clock
 
-        dtype = _weights_dtype(candidate.model)  # before detach() takes the LoRA layers off
+        dtype = weights_dtype(candidate.model)  # before detach() takes the LoRA layers off
         adapter_dir = self._artifacts.version_dir(drift.language, str(drift.drift_id))
         manifest = save_adapter(candidate, adapter_dir)
-        write_training_texts(adapter_dir, [*earlier_texts, *texts])
+        known = earlier_clusters if earlier_clusters is not None else [None] * len(earlier_texts)
+        write_training_texts(
+            adapter_dir, [*earlier_texts, *texts], [*known, *selected.clusters], map_key
+        )
         candidate.detach()
         return TrainingOutcome(
             folder=adapter_dir,
@@ -411,11 +452,16 @@ class AdapterWorker:
             manifest_sha256=manifest_sha256(manifest),
             base_model_revision=base.revision,
             peft=candidate.config.peft_settings(dtype=dtype),
+            paired=PairedLosses(
+                *(x.per_text_loss() for x in (live_new, candidate_new, live_old, candidate_old))
+            ),
             evaluation=Evaluation(
-                live_new_loss=live_new,
-                live_old_loss=live_old,
-                candidate_new_loss=candidate_new,
-                candidate_old_loss=candidate_old,
+                live_new_loss=live_new.mean_loss,
+                live_old_loss=live_old.mean_loss if old_eval else live_new.mean_loss,
+                candidate_new_loss=candidate_new.mean_loss,
+                candidate_old_loss=(
+                    candidate_old.mean_loss if old_eval else candidate_new.mean_loss
+                ),
                 training_seconds=candidate.metrics.seconds,
                 evaluation_seconds=evaluation,
                 train_final_loss=candidate.metrics.final_loss,
@@ -450,37 +496,3 @@ class AdapterWorker:
             action="promote",
             reason=reason[:2000],
         )
-
-
-def _reference_counts(
-    usage: dict[int, Any], by_block: dict[datetime, dict[int, Any]], k: int
-) -> ReferenceCounts | None:
-    """The drift window as a sample — its sampled counts per cluster, sizes, sampling rate and
-    block rows with their dispersion — the next drift checks' reference (``None`` without
-    sampled events). Shed events (cluster −1) count in ``n_events`` only."""
-    counts = {int(c): float(v.sampled) for c, v in usage.items() if c >= 0 and v.sampled > 0}
-    n_sampled = round(sum(counts.values()))
-    if n_sampled <= 0:
-        return None
-    n_events = max(n_sampled, round(sum(float(v.total) for v in usage.values())))
-    rows = [
-        counts_vector({c: v.sampled for c, v in block.items() if c >= 0}, k)
-        for _, block in sorted(by_block.items())
-    ]
-    blocks = np.array(rows) if rows else np.zeros((0, k))
-    return ReferenceCounts(
-        counts=counts,
-        n_sampled=n_sampled,
-        n_events=n_events,
-        sample_rate=n_sampled / n_events,
-        blocks=blocks.tolist(),
-        dispersion=float(estimate_dispersion(blocks)),
-    )
-
-
-def _weights_dtype(model: Any) -> str | None:
-    """Dtype of the adapter's trainable weights (``"float32"``); ``None`` if there are none."""
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            return str(param.dtype).removeprefix("torch.")
-    return None

@@ -23,6 +23,7 @@ from compass.config import Settings
 from compass.contracts import read_event
 from compass.core.errors import DataError, InvalidEventError
 from compass.core.events import DeadLetter, DriftEvent, dead_letter_for
+from compass.core.gate import PromotionGate
 from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
 from compass.health import Heartbeat, serve
@@ -195,10 +196,12 @@ def build_worker(services: Services, pool_name: str, **worker_options: Any) -> A
 
     settings = services.settings
     record = services.maps.current()
+    default_training = dataclasses.replace(
+        WorkerSettings(settings.base_model_id, Path(settings.data_dir)).training,
+        replay_weight=settings.replay_weight,
+    )
     training = servable_training(
-        worker_options.pop("training", None)
-        or WorkerSettings(settings.base_model_id, Path(settings.data_dir)).training,
-        settings.serving_target,
+        worker_options.pop("training", None) or default_training, settings.serving_target
     )
     return AdapterWorker(
         services.uow_factory,
@@ -211,6 +214,13 @@ def build_worker(services: Services, pool_name: str, **worker_options: Any) -> A
             **{
                 "lease": timedelta(seconds=settings.worker_lease_s),
                 "max_attempts": settings.worker_max_attempts,
+                "eval_texts": settings.gate_eval_texts,
+                "gate": PromotionGate(
+                    min_gain=settings.gate_margin,
+                    max_forgetting=settings.gate_max_forgetting,
+                    confidence=settings.gate_confidence,
+                    n_resamples=settings.gate_resamples,
+                ),
                 "training": training,
                 **worker_options,
             },

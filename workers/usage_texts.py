@@ -18,6 +18,7 @@ import math
 from datetime import UTC, datetime
 
 from compass.ports.vector_store import PayloadFilter, Range, VectorStore
+from workers.held_out import UsageText
 
 
 class VectorStoreUsageTexts:
@@ -37,6 +38,20 @@ class VectorStoreUsageTexts:
         """Up to ``limit`` texts of ``language`` with ``since <= occurred_at < until`` (and of
         ``semantic_map_version`` when given), newest first; ties by text, so the choice is
         deterministic."""
+        found = self.items(language, since, until, limit, semantic_map_version=semantic_map_version)
+        return [item.text for item in found]
+
+    def items(
+        self,
+        language: str,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        *,
+        semantic_map_version: int | None = None,
+    ) -> list[UsageText]:
+        """As :meth:`texts`, with each text's cluster (payload ``cluster``, −1 when absent) and
+        event time."""
         where: dict[str, str | int | bool | Range] = {
             "language": language,
             "occurred_at_ts": Range(
@@ -49,20 +64,22 @@ class VectorStoreUsageTexts:
         if not found:
             legacy: PayloadFilter = {"language": language}
             found = self._collect(legacy, since, until, scan_cap=self._max_scan)
-        found.sort(reverse=True)
-        return [text for _, text in found[:limit]]
+        found.sort(key=lambda item: (item.occurred_at, item.text), reverse=True)
+        return found[:limit]
 
     def _collect(
         self, where: PayloadFilter, since: datetime, until: datetime, scan_cap: int | None
-    ) -> list[tuple[datetime, str]]:
-        found: list[tuple[datetime, str]] = []
+    ) -> list[UsageText]:
+        found: list[UsageText] = []
         for scanned, point in enumerate(self._store.scroll(where)):
             if scan_cap is not None and scanned >= scan_cap:
                 break
             text = point.payload.get("text")
             occurred = _parse_time(point.payload.get("occurred_at"))
             if text and occurred is not None and since <= occurred < until:
-                found.append((occurred, str(text)))
+                cluster = point.payload.get("cluster")
+                label = int(cluster) if isinstance(cluster, int | float) else -1
+                found.append(UsageText(str(text), label, occurred))
         return found
 
 

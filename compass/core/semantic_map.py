@@ -13,13 +13,16 @@ two maps with the same version assign identically.
 language component: k-means on them partly clusters by language (on LibreOffice help in en, de,
 fr, ja only ~30 % of translation pairs shared a cluster at k = 16). Before clustering, the map
 therefore projects out a small subspace: the (language-balanced) mean direction and the
-per-language mean offsets, estimated from the fit data when ``languages`` are given to
-:meth:`SemanticMap.fit`. This lifted the rate to ~80 %, also for languages absent from the fit,
-and needs no language at assignment time. Because it is a pure projection and the centroids lie
-in the complement of the removed subspace, ``argmax_c c·x`` on the *raw* vector gives exactly the
-same cluster as on the projected one: any nearest-centroid search (SQL, Qdrant, another
-process) over the stored centroids assigns identically. :meth:`transform` gives the projected
-unit vectors, used by the samplers for within-cluster similarities.
+language offsets, estimated from the fit data when ``languages`` are given to
+:meth:`SemanticMap.fit` — from translation pairs (``parallel_keys``, or mined mutual nearest
+neighbours), with a capped rank, so that topic is kept even when language and topic are
+confounded (:mod:`compass.core.neutraliser`). This lifted the rate to ~80 %, also for languages
+absent from the fit, and needs no language at assignment time. Because it is a pure projection
+and the centroids lie in the complement of the removed subspace, ``argmax_c c·x`` on the
+*raw* vector gives exactly the same cluster as on the projected one: any nearest-centroid
+search (SQL, Qdrant, another process) over the stored centroids assigns identically.
+:meth:`transform` gives the projected unit vectors, used by the samplers for within-cluster
+similarities.
 
 Each cluster carries a label for people (:mod:`compass.core.cluster_labels`), computed at fit
 time from the fit texts and kept in the serialised metadata (not in the version hash).
@@ -42,6 +45,9 @@ import structlog
 
 from compass.core.cluster_labels import ClusterLabel, label_clusters
 from compass.core.errors import DataError
+from compass.core.neutraliser import DEFAULT_MAX_RANK, language_neutraliser
+
+__all__ = ["SemanticMap", "language_neutraliser"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,33 +69,6 @@ def _content_version(arrays: tuple[np.ndarray, ...], embedder_id: str) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     return digest.hexdigest()[:16]
-
-
-def language_neutraliser(
-    vectors: np.ndarray, languages: Sequence[str] | None, min_per_language: int = 5
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """``(basis, languages)``: an orthonormal basis (rows) of the subspace spanned by the
-    language-balanced mean direction and the per-language mean offsets (languages with fewer
-    than ``min_per_language`` items are left out). Without languages: the mean direction only."""
-    if languages is None:
-        mean = vectors.mean(axis=0, dtype=np.float64)
-        return (mean / max(np.linalg.norm(mean), 1e-12))[None, :].astype(np.float32), ()
-    labels = np.asarray(list(languages))
-    if labels.shape[0] != vectors.shape[0]:
-        raise DataError(f"{labels.shape[0]} languages for {vectors.shape[0]} vectors")
-    names, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    keep = counts >= min_per_language
-    if keep.sum() < 2:
-        basis, _ = language_neutraliser(vectors, None)
-        return basis, ()
-    sums = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, vectors)
-    means = (sums / counts[:, None])[keep]
-    balanced = means.mean(axis=0)
-    span = np.concatenate([balanced[None, :], means - balanced])
-    _, singular, rows = np.linalg.svd(span, full_matrices=False)
-    rank = int((singular > 1e-4 * max(float(singular[0]), 1e-12)).sum())
-    return rows[:rank].astype(np.float32), tuple(str(n) for n in names[keep])
 
 
 def _check_vectors(vectors: np.ndarray, what: str) -> np.ndarray:
@@ -161,6 +140,9 @@ class SemanticMap:
         silhouette_sample: int = 4000,
         min_cluster_size: int = 10,
         texts: Sequence[str] | None = None,
+        parallel_keys: Sequence[str | None] | None = None,
+        neutraliser: str = "pairs",
+        neutraliser_max_rank: int | None = DEFAULT_MAX_RANK,
     ) -> SemanticMap:
         """Cluster ``vectors`` (rows are embeddings).
 
@@ -169,12 +151,22 @@ class SemanticMap:
         ``silhouette_sample`` subsample (deterministic under ``seed``).
         ``method='hdbscan'`` ignores ``k``.
         ``languages`` (one code per row) enables the language neutralisation described in the
-        module docstring; give it whenever the fit data is multilingual.
+        module docstring; give it whenever the fit data is multilingual. ``parallel_keys`` (one
+        per row, ``None`` where a text has no translation) give the translation pairs the
+        neutraliser is estimated from (mined when absent); ``neutraliser`` and
+        ``neutraliser_max_rank`` choose the estimator and cap its rank
+        (:func:`compass.core.neutraliser.language_neutraliser`).
         ``texts`` (one display text per row, :func:`~compass.core.cluster_labels.
         english_where_parallel`) labels the clusters (:meth:`with_labels`).
         """
         raw = _normalise_rows(_check_vectors(vectors, "semantic map fit"))
-        basis, fit_languages = language_neutraliser(raw, languages)
+        basis, fit_languages = language_neutraliser(
+            raw,
+            languages,
+            parallel_keys=parallel_keys,
+            estimator=neutraliser,
+            max_rank=neutraliser_max_rank,
+        )
         data = _project(raw, basis)
         n = data.shape[0]
         extra: dict[str, Any] = {"language_basis": basis, "fit_languages": fit_languages}

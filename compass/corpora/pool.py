@@ -198,6 +198,7 @@ def build_pool(
             semantic_map = SemanticMap.fit(
                 all_vectors,
                 languages=languages,
+                parallel_keys=[r.parallel_key for r in all_records],
                 k=k,
                 k_range=k_range,
                 seed=seed,

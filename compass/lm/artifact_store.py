@@ -39,11 +39,42 @@ class LocalArtifactStore:
         return f"LocalArtifactStore({str(self.root)!r})"
 
 
-def write_training_texts(folder: Path, texts: Sequence[str]) -> None:
-    """Write ``texts`` (JSON lines ``{"text": ...}``) into a version folder."""
+def write_training_texts(
+    folder: Path,
+    texts: Sequence[str],
+    clusters: Sequence[int | None] | None = None,
+    semantic_map: str | None = None,
+) -> None:
+    """Write ``texts`` (JSON lines ``{"text": ...}``) into a version folder; with ``clusters``
+    (one per text, ``None`` when unknown) each line also carries ``cluster`` and the
+    ``semantic_map`` version the cluster ids belong to — what stratified replay reads."""
+    if clusters is not None and len(clusters) != len(texts):
+        raise DataError(f"{len(clusters)} clusters for {len(texts)} training texts")
     with (folder / TRAINING_TEXTS_FILE).open("w", encoding="utf-8") as handle:
-        for text in texts:
-            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        for index, text in enumerate(texts):
+            row: dict[str, object] = {"text": text}
+            if clusters is not None and clusters[index] is not None:
+                row["cluster"] = int(clusters[index])  # type: ignore[arg-type]
+                row["semantic_map"] = semantic_map
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_training_clusters(folder: Path, semantic_map: str | None) -> list[int] | None:
+    """The cluster of every training text of a version, when all were recorded under the
+    ``semantic_map`` version given (``None`` otherwise: replay is then not stratified)."""
+    path = folder / TRAINING_TEXTS_FILE
+    if not path.exists():
+        return None
+    clusters: list[int] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "cluster" not in row or row.get("semantic_map") != semantic_map:
+                return None
+            clusters.append(int(row["cluster"]))
+    return clusters
 
 
 def read_training_texts(folder: Path) -> list[str]:

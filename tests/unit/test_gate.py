@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 
+import numpy as np
 import pytest
 
 from compass.core.errors import InvalidEventError
@@ -65,3 +66,63 @@ def test_an_announcement_never_carries_a_non_finite_metric() -> None:
     raw = encode(good).replace(b"2.5", b"NaN")
     with pytest.raises(InvalidEventError):
         decode(raw, AdapterUpdated)
+
+
+def _paired(gain: float, spread: float, n: int = 64, forgetting: float = 0.0, seed: int = 0):
+    from compass.core.gate import PairedLosses
+
+    rng = np.random.default_rng(seed)
+    live_new = 3.0 + rng.normal(0, 0.5, n)
+    live_old = 2.0 + rng.normal(0, 0.5, n)
+    return PairedLosses(
+        new_live=live_new,
+        new_candidate=live_new - gain + rng.normal(0, spread, n),
+        old_live=live_old,
+        old_candidate=live_old + forgetting + rng.normal(0, spread, n),
+    )
+
+
+def test_a_noisy_gain_is_not_promoted_where_the_point_rule_would_promote() -> None:
+    """Issue 15: the point rule promotes any positive mean gain; with a paired bootstrap the
+    lower bound of a small, noisy gain does not clear the margin."""
+    paired = _paired(gain=0.01, spread=0.3)
+    point = float(np.mean(paired.new_live - paired.new_candidate))
+    assert point > 0  # what the old rule looked at
+    gate = PromotionGate(min_gain=0.0, max_forgetting=0.05)
+    decision = gate.judge(_evaluation(), paired=paired)
+    assert not decision.promote and decision.reason.startswith("gain not shown")
+    assert decision.gain_interval is not None
+    assert decision.gain_interval.low <= 0.0 < decision.gain_interval.high
+    assert decision.gain == pytest.approx(point)
+
+
+def test_a_clear_gain_is_promoted_and_its_intervals_are_recorded() -> None:
+    paired = _paired(gain=0.2, spread=0.05)
+    decision = PromotionGate(min_gain=0.05, max_forgetting=0.05).judge(_evaluation(), paired=paired)
+    assert decision.promote, decision.reason
+    metrics = decision.interval_metrics()
+    assert set(metrics) == {
+        "gate_gain", "gate_gain_low", "gate_gain_high", "gate_forgetting",
+        "gate_forgetting_low", "gate_forgetting_high", "gate_confidence",
+    }  # fmt: skip
+    assert metrics["gate_gain_low"] > 0.05 and metrics["gate_confidence"] == 0.95
+    assert metrics["gate_gain_low"] <= metrics["gate_gain"] <= metrics["gate_gain_high"]
+    again = PromotionGate(min_gain=0.05, max_forgetting=0.05).judge(_evaluation(), paired=paired)
+    assert again.interval_metrics() == metrics  # seeded: the same texts, the same interval
+
+
+def test_forgetting_is_judged_by_its_upper_bound() -> None:
+    """Mean forgetting 0.03 < bound 0.05, but its upper bound is above it: rejected."""
+    paired = _paired(gain=0.3, spread=0.2, forgetting=0.03, n=40)
+    decision = PromotionGate(min_gain=0.0, max_forgetting=0.05).judge(_evaluation(), paired=paired)
+    assert decision.forgetting < 0.05
+    assert decision.forgetting_interval is not None
+    assert decision.forgetting_interval.high >= 0.05
+    assert not decision.promote and decision.reason.startswith("forgets")
+
+
+def test_too_few_held_out_texts_reject_and_bad_settings_fail() -> None:
+    decision = PromotionGate().judge(_evaluation(), paired=_paired(gain=1.0, spread=0.01, n=5))
+    assert not decision.promote and "too few" in decision.reason
+    with pytest.raises(ValueError):
+        PromotionGate(confidence=1.0)

@@ -153,3 +153,98 @@ def test_hdbscan_option_gives_a_usable_map(parallel: ParallelSet) -> None:
     assert ids.min() >= 0 and ids.max() < semantic_map.k
     rate, chance = pair_rate_and_chance(ids, 4)
     assert rate > chance
+
+
+def confounded(
+    n_per_topic: int = 300, share: float = 0.95, seed: int = 0, dim: int = 64
+) -> tuple[np.ndarray, list[str], np.ndarray, list[str | None]]:
+    """Synthetic embeddings ``c + content + o_lang + noise`` (unit rows) where topic A comes
+    95 % from language "de" and topic B 95 % from "ja"; every tenth text also exists in the
+    other language (same content, same parallel key). Returns vectors, languages, topics and
+    parallel keys."""
+    rng = np.random.default_rng(seed)
+    common, topic_a, topic_b, off_de, off_ja = rng.normal(size=(5, dim)) / np.sqrt(dim)
+    topics_dirs = {0: 0.5 * topic_a, 1: 0.5 * topic_b}
+    offsets = {"de": 0.15 * off_de, "ja": 0.15 * off_ja}
+    rows, languages, topics, keys = [], [], [], []
+    for topic in (0, 1):
+        for i in range(n_per_topic):
+            content = topics_dirs[topic] + 0.2 * rng.normal(size=dim) / np.sqrt(dim)
+            main = ("de", "ja")[topic] if rng.random() < share else ("ja", "de")[topic]
+            key = f"{topic}-{i}" if i % 10 == 0 else None
+            copies = [main, "ja" if main == "de" else "de"] if key else [main]
+            for language in copies:
+                noise = 0.05 * rng.normal(size=dim) / np.sqrt(dim)
+                rows.append(common + content + offsets[language] + noise)
+                languages.append(language)
+                topics.append(topic)
+                keys.append(key)
+    vectors = np.asarray(rows, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, languages, np.asarray(topics), keys
+
+
+def topic_and_language_gaps(
+    basis: np.ndarray, vectors: np.ndarray, languages: list[str], topics: np.ndarray
+) -> tuple[float, float]:
+    from compass.core.semantic_map import _project
+
+    neutral = _project(vectors, basis)
+    labels = np.asarray(languages)
+    topic_gap = np.linalg.norm(neutral[topics == 0].mean(0) - neutral[topics == 1].mean(0))
+    # language gap within one topic (content held fixed): what neutralising should remove
+    in_a = topics == 0
+    language_gap = np.linalg.norm(
+        neutral[in_a & (labels == "de")].mean(0) - neutral[in_a & (labels == "ja")].mean(0)
+    )
+    return float(topic_gap), float(language_gap)
+
+
+@pytest.mark.parametrize("with_keys", [True, False])
+def test_neutraliser_keeps_topic_when_language_and_topic_are_confounded(with_keys: bool) -> None:
+    """Issue 15: the per-language-means estimator erases topic on confounded data; the pair
+    estimator (given parallel keys, or mining translation pairs without them) keeps it while
+    still removing the language offset."""
+    from compass.core.semantic_map import _project, language_neutraliser
+
+    vectors, languages, topics, keys = confounded()
+    raw_topic = float(np.linalg.norm(vectors[topics == 0].mean(0) - vectors[topics == 1].mean(0)))
+    mean_only = language_neutraliser(vectors, None)[0]
+    before_topic, before_language = topic_and_language_gaps(mean_only, vectors, languages, topics)
+    old, _ = language_neutraliser(vectors, languages, estimator="means")
+    old_topic, _ = topic_and_language_gaps(old, vectors, languages, topics)
+    new, fitted = language_neutraliser(
+        vectors, languages, parallel_keys=keys if with_keys else None
+    )
+    new_topic, new_language = topic_and_language_gaps(new, vectors, languages, topics)
+    print(
+        f"\ntopic distance raw {raw_topic:.3f}, mean-only {before_topic:.3f}, "
+        f"old {old_topic:.3f}, new {new_topic:.3f}; language gap {before_language:.3f} -> "
+        f"{new_language:.3f}"
+    )
+    assert old_topic < 0.35 * before_topic  # the old estimator erased most of the topic ...
+    assert new_topic > 0.9 * before_topic  # ... the pair estimator keeps it
+    assert new_language < 0.3 * before_language  # and still removes the language offset
+    assert set(fitted) == {"de", "ja"}
+    assert np.allclose(new @ new.T, np.eye(len(new)), atol=1e-5)
+    assert _project(vectors, new).shape == vectors.shape
+
+
+def test_neutraliser_rank_is_capped() -> None:
+    from compass.core.semantic_map import language_neutraliser
+
+    rng = np.random.default_rng(1)
+    n_languages, dim = 20, 48
+    offsets = rng.normal(size=(n_languages, dim))
+    content = rng.normal(size=(30, dim))
+    rows = [content[g] + offsets[lang] for lang in range(n_languages) for g in range(30)]
+    vectors = np.asarray(rows, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    languages = [f"l{lang}" for lang in range(n_languages) for _ in range(30)]
+    keys = [f"g{g}" for _ in range(n_languages) for g in range(30)]
+    old, _ = language_neutraliser(vectors, languages, estimator="means", max_rank=None)
+    capped, _ = language_neutraliser(vectors, languages, parallel_keys=keys, max_rank=5)
+    assert old.shape[0] == n_languages  # grew with the number of languages
+    assert capped.shape[0] == 5
+    with pytest.raises(DataError, match="max_rank"):
+        language_neutraliser(vectors, languages, max_rank=0)

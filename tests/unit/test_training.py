@@ -194,8 +194,9 @@ def test_ewc_with_large_lambda_stays_near_previous_weights(
             if name in anchor:
                 param.data.copy_(anchor[name])
         config = SMALL.replace(
-            steps=6, batch_size=2, replay=False, ewc_lambda=ewc_lambda, fisher_samples=4
-        )
+            steps=6, batch_size=2, replay=False, ewc_lambda=ewc_lambda, fisher_samples=4,
+            fisher_normalisation="mean",  # a scale-free lambda for this comparison
+        )  # fmt: skip
         state = continue_adapter(start, new_texts, earlier, config, progress=False).state()
         return float(sum((fisher[k] * (state[k] - anchor[k]) ** 2).sum() for k in anchor))
 
@@ -233,3 +234,60 @@ def test_dora_trains_and_bad_targets_are_refused(base: LoadedModel, texts: list[
     assert any("magnitude" in name for name in adapter.state())
     with pytest.raises(DataError):
         train_adapter(base, [], SMALL, progress=False)
+
+
+def test_continual_defaults_are_the_papers() -> None:
+    """Issue 15: beta = 0.1 (the replay weight was 1.0) and lambda = 2 on the standard Fisher
+    (it was rescaled to mean 1, so lambda = 2 was not the paper's lambda)."""
+    config = AdapterTrainingConfig()
+    assert config.replay_weight == 0.1 and config.ewc_lambda == 2.0
+    assert config.fisher_normalisation == "none" and config.replay_share == 0.05
+    saved_before = config.to_dict()
+    del saved_before["fields"]["fisher_normalisation"]
+    assert AdapterTrainingConfig.from_dict(saved_before).fisher_normalisation == "mean"
+    with pytest.raises(ConfigError, match="fisher_normalisation"):
+        AdapterTrainingConfig(fisher_normalisation="max")  # type: ignore[arg-type]
+
+
+def test_fisher_is_the_mean_squared_gradient_of_each_texts_log_likelihood(
+    base: LoadedModel, texts: list[str]
+) -> None:
+    """F_i = mean_n (d log p(x_n) / d theta_i)^2 (Kirkpatrick et al., 2017), computed by hand
+    for two texts; ``"mean"`` is the same Fisher rescaled to mean 1."""
+    from compass.lm.training.data import collate, encode_texts, token_losses
+
+    adapter = train_adapter(base, texts, SMALL.replace(steps=1, batch_size=2), progress=False)
+    model = adapter.model
+    sample = texts[:2]
+    fisher = estimate_fisher(model, base.tokenizer, sample, 32, "cpu")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    by_hand = {n: torch.zeros_like(p) for n, p in params.items()}
+    model.eval()
+    for ids in encode_texts(base.tokenizer, sample, 32):
+        batch = collate([ids], base.tokenizer.pad_token_id)
+        model.zero_grad()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        token_losses(logits, batch.labels)[0].sum().backward()
+        for n, p in params.items():
+            by_hand[n] += p.grad.detach() ** 2 / len(sample)  # type: ignore[union-attr]
+    for name in params:
+        torch.testing.assert_close(fisher[name], by_hand[name], rtol=1e-4, atol=1e-12)
+    scaled = estimate_fisher(model, base.tokenizer, sample, 32, "cpu", normalisation="mean")
+    total = sum(float(f.sum()) for f in scaled.values())
+    assert total / sum(f.numel() for f in scaled.values()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_replay_strata_follow_the_parents_reference_distribution() -> None:
+    """Issue 15: the buffer follows the distribution the previous adapter was built for (its
+    reference distribution), not the cluster mix of whatever texts it happened to train on."""
+    earlier = [f"text {i}" for i in range(200)]
+    clusters = [0] * 150 + [1] * 50  # the earlier texts: 75 % cluster 0
+    buffer = replay_buffer(
+        earlier, 0.2, seed=0, clusters=clusters, reference_shares={0: 0.25, 1: 0.75}
+    )
+    assert len(buffer) == 40
+    in_one = sum(1 for t in buffer if int(t.split()[1]) >= 150)
+    assert in_one == 30  # 75 % of the buffer, as the reference says
+    # a cluster with too few earlier texts passes its remainder to the others
+    short = replay_buffer(earlier, 0.5, seed=0, clusters=clusters, reference_shares={1: 1.0})
+    assert len(short) == 100 and sum(1 for t in short if int(t.split()[1]) >= 150) == 50

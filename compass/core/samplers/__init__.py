@@ -1,10 +1,11 @@
 """Samplers: ``get_sampler(name).select(SelectionRequest(...)) -> Selection``.
 
 Built in: ``compass`` (gap-weighted, the paper's method), ``linguistic`` (URIEL distance),
-``random``, ``all`` and ``importance`` (DSIR-style embedding-space importance resampling).
+``random``, ``all``, ``importance`` (DSIR-style embedding-space importance resampling) and
+``hybrid`` (COMPASS across clusters, related languages preferred within them).
 """
 
-from compass.core.samplers import compass_sampler, importance, linguistic, simple
+from compass.core.samplers import compass_sampler, hybrid, importance, linguistic, simple
 from compass.core.samplers.base import (
     BudgetError,
     Pool,
@@ -17,6 +18,7 @@ from compass.core.samplers.base import (
     register_sampler,
 )
 from compass.core.samplers.compass_sampler import CompassSampler
+from compass.core.samplers.hybrid import HybridSampler
 from compass.core.samplers.importance import ImportanceSampler
 from compass.core.samplers.linguistic import LinguisticSampler, language_distance
 from compass.core.samplers.simple import AllSampler, RandomSampler
@@ -25,6 +27,7 @@ __all__ = [
     "AllSampler",
     "BudgetError",
     "CompassSampler",
+    "HybridSampler",
     "ImportanceSampler",
     "LinguisticSampler",
     "Pool",
@@ -36,6 +39,7 @@ __all__ = [
     "available_samplers",
     "compass_sampler",
     "get_sampler",
+    "hybrid",
     "importance",
     "language_distance",
     "linguistic",

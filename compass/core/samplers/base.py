@@ -9,6 +9,13 @@ function of the request and is deterministic under its seed.
 Budget policy (documented choice): a budget larger than the pool is an error
 (:class:`BudgetError`), never a silent cap, because a selection smaller than asked changes what
 an experiment measures. The ``all`` sampler ignores the budget by definition.
+
+De-duplication by parallel key (issue 15): translations of one text share a
+:attr:`~compass.core.records.TextRecord.parallel_key`; a selection holding five translations of
+one paragraph spends five budget units on one piece of content. Every sampler therefore keeps at
+most one item per *unit* — a parallel group, or an item without a key on its own
+(:attr:`Pool.units`) — and the budget is checked against the number of eligible units.
+``SelectionRequest(dedupe_parallel=False)`` switches it off (ablations).
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ class Pool:
     language_ids: np.ndarray
     language_vocab: tuple[str, ...]
     records: Sequence[TextRecord] | None = None
+    units: np.ndarray | None = None
+    """``int64 (n,)``: items with the same value are translations of one text (same
+    ``parallel_key``); an item without a key is a unit of its own. Derived from ``records``
+    when not given; every item its own unit when there are no records."""
+    has_parallel: bool = field(default=False, init=False)
+    """Whether any two items share a unit (derived)."""
 
     def __post_init__(self) -> None:
         vectors = np.asarray(self.vectors, dtype=np.float32)
@@ -61,6 +74,11 @@ class Pool:
         object.__setattr__(self, "vectors", vectors)
         object.__setattr__(self, "clusters", clusters)
         object.__setattr__(self, "language_ids", language_ids)
+        units = _units(self.records, n) if self.units is None else np.asarray(self.units)
+        if units.shape != (n,):
+            raise DataError(f"pool has {n} vectors but {units.shape[0]} parallel unit ids")
+        object.__setattr__(self, "units", units.astype(np.int64))
+        object.__setattr__(self, "has_parallel", bool(len(np.unique(units)) < n))
 
     @classmethod
     def build(
@@ -97,6 +115,35 @@ class Pool:
     def language_of(self, indices: np.ndarray) -> list[str]:
         return [self.language_vocab[i] for i in self.language_ids[indices]]
 
+    def unit_ids(self) -> np.ndarray:
+        """:attr:`units` as a plain array (never ``None`` after construction)."""
+        assert self.units is not None
+        return self.units
+
+
+def _units(records: Sequence[TextRecord] | None, n: int) -> np.ndarray:
+    """Unit id per item: a shared id per ``parallel_key``, ``key_count + index`` otherwise."""
+    if records is None:
+        return np.arange(n, dtype=np.int64)
+    keys: dict[str, int] = {}
+    ids = np.empty(n, dtype=np.int64)
+    for index, record in enumerate(records):
+        key = record.parallel_key
+        ids[index] = -1 if key is None else keys.setdefault(key, len(keys))
+    alone = ids < 0
+    ids[alone] = len(keys) + np.flatnonzero(alone)
+    return ids
+
+
+def first_per_unit(units: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """The items of ``ordered`` (pool indices in priority order) that are the first of their
+    unit, in the same order: ``O(n log n)``, no Python loop."""
+    ordered = np.asarray(ordered, dtype=np.int64)
+    if len(ordered) == 0:
+        return ordered
+    _, first = np.unique(units[ordered], return_index=True)
+    return ordered[np.sort(first)]
+
 
 @dataclass(frozen=True, eq=False)
 class SelectionRequest:
@@ -114,6 +161,7 @@ class SelectionRequest:
     coverage_counts: np.ndarray | None = None
     seed: int = 0
     exclude_languages: tuple[str, ...] = ()
+    dedupe_parallel: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_language", normalize_language(self.target_language))
@@ -180,11 +228,41 @@ class SelectionRequest:
         ]
         return np.flatnonzero(~np.isin(self.pool.language_ids, banned)).astype(np.int64)
 
+    def dedupes(self) -> bool:
+        """Whether this request keeps one item per parallel unit (and the pool has any)."""
+        return self.dedupe_parallel and self.pool.has_parallel
+
+    def representatives(
+        self, eligible: np.ndarray, priority: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One item per parallel unit among ``eligible`` (sorted pool indices): the one with the
+        highest ``priority`` (aligned with ``eligible``; ties to the lower index; ``None``: the
+        lowest index). ``eligible`` itself when nothing is to be de-duplicated."""
+        if not self.dedupes() or len(eligible) == 0:
+            return eligible
+        rank = np.zeros(len(eligible)) if priority is None else -np.asarray(priority, float)
+        order = eligible[np.lexsort((eligible, rank))]
+        return np.sort(first_per_unit(self.pool.unit_ids(), order))
+
+    def n_units(self, eligible: np.ndarray) -> int:
+        """How many distinct items a sampler may choose among ``eligible``."""
+        if not self.dedupes():
+            return len(eligible)
+        return len(np.unique(self.pool.unit_ids()[eligible]))
+
+    def dedupe_ordered(self, ordered: np.ndarray) -> np.ndarray:
+        """``ordered`` (pool indices, priority order) without later members of a unit."""
+        if not self.dedupes():
+            return np.asarray(ordered, dtype=np.int64)
+        return first_per_unit(self.pool.unit_ids(), ordered)
+
     def check_budget(self, available: int | None = None) -> None:
         """Raise :class:`BudgetError` when the budget exceeds what may be chosen."""
         size = len(self.pool) if available is None else available
         if self.budget > size:
             what = "the pool size" if available is None else "the eligible pool items"
+            if self.dedupes():
+                what += " (one per parallel key)"
             raise BudgetError(
                 f"budget {self.budget} exceeds {what} ({size}); lower the budget "
                 "or use the 'all' sampler"

@@ -15,6 +15,9 @@
    the same cluster is at least ``dedup_threshold`` is skipped (greedy suppression, evaluated
    block-wise with matrix products). The guard is soft: near-duplicates fill a cluster only when
    it has run out of distinct items, so the budget is always met exactly.
+5. One item per parallel unit (translations of one text, :mod:`.base`): before the budget is
+   split, each unit keeps only its member closest to the target's centre of its own cluster,
+   so capacities count distinct content.
 
 Everything is vectorised per cluster (a loop over clusters, never over items), so selecting
 10,000 from 1,000,000 takes a few seconds.
@@ -56,6 +59,19 @@ def target_centres(request: SelectionRequest) -> np.ndarray:
     present = norms > 0
     centres[present] = sums[present] / norms[present, None]
     return centres
+
+
+def own_centre_scores(
+    request: SelectionRequest, items: np.ndarray, centres: np.ndarray
+) -> np.ndarray:
+    """Neutral cosine of each pool item in ``items`` to ``centres[its cluster]`` (chunked)."""
+    out = np.empty(len(items), dtype=np.float32)
+    clusters = request.pool.clusters
+    for start in range(0, len(items), 65_536):
+        chunk = items[start : start + 65_536]
+        neutral = request.semantic_map.transform(request.pool.vectors[chunk])
+        out[start : start + len(chunk)] = np.einsum("ij,ij->i", neutral, centres[clusters[chunk]])
+    return out
 
 
 def _diverse_top(
@@ -112,12 +128,27 @@ class CompassSampler(Sampler):
         self.config = GapConfig(alpha=alpha, tau=tau, weighting=weighting)  # type: ignore[arg-type]
         self.dedup_threshold = float(dedup_threshold)
 
+    def language_bonus(self, request: SelectionRequest) -> np.ndarray | None:
+        """Added to an item's within-cluster score, per pool language id (``None``: nothing;
+        the hybrid sampler overrides this)."""
+        return None
+
+    def within_cluster_reason(self) -> str:
+        return "the items closest to the target's cluster centre"
+
     def params(self) -> dict[str, Any]:
         return {**asdict(self.config), "dedup_threshold": self.dedup_threshold}
 
     def select(self, request: SelectionRequest) -> Selection:
         semantic_map = request.semantic_map
+        centres = target_centres(request)
+        bonus = self.language_bonus(request)
         eligible = request.eligible()
+        if request.dedupes():
+            priority = own_centre_scores(request, eligible, centres)
+            if bonus is not None:
+                priority = priority + bonus[request.pool.language_ids[eligible]]
+            eligible = request.representatives(eligible, priority)
         request.check_budget(len(eligible))
         usage = request.usage_counts()
         coverage = request.coverage_counts_or_zero()
@@ -153,13 +184,14 @@ class CompassSampler(Sampler):
                 )
             alloc += allocate(remaining, tier_weights, capacity - alloc)
 
-        centres = target_centres(request)
         vectors = request.pool.vectors
         picks: list[np.ndarray] = []
         for cluster in np.flatnonzero(alloc):
             idx = members[starts[cluster] : starts[cluster + 1]]
             want = int(alloc[cluster])
             scores = semantic_map.neutral_dot(vectors[idx], centres[cluster])[:, 0]
+            if bonus is not None:
+                scores = scores + bonus[request.pool.language_ids[idx]]
             ranked = idx[np.lexsort((idx, -scores))]
             # The guard looks at the best 4·want + 256 candidates (enough unless the cluster is
             # mostly duplicates; then near-duplicates fill the rest, see the module docstring).
@@ -177,7 +209,7 @@ class CompassSampler(Sampler):
             f"budget split across {int(gap_clusters.sum())} gap clusters ∝ max(0, usage share − "
             f"coverage share); {gap_share:.0%} of it went to gap clusters (largest: "
             + ", ".join(f"#{c} {w:.0%}" for c, w in top)
-            + "); within each cluster the items closest to the target's cluster centre, "
+            + f"); within each cluster {self.within_cluster_reason()}, "
             f"skipping near-duplicates (cosine ≥ {self.dedup_threshold})."
         )
         return summarise(

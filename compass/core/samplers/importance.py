@@ -12,6 +12,8 @@ models and resamples the pool by ``w``. We do the same in the embedding space (o
 
 Resampling without replacement ∝ ``w`` uses the Gumbel-top-k trick: keys ``log w + G`` with
 ``G ~ Gumbel(0, 1)`` under the seed, then the ``budget`` largest keys — one vectorised pass.
+With parallel keys in the pool, only the highest-key member of each parallel unit competes
+(a full sort instead of a partition).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class ImportanceSampler(Sampler):
 
     def select(self, request: SelectionRequest) -> Selection:
         eligible = request.eligible()
-        request.check_budget(len(eligible))
+        request.check_budget(request.n_units(eligible))
         rng = request.rng()
         has_vectors = request.target_vectors is not None and len(request.target_vectors) >= 2
         density = self.density if has_vectors else "cluster"
@@ -112,9 +114,14 @@ class ImportanceSampler(Sampler):
         else:
             log_w = self._log_weights_cluster(request, eligible)
         keys = log_w / self.temperature + rng.gumbel(size=len(eligible))
-        top = np.argpartition(-keys, request.budget - 1)[: request.budget]
-        top = top[np.lexsort((top, -keys[top]))]
-        chosen = eligible[top]
+        if request.dedupes():
+            # keep the highest-key member of each parallel unit, then the top of the rest
+            ranked = np.lexsort((eligible, -keys))
+            chosen = request.dedupe_ordered(eligible[ranked])[: request.budget]
+        else:
+            top = np.argpartition(-keys, request.budget - 1)[: request.budget]
+            top = top[np.lexsort((top, -keys[top]))]
+            chosen = eligible[top]
         clusters = request.pool.clusters[eligible]
         weight = np.exp(log_w - log_w.max())
         mass = np.bincount(clusters, weights=weight, minlength=request.semantic_map.k)

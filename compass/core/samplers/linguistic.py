@@ -150,11 +150,52 @@ class LinguisticSampler(Sampler):
             self.cache_path.write_text(json.dumps(cached, sort_keys=True))
         return out
 
+    @staticmethod
+    def _draw(
+        request: SelectionRequest,
+        eligible: np.ndarray,
+        ranked: list[str],
+        lang_index: dict[str, int],
+        alloc: np.ndarray,
+        notes: list[str],
+    ) -> np.ndarray:
+        """Draw ``alloc[i]`` items of language ``ranked[i]`` at random. With parallel keys, an
+        item whose translation was already drawn is skipped; what a language then lacks moves
+        to the next one in the ranking, and passes repeat from the closest language until the
+        budget is met (the budget was checked against the number of units)."""
+        rng = request.rng()
+        units = request.pool.unit_ids()
+        taken = np.zeros(int(units.max()) + 1, dtype=bool) if request.dedupes() else None
+        eligible_langs = request.pool.language_ids[eligible]
+        picks: list[np.ndarray] = []
+        want = [int(a) for a in alloc]
+        missing = 0
+        while True:
+            before = missing
+            for i, language in enumerate(ranked):
+                need = want[i] + missing
+                if need == 0:
+                    continue
+                members = eligible[eligible_langs == lang_index[language]]
+                if taken is not None:
+                    members = members[~taken[units[members]]]
+                drawn = rng.choice(members, size=min(need, len(members)), replace=False)
+                if taken is not None:
+                    drawn = request.dedupe_ordered(drawn)
+                    taken[units[drawn]] = True
+                picks.append(drawn)
+                missing = need - len(drawn)
+            if missing == 0 or taken is None or (missing == before and not any(want)):
+                break  # done, or no language has an unused unit left
+            want = [0] * len(ranked)
+            notes.append(f"{missing} item(s) moved on: their translations were already chosen")
+        return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+
     def select(self, request: SelectionRequest) -> Selection:
         target = request.target_language
         iso639_3(target)  # unknown to URIEL's coding: fail before any work
         eligible = request.eligible()
-        request.check_budget(len(eligible))
+        request.check_budget(request.n_units(eligible))
         pool = request.pool
         vocab = pool.language_vocab
         present = np.bincount(pool.language_ids[eligible], minlength=len(vocab))
@@ -186,15 +227,7 @@ class LinguisticSampler(Sampler):
                     break
             used = int((alloc > 0).sum())
             notes.append(f"the {self.n_languages} closest languages ran out; used {used}")
-        rng = request.rng()
-        picks = []
-        eligible_langs = pool.language_ids[eligible]
-        for i, language in enumerate(ranked):
-            if alloc[i] == 0:
-                continue
-            members = eligible[eligible_langs == lang_index[language]]
-            picks.append(rng.choice(members, size=int(alloc[i]), replace=False))
-        chosen = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+        chosen = self._draw(request, eligible, ranked, lang_index, alloc, notes)
         closest = ", ".join(
             f"{c} ({distances[c]:.2f})" if distances[c] is not None else f"{c} (?)"
             for c in ranked[: self.n_languages]

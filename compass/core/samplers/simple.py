@@ -15,12 +15,16 @@ from compass.core.samplers.base import (
 
 @register_sampler("random")
 class RandomSampler(Sampler):
-    """Uniformly at random, without replacement, from the eligible pool."""
+    """Uniformly at random, without replacement, from the eligible pool (one random member of
+    each parallel unit is eligible, so units are equally likely whatever their size)."""
 
     def select(self, request: SelectionRequest) -> Selection:
         eligible = request.eligible()
+        rng = request.rng()
+        if request.dedupes():
+            eligible = request.representatives(eligible, rng.random(len(eligible)))
         request.check_budget(len(eligible))
-        chosen = request.rng().choice(eligible, size=request.budget, replace=False)
+        chosen = rng.choice(eligible, size=request.budget, replace=False)
         return summarise(
             request,
             chosen,
@@ -31,11 +35,18 @@ class RandomSampler(Sampler):
 
 @register_sampler("all")
 class AllSampler(Sampler):
-    """Every eligible pool item (the paper's all-data mixing baseline); ignores the budget."""
+    """Every eligible pool item (the paper's all-data mixing baseline); ignores the budget.
+    Of each parallel unit only the first item (pool order) is kept."""
 
     def select(self, request: SelectionRequest) -> Selection:
-        eligible = request.eligible()
+        everything = request.eligible()
+        eligible = request.representatives(everything)
         notes = []
+        if len(eligible) < len(everything):
+            notes.append(
+                f"{len(everything) - len(eligible)} translation(s) of texts already included "
+                "left out (one item per parallel key)"
+            )
         if request.budget != len(eligible):
             notes.append(f"budget {request.budget} ignored: 'all' takes all {len(eligible)} items")
         return summarise(

@@ -252,7 +252,8 @@ def versions_plot(
         (gains, -0.12, "#33a02c", "gain (new usage)", "gain"),
         (forgetting, 0.12, "#e31a1c", "forgetting (earlier usage)", "forgetting"),
     ):
-        errors = [_interval(v.metrics, key) for v in rows]
+        # the worker's gate records gate_gain_low/_high (compass.core.gate.GateDecision.metrics)
+        errors = [_interval(v.metrics, key) or _interval(v.metrics, f"gate_{key}") for v in rows]
         with_intervals += sum(e is not None for e in errors)
         yerr = np.array(
             [[val - e[0], e[1] - val] if e else [0.0, 0.0]

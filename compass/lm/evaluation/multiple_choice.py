@@ -10,6 +10,9 @@ a long right one. We therefore length-normalise:
   of the tokenizer, like lm-eval-harness's ``acc_norm`` per byte);
 - ``"none"``: the raw sum (kept for comparison).
 
+Every option of an item is scored on the same, full context (:func:`plan_option_sequences`):
+``max_length`` bounds the prompt, never the prompt plus the option.
+
 Rows in the Global-MMLU / MMLU-ProX format (question, options A-D or a list, answer as a letter
 or an index, language, subject) load from JSONL, CSV or Parquet with :func:`load_mc_items`, so a
 user who has those files can run the real benchmark with ``compass eval --mc FILE``.
@@ -24,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -170,6 +173,63 @@ class MCReport:
         }
 
 
+class OptionScore(NamedTuple):
+    """One option's score: summed log-probability (nats) of its scored tokens, how many tokens
+    were scored, and the scored text (the whole option unless it was cut to
+    ``max_option_length`` tokens), whose length ``"char"`` normalisation divides by."""
+
+    logprob: float
+    n_tokens: int
+    text: str
+
+
+@dataclass(frozen=True)
+class OptionSequence:
+    """What is fed to the model for one (prompt, option): ``context + option`` token ids."""
+
+    prompt: int
+    option: int
+    ids: list[int]
+    context_length: int
+    text: str
+
+
+def plan_option_sequences(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    max_length: int = 256,
+    max_option_length: int = 64,
+) -> list[OptionSequence]:
+    """Token sequences for every option of every prompt, with **one context per item**.
+
+    The context is the prompt's tokens, cut from the left to ``max_length`` tokens when the
+    prompt alone is longer — the same cut for every option, decided without looking at the
+    options, so the context is never shortened to make room for an option (issue 15: with a
+    total budget of 32 tokens an option of 31+ tokens was scored after one token of context,
+    and options of one item were scored on different contexts). An option longer than
+    ``max_option_length`` tokens is scored on its first ``max_option_length`` tokens; its
+    scored text is kept for ``"char"`` normalisation. Sequences are at most
+    ``max_length + max_option_length`` tokens long.
+    """
+    if max_length < 1 or max_option_length < 1:
+        raise DataError("max_length and max_option_length must be at least 1")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    out: list[OptionSequence] = []
+    for p, (ids, opts) in enumerate(zip(prompt_ids, options, strict=True)):
+        context = list(ids)[-max_length:]
+        option_ids = tokenizer([" " + o.strip() for o in opts], add_special_tokens=False)[
+            "input_ids"
+        ]
+        for o, (oid, option) in enumerate(zip(option_ids, opts, strict=True)):
+            if not oid:
+                raise DataError(f"option {o} of prompt {p} is empty")
+            scored = list(oid)[:max_option_length]
+            text = option if len(scored) == len(oid) else tokenizer.decode(scored).strip()
+            out.append(OptionSequence(p, o, context + scored, len(context), text))
+    return out
+
+
 @torch.no_grad()
 def option_logprobs(
     model: Any,
@@ -178,42 +238,34 @@ def option_logprobs(
     options: Sequence[Sequence[str]],
     max_length: int = 256,
     batch_size: int = 16,
-) -> list[list[tuple[float, int]]]:
-    """(summed log-probability, token count) of every option of every prompt.
+    max_option_length: int = 64,
+) -> list[list[OptionScore]]:
+    """:class:`OptionScore` of every option of every prompt (sequences from
+    :func:`plan_option_sequences`: one context per item; ``max_length`` bounds the context).
 
     Prompt and option are tokenised separately and concatenated, so the option's tokens are
-    exactly the ones scored; a long prompt is cut from the left to fit ``max_length``.
+    exactly the ones scored.
     """
     device = str(next(model.parameters()).device)
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    sequences: list[tuple[int, int, list[int], int]] = []
-    for p, (ids, opts) in enumerate(zip(prompt_ids, options, strict=True)):
-        option_ids = tokenizer([" " + o.strip() for o in opts], add_special_tokens=False)[
-            "input_ids"
-        ]
-        for o, oid in enumerate(option_ids):
-            if not oid:
-                raise DataError(f"option {o} of prompt {p} is empty")
-            oid = oid[: max_length - 1]
-            keep = max(1, max_length - len(oid))
-            context = list(ids)[-keep:]
-            sequences.append((p, o, context + list(oid), len(context)))
-    results: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(o) for o in options]
+    sequences = plan_option_sequences(tokenizer, prompts, options, max_length, max_option_length)
+    results: list[list[OptionScore]] = [[OptionScore(0.0, 0, "")] * len(o) for o in options]
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
     for start in range(0, len(order), batch_size):
         chunk = [sequences[i] for i in order[start : start + batch_size]]
-        batch = collate([s[2] for s in chunk], tokenizer.pad_token_id).to(device)
+        batch = collate([s.ids for s in chunk], tokenizer.pad_token_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logprobs = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
         targets = batch.input_ids[:, 1:]
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        for row, (p, o, seq, context_len) in enumerate(chunk):
-            # Option tokens sit at positions context_len..len(seq)-1; position j is predicted
-            # by logits at j-1, i.e. index j-1 of `picked`.
-            span = picked[row, context_len - 1 : len(seq) - 1]
-            results[p][o] = (float(span.sum()), len(seq) - context_len)
+        for row, seq in enumerate(chunk):
+            # Option tokens sit at positions context_length..len(ids)-1; position j is
+            # predicted by logits at j-1, i.e. index j-1 of `picked`.
+            span = picked[row, seq.context_length - 1 : len(seq.ids) - 1]
+            results[seq.prompt][seq.option] = OptionScore(
+                float(span.sum()), len(seq.ids) - seq.context_length, seq.text
+            )
     model.train(was_training)
     return results
 
@@ -236,8 +288,11 @@ def mc_accuracy(
     prompt_style: Literal["mmlu", "plain"] = "mmlu",
     max_length: int = 256,
     batch_size: int = 16,
+    max_option_length: int = 64,
 ) -> MCReport:
-    """Accuracy over ``items``: the predicted option has the highest normalised score."""
+    """Accuracy over ``items``: the predicted option has the highest normalised score.
+    ``max_length`` bounds the context (the prompt), ``max_option_length`` the scored option
+    tokens (:func:`plan_option_sequences`)."""
     if not items:
         raise DataError("no multiple-choice items")
     render = mmlu_prompt if prompt_style == "mmlu" else plain_prompt
@@ -248,15 +303,13 @@ def mc_accuracy(
         [item.options for item in items],
         max_length,
         batch_size,
+        max_option_length,
     )
     predictions: list[int] = []
     by_language: dict[str, list[bool]] = defaultdict(list)
     by_subject: dict[str, list[bool]] = defaultdict(list)
     for item, option_scores in zip(items, scores, strict=True):
-        values = [
-            normalise(lp, n, option, normalization)
-            for (lp, n), option in zip(option_scores, item.options, strict=True)
-        ]
+        values = [normalise(lp, n, text, normalization) for lp, n, text in option_scores]
         predicted = int(np.argmax(values))
         predictions.append(predicted)
         by_language[item.language or "?"].append(predicted == item.answer)

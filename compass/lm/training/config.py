@@ -86,8 +86,9 @@ SERVING_LIMITS: dict[str, ServingLimits] = {
 }
 """Default limits per ``serving_target`` (``"any"`` has none)."""
 
-OPTIONAL_FIELDS = frozenset({"serving_target"})
-"""Fields added after version 1 of the saved config: a file without them gets the default."""
+OPTIONAL_FIELDS = frozenset({"serving_target", "fisher_normalisation"})
+"""Fields added after version 1 of the saved config: a file without them gets the default —
+except ``fisher_normalisation``, which gets ``"mean"``, what such a config was trained with."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class AdapterTrainingConfig:
     """Hyperparameters of one adapter training or continual update.
 
     Defaults are our choices for a 135M-270M model on CPU (the paper's values are unknown, see
-    docs/training.md); ``ewc_lambda=2`` and ``replay_share=0.05`` follow the paper's summary.
+    docs/training.md); ``ewc_lambda=2``, ``replay_weight=0.1`` (β) and ``replay_share=0.05``
+    follow the paper's summary (PAPER.md), with the standard Fisher so λ means the paper's λ.
     """
 
     method: Literal["lora", "dora"] = field(
@@ -127,10 +129,22 @@ class AdapterTrainingConfig:
         default=2, metadata=_help("Replay texts added to every batch of new texts.")
     )
     replay_weight: float = field(
-        default=1.0, metadata=_help("beta: weight of the replay loss next to the task loss.")
+        default=0.1,
+        metadata=_help("beta: weight of the replay loss next to the task loss (paper: 0.1)."),
     )
     ewc: bool = field(default=True, metadata=_help("Continual guard: EWC penalty."))
-    ewc_lambda: float = field(default=2.0, metadata=_help("lambda: weight of the EWC penalty."))
+    ewc_lambda: float = field(
+        default=2.0, metadata=_help("lambda: weight of the EWC penalty (paper: 2).")
+    )
+    fisher_normalisation: Literal["none", "mean"] = field(
+        default="none",
+        metadata=_help(
+            "'none': the empirical Fisher of Kirkpatrick et al. (2017) — the mean over earlier "
+            "texts of the squared gradient of each text's log-likelihood — so lambda is the "
+            "paper's lambda; 'mean': that Fisher rescaled to mean 1 (scale-free lambda, the "
+            "behaviour of configs saved before this field existed)."
+        ),
+    )
     fisher_samples: int = field(
         default=32, metadata=_help("Earlier texts used to estimate the diagonal Fisher.")
     )
@@ -178,6 +192,10 @@ class AdapterTrainingConfig:
             problems.append(f"replay_weight must be >= 0, got {self.replay_weight}")
         if self.ewc_lambda < 0:
             problems.append(f"ewc_lambda must be >= 0, got {self.ewc_lambda}")
+        if self.fisher_normalisation not in ("none", "mean"):
+            problems.append(
+                f"fisher_normalisation must be 'none' or 'mean', got {self.fisher_normalisation!r}"
+            )
         if self.fisher_samples < 1:
             problems.append(f"fisher_samples must be >= 1, got {self.fisher_samples}")
         if problems:
@@ -259,6 +277,7 @@ class AdapterTrainingConfig:
         if missing:
             raise ConfigError(f"{CONFIG_TYPE} is missing fields: {', '.join(missing)}")
         values = {k: v for k, v in values.items() if k in known}
+        values.setdefault("fisher_normalisation", "mean")  # saved before the field existed
         values["target_modules"] = tuple(values["target_modules"])
         return cls(**values)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from compass.core.errors import DataError
+from compass.core.samplers.allocation import allocate as weighted_allocation
 
 
 def text_sha256(texts: Sequence[str]) -> str:
@@ -104,10 +105,16 @@ def replay_buffer(
     share: float,
     seed: int,
     clusters: Sequence[int] | None = None,
+    reference_shares: Mapping[int, float] | None = None,
 ) -> list[str]:
     """Distribution-anchored replay: keep ``share`` of the earlier training texts, stratified by
-    semantic cluster so the buffer has the same cluster mix as the data the adapter was built on
-    (a random 5 % would drift away from small clusters)."""
+    semantic cluster (a random 5 % would drift away from small clusters).
+
+    Strata sizes follow ``reference_shares`` (cluster → share: the distribution the previous
+    adapter was built for, its version's reference distribution) when given, capped by the
+    earlier texts each cluster has — what a cluster cannot fill goes to the others in
+    proportion to their counts; without it, the cluster mix of the earlier texts is kept.
+    """
     if not earlier_texts:
         raise DataError("replay needs the earlier training texts, got none")
     if clusters is not None and len(clusters) != len(earlier_texts):
@@ -117,7 +124,16 @@ def replay_buffer(
     labels = np.zeros(len(earlier_texts), dtype=int) if clusters is None else np.asarray(clusters)
     groups = sorted(set(labels.tolist()))
     members = [np.flatnonzero(labels == g) for g in groups]
-    take = allocate([len(m) for m in members], size)
+    counts = [len(m) for m in members]
+    if clusters is not None and reference_shares:
+        weights = np.array([max(0.0, float(reference_shares.get(g, 0.0))) for g in groups])
+        take = weighted_allocation(size, weights, np.array(counts)).tolist()
+        rest = size - sum(take)
+        if rest > 0:  # the reference's clusters ran out of earlier texts
+            spare = [c - t for c, t in zip(counts, take, strict=True)]
+            take = [t + e for t, e in zip(take, allocate(spare, rest), strict=True)]
+    else:
+        take = allocate(counts, size)
     chosen: list[int] = []
     for idx, k in zip(members, take, strict=True):
         if k:

@@ -5,18 +5,23 @@ One loop serves both: a fresh adapter is a continual update with no guards. The 
 
 ECDA (our reading of the paper's ``L = L_task + lambda*L_EWC + beta*L_replay``):
 - replay: a buffer holding ``replay_share`` of the earlier training texts, stratified by semantic
-  cluster; every step adds ``replay_batch_size`` buffer texts to the batch of new texts and their
-  mean token loss is weighted by ``replay_weight`` (beta);
-- EWC: ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2`` over the adapter parameters, where
-  ``theta*`` are the previous adapter's weights and ``F`` the diagonal empirical Fisher estimated
-  on earlier texts, rescaled to mean 1 so that lambda does not depend on the model's gradient
-  scale (our choice; raw Fisher values of LoRA weights are ~1e-6 and would make lambda=2 a no-op).
+  cluster (in proportion to the parent version's reference distribution when given); every step
+  adds ``replay_batch_size`` buffer texts to the batch of new texts and their mean token loss is
+  weighted by ``replay_weight`` (beta, paper: 0.1);
+- EWC: ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2`` over the adapter parameters (Kirkpatrick
+  et al., 2017, eq. 3), where ``theta*`` are the previous adapter's weights and ``F`` the
+  diagonal empirical Fisher ``F_i = mean_n (d log p(x_n) / d theta_i)^2`` over earlier texts
+  ``x_n`` (``log p(x_n)`` the text's summed token log-likelihood) — the standard definition, so
+  lambda = 2 is the paper's lambda (``fisher_normalisation="none"``, default). On LoRA weights
+  this Fisher is small (its mean is recorded as ``fisher_mean``), so lambda = 2 holds the
+  adapter only weakly. ``"mean"`` rescales F to mean 1 (the earlier behaviour): then lambda is
+  scale-free and corresponds to a paper lambda of ``lambda / fisher_mean``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +55,8 @@ class TrainingMetrics:
     replay_size: int = 0
     final_replay_loss: float | None = None
     final_ewc_penalty: float | None = None
+    fisher_mean: float | None = None
+    """Mean of the raw empirical Fisher over the adapter weights (before any rescaling)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +71,7 @@ class TrainingMetrics:
             "replay_size": self.replay_size,
             "final_replay_loss": self.final_replay_loss,
             "final_ewc_penalty": self.final_ewc_penalty,
+            "fisher_mean": self.fisher_mean,
         }
 
     @classmethod
@@ -153,31 +161,44 @@ def estimate_fisher(
     texts: Sequence[str],
     max_length: int,
     device: str,
+    normalisation: str = "none",
 ) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of the trainable parameters, one text at a time, rescaled to
-    mean 1 over all parameters."""
+    """Diagonal empirical Fisher of the trainable parameters: the mean over ``texts`` of the
+    squared gradient of each text's summed token log-likelihood, one text per backward pass
+    (Kirkpatrick et al., 2017). ``normalisation="mean"`` rescales it to mean 1 over all
+    parameters. Shapes: one tensor per trainable parameter, same shape."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id
+    n_texts = 0
     for ids in encode_texts(tokenizer, texts, max_length):
         batch = collate([ids], pad).to(device)
         model.zero_grad(set_to_none=True)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        nll, mask = token_losses(logits, batch.labels)
-        (nll.sum() / mask.sum().clamp(min=1)).backward()
+        nll, _ = token_losses(logits, batch.labels)
+        nll.sum().backward()  # -log p(x_n): the text's summed token NLL
         for n, p in params.items():
             if p.grad is not None:
                 fisher[n] += p.grad.detach() ** 2
+        n_texts += 1
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    total = sum(float(f.sum()) for f in fisher.values())
-    count = sum(f.numel() for f in fisher.values())
-    mean = total / max(count, 1)
-    if mean > 0:
-        fisher = {n: f / mean for n, f in fisher.items()}
+    fisher = {n: f / max(n_texts, 1) for n, f in fisher.items()}
+    if normalisation == "mean":
+        mean = fisher_mean(fisher)
+        if mean > 0:
+            fisher = {n: f / mean for n, f in fisher.items()}
+    elif normalisation != "none":
+        raise DataError(f"unknown Fisher normalisation {normalisation!r}; use 'none' or 'mean'")
     return fisher
+
+
+def fisher_mean(fisher: dict[str, torch.Tensor]) -> float:
+    """Mean Fisher value over all parameters."""
+    total = sum(float(f.sum()) for f in fisher.values())
+    return total / max(sum(f.numel() for f in fisher.values()), 1)
 
 
 @dataclass(frozen=True)
@@ -185,6 +206,7 @@ class _Guards:
     replay_ids: list[list[int]]
     anchor: dict[str, torch.Tensor] | None
     fisher: dict[str, torch.Tensor] | None
+    fisher_mean: float | None = None
 
 
 def _run(
@@ -271,6 +293,7 @@ def _run(
         replay_size=len(guards.replay_ids),
         final_replay_loss=replay_loss_value,
         final_ewc_penalty=ewc_value,
+        fisher_mean=guards.fisher_mean,
     )
 
 
@@ -316,9 +339,15 @@ def continue_adapter(
     earlier_clusters: Sequence[int] | None = None,
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
+    reference_shares: Mapping[int, float] | None = None,
 ) -> TrainedAdapter:
     """COMPASS-ECDA: continue ``previous`` on ``new_texts`` with replay of ``earlier_texts``
     and an EWC anchor to its current weights (each guard switched by the config).
+
+    ``earlier_clusters`` (one semantic cluster per earlier text) stratify the replay buffer;
+    ``reference_shares`` (cluster → share, the parent version's reference distribution) make
+    the strata follow the distribution the previous adapter was built for
+    (:func:`~compass.lm.training.data.replay_buffer`).
 
     Trains the same PEFT model in place; take :meth:`TrainedAdapter.state` first if the previous
     weights are needed again. The adapter shape (rank, targets, method) comes from ``previous``.
@@ -333,10 +362,11 @@ def continue_adapter(
     replay_ids: list[list[int]] = []
     if config.replay:
         buffer_texts = replay_buffer(
-            earlier_texts, config.replay_share, config.seed, earlier_clusters
+            earlier_texts, config.replay_share, config.seed, earlier_clusters, reference_shares
         )
         replay_ids = encode_texts(base.tokenizer, buffer_texts, config.max_length)
     anchor = fisher = None
+    raw_mean: float | None = None
     if config.ewc and config.ewc_lambda > 0:
         generator = torch.Generator().manual_seed(config.seed + 1)
         pick = torch.randperm(len(earlier_texts), generator=generator)[: config.fisher_samples]
@@ -347,8 +377,11 @@ def continue_adapter(
             config.max_length,
             base.device,
         )
+        raw_mean = fisher_mean(fisher)
+        if config.fisher_normalisation == "mean" and raw_mean > 0:
+            fisher = {n: f / raw_mean for n, f in fisher.items()}
         anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    guards = _Guards(replay_ids, anchor, fisher)
+    guards = _Guards(replay_ids, anchor, fisher, raw_mean)
     metrics = _run(model, base, new_texts, config, guards, progress, "continue")
     hashes = {
         "train": text_sha256(new_texts),

@@ -195,7 +195,12 @@ class BatchProcessor:
             events=events,
             sample_rate=rate,
             points=stages.vector_points(
-                chosen, vectors, clusters, map_version=version, policy=self.policy
+                chosen,
+                vectors,
+                clusters,
+                map_version=version,
+                policy=self.policy,
+                store_text=self.settings.store_text,
             ),
             observations=stages.usage_observations(
                 events, mask, clusters, map_version=version, policy=self.policy

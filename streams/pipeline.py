@@ -226,8 +226,7 @@ class BatchProcessor:
         counted (a redelivered event is not counted again)."""
         started = time.perf_counter()
         with self.uow_factory() as uow:
-            for letter in batch.dead_letters:
-                uow.dead_letters.record_dead_letter(letter)
+            uow.dead_letters.record_dead_letters(batch.dead_letters)
             n_counted = uow.usage.record_usage(batch.observations)
             uow.commit()
         batch.seconds["count"] = time.perf_counter() - started
@@ -270,8 +269,7 @@ class BatchProcessor:
         if not letters:
             return
         with self.uow_factory() as uow:
-            for letter in letters:
-                uow.dead_letters.record_dead_letter(letter)
+            uow.dead_letters.record_dead_letters(letters)
             uow.commit()
 
     def report(self, batch: PreparedBatch, n_counted: int, verdicts: Verdicts) -> BatchReport:

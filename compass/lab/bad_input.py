@@ -153,15 +153,18 @@ KINDS: dict[str, tuple[str, Callable[[dict[str, Any]], bytes]]] = {
 HUGE_KIND = "value_10mb"
 
 
-def malformed_corpus(n: int, *, now: datetime, seed: int = 14) -> list[BadMessage]:
+def malformed_corpus(
+    n: int, *, now: datetime, seed: int = 14, huge_every: int | None = HUGE_EVERY
+) -> list[BadMessage]:
     """``n`` malformed messages cycling through :data:`KINDS` (shuffled per cycle), with a
-    10 MB one (``oversized_payload``) every :data:`HUGE_EVERY`; event ids ``bad-NNNNNN``."""
+    10 MB one (``oversized_payload``) every ``huge_every`` (None: none); event ids
+    ``bad-NNNNNN``."""
     rng = random.Random(seed)
     kinds = sorted(KINDS)
     order: list[str] = []
     out = []
     for i in range(n):
-        if i % HUGE_EVERY == HUGE_EVERY - 1:
+        if huge_every is not None and i % huge_every == huge_every - 1:
             kind, reason = HUGE_KIND, "oversized_payload"
             body = _body(i, now)
             value = _json(body | {"text": "z" * HUGE_BYTES})

@@ -1,10 +1,8 @@
-"""Storage interfaces of the core: abstract repositories, a unit of work, and the plain records
-they return.
+"""Storage interfaces of the core: abstract repositories, a unit of work, plain records.
 
 The domain and the stream/worker code depend on these classes only; the SQL implementation
-(:mod:`compass.sql.unit_of_work`) lives at the edge. Records are frozen dataclasses holding Python
-values (``datetime`` in UTC, ``uuid.UUID``, ``dict``), never SQLAlchemy rows, so a fake unit of
-work in a test and the real one look the same to callers.
+(:mod:`compass.sql.unit_of_work`) lives at the edge. Records are frozen dataclasses of Python
+values (``datetime`` in UTC, ``uuid.UUID``, ``dict``), never SQLAlchemy rows.
 
 A :class:`UnitOfWork` is one database transaction: everything done through its repositories is
 kept only if :meth:`UnitOfWork.commit` is called before the ``with`` block ends; any exception or
@@ -35,7 +33,6 @@ from compass.ports.adapter_events import AdapterAction, AdapterEventRecord
 
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
-
 VERSION_STATUSES: tuple[VersionStatus, ...] = ("candidate", "active", "rejected", "retired")
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
 
@@ -265,7 +262,7 @@ class PurgeResult:
 
     @property
     def total(self) -> int:
-        return self.processed_events + self.usage_counts + self.dead_letters + self.outbox
+        return sum((self.processed_events, self.usage_counts, self.dead_letters, self.outbox))
 
 
 # =========================================================================== repositories
@@ -438,6 +435,10 @@ class DeadLetterRepository(abc.ABC):
     def record_dead_letter(self, letter: DeadLetter) -> bool:
         """Keep a rejected message; ``False`` if the same (source, partition, offset) is
         already stored (a redelivery)."""
+
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Keep several (in one statement where the store can); how many were new."""
+        return sum(self.record_dead_letter(letter) for letter in letters)
 
 
 class MaintenanceRepository(abc.ABC):

@@ -11,10 +11,7 @@ jobs in :mod:`compass.sql.adapter_repository`.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
-from collections.abc import Mapping, Sequence, Set
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,10 +27,8 @@ from compass.ports.storage import (
     DeadLetterRepository,
     DriftRecord,
     DriftRepository,
-    MaintenanceRepository,
     OutboxMessage,
     OutboxRepository,
-    PurgeResult,
     SemanticMapRecord,
     SemanticMapRepository,
     UnitOfWork,
@@ -41,6 +36,7 @@ from compass.ports.storage import (
 )
 from compass.sql.adapter_repository import SqlAdapterRepository, SqlJobRepository
 from compass.sql.common import float_or_none, json_safe, utc, utc_or_none
+from compass.sql.maintenance import SqlMaintenanceRepository
 from compass.sql.usage_repository import SqlUsageRepository, text_array_literal
 
 __all__ = [
@@ -304,9 +300,42 @@ class SqlOutboxRepository(OutboxRepository):
 
 
 # =========================================================================== dead letters
+_INSERT_DEAD_LETTERS = text(
+    """
+    INSERT INTO dead_letters (source, partition, "offset", stage, reason, detail, raw,
+                              received_at)
+    SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:partitions AS integer[]),
+                         CAST(:offsets AS bigint[]), CAST(:stages AS text[]),
+                         CAST(:reasons AS text[]), CAST(:details AS text[]),
+                         CAST(:raws AS bytea[]), CAST(:received AS timestamptz[]))
+    ON CONFLICT DO NOTHING
+    RETURNING id
+    """
+)
+
+
 class SqlDeadLetterRepository(DeadLetterRepository):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """One statement for a batch's dead letters (row by row cost ~4 ms each, issue 14)."""
+        if not letters:
+            return 0
+        rows = self._conn.execute(
+            _INSERT_DEAD_LETTERS,
+            {
+                "sources": [x.source_topic for x in letters],
+                "partitions": [x.partition for x in letters],
+                "offsets": [x.offset for x in letters],
+                "stages": [x.stage for x in letters],
+                "reasons": [x.reason for x in letters],
+                "details": [x.detail for x in letters],
+                "raws": [x.raw for x in letters],
+                "received": [x.received_at for x in letters],
+            },
+        ).all()
+        return len(rows)
 
     def record_dead_letter(self, letter: DeadLetter) -> bool:
         inserted = self._conn.execute(
@@ -332,90 +361,6 @@ class SqlDeadLetterRepository(DeadLetterRepository):
             },
         ).scalar_one_or_none()
         return inserted is not None
-
-
-# =========================================================================== maintenance
-_PURGES = {
-    "processed_events": "processed_at < :cutoff",
-    "usage_counts": "window_start < :cutoff",
-    "dead_letters": "received_at < :cutoff",
-    "outbox": "published_at IS NOT NULL AND published_at < :cutoff",
-}
-
-
-_SAMPLE_TEXT_HOLDERS = (  # (rows holding sample texts, how one is rewritten)
-    (
-        text("SELECT drift_id, top_cluster_changes FROM drift_events "
-             "WHERE jsonb_path_exists(top_cluster_changes, '$[*].sample_texts[*]')"),
-        text("UPDATE drift_events SET top_cluster_changes = CAST(:doc AS jsonb) "
-             "WHERE drift_id = :k"),
-    ),
-    (
-        text("SELECT id, payload FROM outbox "
-             "WHERE jsonb_path_exists(payload, '$.top_cluster_changes[*].sample_texts[*]')"),
-        text("UPDATE outbox SET payload = CAST(:doc AS jsonb) WHERE id = :k"),
-    ),
-)  # fmt: skip
-
-
-def scrub_texts(document: Any, digests: Set[str]) -> Any | None:
-    """``document`` (a drift event's ``top_cluster_changes`` list, or a payload holding one)
-    without the sample texts whose SHA-256 is in ``digests``; ``None`` when nothing matched."""
-    changes = document.get("top_cluster_changes") if isinstance(document, dict) else document
-    if not isinstance(changes, list):
-        return None
-    hit = False
-    for change in changes:
-        texts = change.get("sample_texts") if isinstance(change, dict) else None
-        if not isinstance(texts, list):
-            continue
-        kept = [t for t in texts if _sha256_hex(str(t)) not in digests]
-        if len(kept) != len(texts):
-            change["sample_texts"] = kept
-            hit = True
-    return document if hit else None
-
-
-def _sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-class SqlMaintenanceRepository(MaintenanceRepository):
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
-        if older_than <= timedelta(0):
-            raise DataError(f"retention must be positive, got {older_than}")
-        cutoff = self._conn.execute(
-            text("SELECT now() - CAST(:age AS interval)"), {"age": older_than}
-        ).scalar_one()
-        counts: dict[str, int] = {}
-        for table, condition in _PURGES.items():
-            verb = "SELECT count(*) FROM" if dry_run else "WITH gone AS (DELETE FROM"
-            if dry_run:
-                sql = f"{verb} {table} WHERE {condition}"
-            else:
-                sql = f"{verb} {table} WHERE {condition} RETURNING 1) SELECT count(*) FROM gone"
-            counts[table] = int(self._conn.execute(text(sql), {"cutoff": cutoff}).scalar_one())
-        log.info("db.purged", dry_run=dry_run, cutoff=str(cutoff), **counts)
-        return PurgeResult(**counts)
-
-    def scrub_sample_texts(self, digests: Set[str], *, dry_run: bool = False) -> int:
-        """Drift rows and outbox payloads whose ``top_cluster_changes[].sample_texts`` hold a
-        text with one of these SHA-256 digests lose that text; returns the rows changed."""
-        if not digests:
-            return 0
-        changed = 0
-        for select, update in _SAMPLE_TEXT_HOLDERS:
-            for row_key, document in self._conn.execute(select).all():
-                scrubbed = scrub_texts(document, digests)
-                if scrubbed is None:
-                    continue
-                changed += 1
-                if not dry_run:
-                    self._conn.execute(update, {"doc": json.dumps(scrubbed), "k": row_key})
-        return changed
 
 
 # =========================================================================== unit of work

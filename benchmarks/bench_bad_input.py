@@ -90,6 +90,7 @@ def one_run(
     n_valid: int,
     n_bad: int,
     cache: Path | None,
+    batch_size: int,
 ) -> tuple[float, float]:
     """(valid events/s, messages/s) of one worker over ``messages`` on fresh topics/DB/store."""
     prefix = f"bench-bad-{uuid.uuid4().hex[:8]}"
@@ -100,6 +101,7 @@ def one_run(
             uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
             uow.commit()
         extra = {} if cache is None else {"COMPASS_STREAM_EMBEDDING_CACHE": str(cache)}
+        extra["COMPASS_STREAM_BATCH_SIZE"] = str(batch_size)
         env = stream_env(
             bootstrap, prefix, url, **extra,
             COMPASS_STREAM_MAX_EVENT_AGE_S=str(MAX_EVENT_AGE_S),
@@ -133,6 +135,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000, help="valid events (and malformed)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=Settings().stream_batch_size,
+        help="COMPASS_STREAM_BATCH_SIZE of both runs (messages per micro-batch)",
+    )
     parser.add_argument(
         "--no-cache",
         action="store_true",
@@ -170,7 +178,7 @@ def main() -> None:
                 messages: list[object] = list(valid) if which == "clean" else mixed
                 result[which] = one_run(
                     bootstrap, admin, semantic_map, messages, n, 0 if which == "clean" else n,
-                    None if args.no_cache else cache,
+                    None if args.no_cache else cache, args.batch_size,
                 )  # fmt: skip
                 print(which, result[which], flush=True)
             ratio = result["mixed"][0] / result["clean"][0]
@@ -184,7 +192,8 @@ def main() -> None:
         f"# machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python "
         f"{platform.python_version()}; {n} valid events, {n} malformed (60 kinds"
         + (f", a 10 MB value every {huge_every})" if huge_every else ", no 10 MB values)")
-        + (", every event embedded" if args.no_cache else ", cached embeddings"),
+        + (", every event embedded" if args.no_cache else ", cached embeddings")
+        + f", batches of {args.batch_size} messages",
         "round  clean ev/s  mixed ev/s  mixed msg/s  ratio  (valid events/s = goodput)",
     ]
     summary = (

@@ -139,13 +139,23 @@ def test_a_bad_artifact_is_refused_and_the_previous_adapter_keeps_serving(
 
 
 def test_a_truncated_or_corrupt_semantic_map_is_refused_and_the_active_one_stays(
-    migrated_database_url: str, tmp_path: Path
+    pg_admin_url: str, tmp_path: Path
 ) -> None:
+    """On its own database: activating a map there must not disturb the worker's world."""
+    from compass.sql.migrate import upgrade
+    from compass.sql.server import temporary_database
+
+    with temporary_database(pg_admin_url) as url:
+        upgrade(url)
+        _semantic_map_case(url, tmp_path)
+
+
+def _semantic_map_case(url: str, tmp_path: Path) -> None:
     from compass.bootstrap import ensure_semantic_map
 
     rng = np.random.default_rng(0)
     live = SemanticMap.fit(rng.normal(size=(60, 16)).astype(np.float32), k=3, seed=0)
-    store = open_store(migrated_database_url)
+    store = open_store(url)
     with store() as uow:
         before = uow.semantic_maps.save_semantic_map(live, activate=True).version
         uow.commit()
@@ -153,7 +163,7 @@ def test_a_truncated_or_corrupt_semantic_map_is_refused_and_the_active_one_stays
     data = good.save(tmp_path / "map.npz").read_bytes()
     flipped = bytearray(data)
     flipped[len(flipped) // 2] ^= 0xFF
-    settings = Settings(data_dir=tmp_path, database_url=migrated_database_url)
+    settings = Settings(data_dir=tmp_path, database_url=url)
     for name, body in [("empty", b""), ("100", data[:100]), ("half", data[: len(data) // 2]),
                        ("less-one", data[:-1]), ("flipped", bytes(flipped))]:  # fmt: skip
         path = tmp_path / f"{name}.npz"

@@ -265,7 +265,6 @@ class PurgeResult:
         return sum((self.processed_events, self.usage_counts, self.dead_letters, self.outbox))
 
 
-# =========================================================================== repositories
 class UsageRepository(abc.ABC):
     @abc.abstractmethod
     def record_usage(self, events: Sequence[UsageObservation]) -> int:

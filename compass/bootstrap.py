@@ -79,6 +79,25 @@ def open_vector_store(
     return open_qdrant(settings, embedder.dim, collection=collection)
 
 
+def open_existing_vector_store(settings: Settings) -> VectorStore | None:
+    """The vector store for maintenance (``compass db purge``) without loading an embedder:
+    the Qdrant server's collection, or the Qdrant Edge folder with the dimension it was made
+    with; ``None`` when the embedded store was never created."""
+    import json
+
+    from compass.qdrant.store import QdrantEdgeStore, QdrantServerStore
+
+    if settings.qdrant_url:
+        dim = open_embedder(settings).dim  # creates the collection only if it is missing
+        return QdrantServerStore(settings.qdrant_url, settings.qdrant_collection, dim)
+    path = settings.embedded_dir / "qdrant" / settings.qdrant_collection
+    config = path / "edge_config.json"
+    if not config.is_file():
+        return None
+    dim = int(json.loads(config.read_text())["vectors"][""]["size"])
+    return QdrantEdgeStore(path, dim)
+
+
 def open_publisher(settings: Settings) -> MessageProducer:
     """A Kafka producer on ``COMPASS_BROKER_BOOTSTRAP_SERVERS`` (acks from all replicas)."""
     from compass.kafka.io import KafkaMessageProducer

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         64_000, ge=256, le=16_000_000, description="Larger raw messages are dead-lettered."
     )
+    store_text: bool = Field(
+        True,
+        description="Keep prompt texts in vector-store payloads and drift events' sample texts. "
+        "false (privacy mode): the event id and the text's SHA-256 only, no sample texts; the "
+        "adapter worker then has no usage texts to evaluate on (docs/privacy.md).",
+    )
     # streams (Faust agents) and drift detection — see docs/streaming.md
     stream_app_id: str = Field(
         "compass-streams", description="Faust app id = Kafka consumer group of the stream workers."

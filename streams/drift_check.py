@@ -266,8 +266,11 @@ class DriftChecker:
         self, planned: PlannedCheck, spans: Sequence[Span], result: DriftResult
     ) -> dict[int, list[str]]:
         """A few prompts of each changed cluster, read back from the vector store: from the
-        window, or for a cluster that faded, from the reference period."""
+        window, or for a cluster that faded, from the reference period. None in privacy mode
+        (``store_text`` off), even from points stored before it was switched on."""
         out: dict[int, list[str]] = {}
+        if not self.settings.store_text:
+            return out
         for change in result.top_changes:
             texts: list[str] = []
             for span in spans:

@@ -195,7 +195,12 @@ class BatchProcessor:
             events=events,
             sample_rate=rate,
             points=stages.vector_points(
-                chosen, vectors, clusters, map_version=version, policy=self.policy
+                chosen,
+                vectors,
+                clusters,
+                map_version=version,
+                policy=self.policy,
+                store_text=self.settings.store_text,
             ),
             observations=stages.usage_observations(
                 events, mask, clusters, map_version=version, policy=self.policy
@@ -221,8 +226,7 @@ class BatchProcessor:
         counted (a redelivered event is not counted again)."""
         started = time.perf_counter()
         with self.uow_factory() as uow:
-            for letter in batch.dead_letters:
-                uow.dead_letters.record_dead_letter(letter)
+            uow.dead_letters.record_dead_letters(batch.dead_letters)
             n_counted = uow.usage.record_usage(batch.observations)
             uow.commit()
         batch.seconds["count"] = time.perf_counter() - started
@@ -265,8 +269,7 @@ class BatchProcessor:
         if not letters:
             return
         with self.uow_factory() as uow:
-            for letter in letters:
-                uow.dead_letters.record_dead_letter(letter)
+            uow.dead_letters.record_dead_letters(letters)
             uow.commit()
 
     def report(self, batch: PreparedBatch, n_counted: int, verdicts: Verdicts) -> BatchReport:

@@ -8,6 +8,7 @@ topology is :mod:`streams.app`; the order of a batch's effects is
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -159,13 +160,17 @@ def vector_points(
     *,
     map_version: int,
     policy: WindowPolicy,
+    store_text: bool = True,
 ) -> list[VectorPoint]:
-    """Points keyed by uuid5(event_id): a redelivered event overwrites itself."""
+    """Points keyed by uuid5(event_id): a redelivered event overwrites itself. The payload
+    carries the text's SHA-256 always and the text itself only when ``store_text`` (privacy
+    mode off, ``COMPASS_STORE_TEXT``)."""
     return [
         VectorPoint(
             id=event.point_id,
             vector=vectors[i],
-            payload={
+            payload=_payload(event, store_text)
+            | {
                 "event_id": event.event_id,
                 "language": event.language,
                 "cluster": int(clusters[i]),
@@ -174,11 +179,15 @@ def vector_points(
                 "occurred_at_ts": math.floor(event.occurred_at.timestamp()),
                 "window_start": policy.window_start(event.occurred_at).isoformat(),
                 "semantic_map_version": map_version,
-                "text": event.text,
             },
         )
         for i, event in enumerate(events)
     ]
+
+
+def _payload(event: PromptEvent, store_text: bool) -> dict[str, str]:
+    digest = hashlib.sha256(event.text.encode("utf-8")).hexdigest()
+    return {"text_sha256": digest, "text": event.text} if store_text else {"text_sha256": digest}
 
 
 def usage_observations(

@@ -69,6 +69,10 @@ class MemoryVectorStore(VectorStore):
         for point_id in list(self._matching(where)):
             yield self._stored(point_id, with_vectors)
 
+    def delete(self, ids: Sequence[uuid.UUID]) -> None:
+        for point_id in ids:
+            self.points.pop(point_id, None)
+
     def flush(self) -> None:
         pass
 

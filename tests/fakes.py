@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -384,6 +385,9 @@ class MemoryDeadLetterRepository(_Repository, ports.DeadLetterRepository):
 
 
 class MemoryMaintenanceRepository(_Repository, ports.MaintenanceRepository):
+    def scrub_sample_texts(self, digests: AbstractSet[str], *, dry_run: bool = False) -> int:
+        return 0  # the fake keeps no drift sample texts
+
     def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
         if older_than <= timedelta(0):
             raise DataError(f"retention must be positive, got {older_than}")

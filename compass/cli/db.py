@@ -79,24 +79,35 @@ def db_purge(
     database_url: str | None = URL_OPTION,
 ) -> None:
     """Retention: delete dedup rows (processed_events), usage_counts windows, dead_letters and
-    published outbox rows older than N days. Keep N above the broker's retention, or a
-    redelivered old event could be counted again."""
+    published outbox rows older than N days, the vector-store points of events older than N
+    days, and those events' texts quoted as drift sample texts (compass.retention). Keep N
+    above the broker's retention, or a redelivered old event could be counted again."""
     from datetime import timedelta
 
-    from compass.bootstrap import open_unit_of_work
+    from compass.bootstrap import open_existing_vector_store, open_unit_of_work
     from compass.config import load_settings
     from compass.core.errors import ConfigError
+    from compass.retention import purge_everywhere
     from compass.sql.migrate import current
 
     url = _url(database_url)
     if current(url) is None:
         raise ConfigError("the database has no COMPASS schema; run 'compass db upgrade' first")
-    with open_unit_of_work(load_settings(database_url=url), pool_size=1) as store, store() as uow:
-        result = uow.maintenance.purge(timedelta(days=older_than_days), dry_run=dry_run)
-        uow.commit()
+    settings = load_settings(database_url=url)
+    vectors = open_existing_vector_store(settings)
+    try:
+        with open_unit_of_work(settings, pool_size=1) as store:
+            result = purge_everywhere(
+                store, vectors, timedelta(days=older_than_days), dry_run=dry_run
+            )
+    finally:
+        if vectors is not None:
+            vectors.close()
     verb = "would delete" if dry_run else "deleted"
     for table in ("processed_events", "usage_counts", "dead_letters", "outbox"):
-        typer.echo(f"{table:<17} {verb} {getattr(result, table)}")
+        typer.echo(f"{table:<17} {verb} {getattr(result.tables, table)}")
+    typer.echo(f"{'vector points':<17} {verb} {result.vector_points}")
+    typer.echo(f"{'sample texts':<17} {verb} from {result.sample_texts_scrubbed} drift rows")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from typing import Any
 
 MAX_NUMBER_CHARS = 64
@@ -59,6 +61,33 @@ def string_problem(value: str) -> str | None:
     except UnicodeEncodeError as exc:
         return f"is not valid Unicode (lone surrogate at position {exc.start})"
     return None
+
+
+_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+"""C0 controls other than TAB, LF, CR; DEL; C1 controls (NUL is :func:`string_problem`'s)."""
+INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+"""Characters classed as letters or symbols that render as nothing (Hangul fillers, the blank
+Braille pattern): a text made only of them and of separators/format characters is empty."""
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Mn", "Me"})
+
+
+def control_problem(value: str) -> str | None:
+    """Why ``value`` is not a clean single-field string (a control character such as ESC or
+    BEL, which terminals and log viewers interpret), or ``None``. TAB, LF and CR are allowed."""
+    match = _CONTROL.search(value)
+    if match is None:
+        return None
+    return f"contains control character U+{ord(match.group()):04X} at position {match.start()}"
+
+
+def is_visibly_empty(value: str) -> bool:
+    """True when ``value`` shows nothing: only whitespace, zero-width and format characters
+    (U+200B, U+200D, U+2060, U+FEFF …), combining marks with no base, controls, unassigned
+    code points or :data:`INVISIBLE_LETTERS` (Unicode general categories Z*, Cc, Cf, Cs, Mn, Me)."""
+    return all(
+        c.isspace() or c in INVISIBLE_LETTERS or unicodedata.category(c) in _INVISIBLE_CATEGORIES
+        for c in value
+    )
 
 
 def clean_string(value: str) -> str:

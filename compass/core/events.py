@@ -12,9 +12,12 @@ it cannot hold; reason codes in ``docs/streaming.md``):
   characters and finite (``NaN``, ``Infinity``, ``1e999`` are refused), nesting bounded by the
   payload size and Python's recursion guard; anything else → ``invalid_json``.
 - Strings: valid Unicode (no lone surrogate such as ``"\\ud800"``) and no NUL (U+0000), in every
-  string field of every event, nested ones included; ``event_id`` ≤ 200 characters, ``text`` ≤
-  ``max_text_chars``, ``source`` ≤ 200. Violations → ``invalid_event_id`` / ``invalid_text`` /
-  ``invalid_field`` by field. Non-finite floats are refused in every event (JSON cannot carry them).
+  string field of every event, nested ones included; no other control character (ESC, BEL …;
+  TAB, LF, CR allowed) in a prompt's ``text``, ``event_id`` or ``source``; a ``text`` that
+  shows nothing (whitespace, zero-width or format characters only) is ``empty_text``;
+  ``event_id`` ≤ 200 characters, ``text`` ≤ ``max_text_chars``, ``source`` ≤ 200. Violations →
+  ``invalid_event_id`` / ``invalid_text`` / ``invalid_field`` by field. Non-finite floats are
+  refused in every event (JSON cannot carry them).
 - ``metadata``: depth ≤ 8, ≤ 256 keys in all,
   strings as above → ``invalid_metadata``.
 - Timestamps: a time zone (``naive_timestamp``) and the calendar range
@@ -46,7 +49,14 @@ from pydantic import (
     field_validator,
 )
 
-from compass.core.edge import check_metadata, check_value, clean_string, loads_json
+from compass.core.edge import (
+    check_metadata,
+    check_value,
+    clean_string,
+    control_problem,
+    is_visibly_empty,
+    loads_json,
+)
 from compass.core.errors import InvalidEventError, UnknownLanguageError
 from compass.core.languages import normalize_language
 
@@ -124,8 +134,16 @@ class PromptEvent(_Event):
     @field_validator("text")
     @classmethod
     def _non_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text is empty")
+        if is_visibly_empty(value):
+            raise ValueError("text is empty (only whitespace, zero-width or format characters)")
+        return value
+
+    @field_validator("text", "event_id", "source")
+    @classmethod
+    def _no_controls(cls, value: str | None) -> str | None:
+        problem = None if value is None else control_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("metadata")

@@ -34,6 +34,7 @@ import base64
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -425,7 +426,8 @@ class SemanticMap:
             with np.load(path, allow_pickle=False) as archive:
                 meta = json.loads(bytes(archive["metadata"]).decode("utf-8"))
                 meta["centroids_b64"] = _b64(archive["centroids"])
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            # truncated or corrupt: numpy's zip reader raises EOFError / BadZipFile (bad CRC)
             raise DataError(f"{path} is not a semantic map file: {exc}") from None
         return cls.from_dict(meta)
 

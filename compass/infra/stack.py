@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import structlog
+from sqlalchemy.engine import make_url
 
 from compass.config import Settings
 from compass.core.errors import InfraError
@@ -26,7 +27,7 @@ from compass.kafka.broker import (
     stop_pid,
     topic_specs,
 )
-from compass.sql.server import EmbeddedPostgres, check_connection, embedded_pgdata
+from compass.sql.server import EmbeddedPostgres, check_connection, describe_url, embedded_pgdata
 
 log = structlog.get_logger(__name__)
 
@@ -89,9 +90,12 @@ def up(settings: Settings) -> StackState:
     vector_store = settings.qdrant_url or str(
         (settings.embedded_dir / "qdrant" / settings.qdrant_collection).resolve()
     )
-    state = StackState(bootstrap, broker_pid, database, vector_store)
+    # the state file and the log never hold a password: a configured URL is kept redacted (its
+    # users read it from their settings again), the embedded server's has none
+    shown = describe_url(database) if make_url(database).password else database
+    state = StackState(bootstrap, broker_pid, shown, vector_store)
     state.save(state_path(settings))
-    log.info("infra.up", broker=bootstrap, database=database, vector_store=vector_store)
+    log.info("infra.up", broker=bootstrap, database=shown, vector_store=vector_store)
     return state
 
 
@@ -101,7 +105,7 @@ def with_services(settings: Settings) -> Settings:
     return settings.model_copy(
         update={
             "broker_bootstrap_servers": state.broker_bootstrap,
-            "database_url": state.database_url,
+            "database_url": settings.database_url or state.database_url,
         }
     )
 

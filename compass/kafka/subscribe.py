@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+MAX_MESSAGE_BYTES = 1_000_000
+"""Largest value a subscription decodes (larger: dead-lettered ``oversized_payload``); COMPASS
+messages are a few KB, the broker's default limit is 1 MiB."""
 
 EventT = TypeVar("EventT", bound=BaseModel)
 
@@ -183,7 +186,7 @@ class Subscription(Generic[EventT]):
     # ---------------------------------------------------------------- steps
     def _decode(self, record: Any) -> Received[EventT] | None:
         try:
-            event = read_event(record.value, self.model, self.topic)
+            event = read_event(record.value, self.model, self.topic, max_bytes=MAX_MESSAGE_BYTES)
         except InvalidEventError as exc:
             self._dead_letter(record, exc)
             return None

@@ -8,6 +8,7 @@ texts it was trained on, so the next continual update can replay them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -15,6 +16,8 @@ from urllib.parse import unquote, urlparse
 from compass.core.errors import DataError
 
 TRAINING_TEXTS_FILE = "training_texts.jsonl"
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+"""One folder name: BCP-47 tags, uuids, ``sw-v7``; never ``..``, ``/``, ``\\`` or a NUL."""
 
 
 class LocalArtifactStore:
@@ -24,7 +27,17 @@ class LocalArtifactStore:
         self.root = Path(root)
 
     def version_dir(self, language: str, key: str) -> Path:
-        return self.root / language / key
+        """``<root>/<language>/<key>``; raises :class:`DataError` for a component that is not
+        a plain name (``..``, an absolute path, a separator, a NUL, a leading dot, over 200
+        characters) or a result that would resolve outside ``root`` (a symlinked folder)."""
+        for what, part in (("language", language), ("version key", key)):
+            if not _SAFE_COMPONENT.fullmatch(part):
+                raise DataError(f"unsafe artifact path: {what} {part[:100]!r} is not a plain name")
+        folder = self.root / language / key
+        root = self.root.resolve()
+        if not folder.resolve().is_relative_to(root):
+            raise DataError(f"unsafe artifact path: {folder} resolves outside {root}")
+        return folder
 
     def uri(self, folder: Path) -> str:
         return Path(folder).resolve().as_uri()

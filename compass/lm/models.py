@@ -182,8 +182,9 @@ def _load_from_folder(
         raise
     except Exception as exc:  # transformers/gguf raise many types for a broken file
         what = folder / gguf_file if gguf_file else folder
+        detail = " ".join(str(exc).split())  # one line: transformers' messages span several
         raise ModelLoadError(
-            f"could not load model from {what}: {type(exc).__name__}: {exc}"
+            f"could not load model from {what}: {type(exc).__name__}: {detail}"
         ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

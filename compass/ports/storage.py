@@ -1,10 +1,8 @@
-"""Storage interfaces of the core: abstract repositories, a unit of work, and the plain records
-they return.
+"""Storage interfaces of the core: abstract repositories, a unit of work, plain records.
 
 The domain and the stream/worker code depend on these classes only; the SQL implementation
-(:mod:`compass.sql.unit_of_work`) lives at the edge. Records are frozen dataclasses holding Python
-values (``datetime`` in UTC, ``uuid.UUID``, ``dict``), never SQLAlchemy rows, so a fake unit of
-work in a test and the real one look the same to callers.
+(:mod:`compass.sql.unit_of_work`) lives at the edge. Records are frozen dataclasses of Python
+values (``datetime`` in UTC, ``uuid.UUID``, ``dict``), never SQLAlchemy rows.
 
 A :class:`UnitOfWork` is one database transaction: everything done through its repositories is
 kept only if :meth:`UnitOfWork.commit` is called before the ``with`` block ends; any exception or
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -35,7 +33,6 @@ from compass.ports.adapter_events import AdapterAction, AdapterEventRecord
 
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
-
 VERSION_STATUSES: tuple[VersionStatus, ...] = ("candidate", "active", "rejected", "retired")
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
 
@@ -265,10 +262,9 @@ class PurgeResult:
 
     @property
     def total(self) -> int:
-        return self.processed_events + self.usage_counts + self.dead_letters + self.outbox
+        return sum((self.processed_events, self.usage_counts, self.dead_letters, self.outbox))
 
 
-# =========================================================================== repositories
 class UsageRepository(abc.ABC):
     @abc.abstractmethod
     def record_usage(self, events: Sequence[UsageObservation]) -> int:
@@ -439,12 +435,20 @@ class DeadLetterRepository(abc.ABC):
         """Keep a rejected message; ``False`` if the same (source, partition, offset) is
         already stored (a redelivery)."""
 
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Keep several (in one statement where the store can); how many were new."""
+        return sum(self.record_dead_letter(letter) for letter in letters)
+
 
 class MaintenanceRepository(abc.ABC):
     @abc.abstractmethod
     def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
         """Delete dedup rows, usage counts, dead letters and published outbox rows older than
         ``older_than``."""
+
+    @abc.abstractmethod
+    def scrub_sample_texts(self, digests: Set[str], *, dry_run: bool = False) -> int:
+        """Drop drift sample texts whose SHA-256 is in ``digests`` (drift rows, outbox)."""
 
 
 # =========================================================================== unit of work

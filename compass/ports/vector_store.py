@@ -120,6 +120,11 @@ class VectorStore(ABC):
     @abstractmethod
     def flush(self) -> None: ...
 
+    @abstractmethod
+    def delete(self, ids: Sequence[uuid.UUID]) -> None:
+        """Remove the points with these ids (unknown ids are ignored); durable on return
+        like ``upsert``. Retention (``compass db purge``) and privacy erasure use it."""
+
     def create_payload_index(self, field: str, kind: str) -> None:
         """Index payload ``field`` (``kind``: ``keyword`` or ``integer``); a store without
         indexes (a test fake) keeps this default, which does nothing — its filters scan."""

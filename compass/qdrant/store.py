@@ -145,6 +145,10 @@ class QdrantEdgeStore(VectorStore):
             if offset is None:
                 return
 
+    def delete(self, ids: Sequence[uuid.UUID]) -> None:
+        if ids:
+            self._shard.update(self._qe.UpdateOperation.delete_points(list(ids)))
+
     def flush(self) -> None:
         self._shard.flush()
 
@@ -220,6 +224,11 @@ class QdrantServerStore(VectorStore):
             for p in points
         ]
         self._client.upsert(self.collection, points=batch, wait=True)
+
+    def delete(self, ids: Sequence[uuid.UUID]) -> None:
+        if ids:
+            selector = self._models.PointIdsList(points=[str(i) for i in ids])
+            self._client.delete(self.collection, points_selector=selector, wait=True)
 
     def retrieve(self, ids: Sequence[uuid.UUID], with_vectors: bool = False) -> list[StoredPoint]:
         records = self._client.retrieve(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -28,10 +27,8 @@ from compass.ports.storage import (
     DeadLetterRepository,
     DriftRecord,
     DriftRepository,
-    MaintenanceRepository,
     OutboxMessage,
     OutboxRepository,
-    PurgeResult,
     SemanticMapRecord,
     SemanticMapRepository,
     UnitOfWork,
@@ -39,6 +36,7 @@ from compass.ports.storage import (
 )
 from compass.sql.adapter_repository import SqlAdapterRepository, SqlJobRepository
 from compass.sql.common import float_or_none, json_safe, utc, utc_or_none
+from compass.sql.maintenance import SqlMaintenanceRepository
 from compass.sql.usage_repository import SqlUsageRepository, text_array_literal
 
 __all__ = [
@@ -302,9 +300,42 @@ class SqlOutboxRepository(OutboxRepository):
 
 
 # =========================================================================== dead letters
+_INSERT_DEAD_LETTERS = text(
+    """
+    INSERT INTO dead_letters (source, partition, "offset", stage, reason, detail, raw,
+                              received_at)
+    SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:partitions AS integer[]),
+                         CAST(:offsets AS bigint[]), CAST(:stages AS text[]),
+                         CAST(:reasons AS text[]), CAST(:details AS text[]),
+                         CAST(:raws AS bytea[]), CAST(:received AS timestamptz[]))
+    ON CONFLICT DO NOTHING
+    RETURNING id
+    """
+)
+
+
 class SqlDeadLetterRepository(DeadLetterRepository):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """One statement for a batch's dead letters (row by row cost ~4 ms each, issue 14)."""
+        if not letters:
+            return 0
+        rows = self._conn.execute(
+            _INSERT_DEAD_LETTERS,
+            {
+                "sources": [x.source_topic for x in letters],
+                "partitions": [x.partition for x in letters],
+                "offsets": [x.offset for x in letters],
+                "stages": [x.stage for x in letters],
+                "reasons": [x.reason for x in letters],
+                "details": [x.detail for x in letters],
+                "raws": [x.raw for x in letters],
+                "received": [x.received_at for x in letters],
+            },
+        ).all()
+        return len(rows)
 
     def record_dead_letter(self, letter: DeadLetter) -> bool:
         inserted = self._conn.execute(
@@ -330,37 +361,6 @@ class SqlDeadLetterRepository(DeadLetterRepository):
             },
         ).scalar_one_or_none()
         return inserted is not None
-
-
-# =========================================================================== maintenance
-_PURGES = {
-    "processed_events": "processed_at < :cutoff",
-    "usage_counts": "window_start < :cutoff",
-    "dead_letters": "received_at < :cutoff",
-    "outbox": "published_at IS NOT NULL AND published_at < :cutoff",
-}
-
-
-class SqlMaintenanceRepository(MaintenanceRepository):
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def purge(self, older_than: timedelta, *, dry_run: bool = False) -> PurgeResult:
-        if older_than <= timedelta(0):
-            raise DataError(f"retention must be positive, got {older_than}")
-        cutoff = self._conn.execute(
-            text("SELECT now() - CAST(:age AS interval)"), {"age": older_than}
-        ).scalar_one()
-        counts: dict[str, int] = {}
-        for table, condition in _PURGES.items():
-            verb = "SELECT count(*) FROM" if dry_run else "WITH gone AS (DELETE FROM"
-            if dry_run:
-                sql = f"{verb} {table} WHERE {condition}"
-            else:
-                sql = f"{verb} {table} WHERE {condition} RETURNING 1) SELECT count(*) FROM gone"
-            counts[table] = int(self._conn.execute(text(sql), {"cutoff": cutoff}).scalar_one())
-        log.info("db.purged", dry_run=dry_run, cutoff=str(cutoff), **counts)
-        return PurgeResult(**counts)
 
 
 # =========================================================================== unit of work

@@ -90,9 +90,23 @@ class Settings(BaseSettings):
     stream_app_id: str = Field(
         "compass-streams", description="Faust app id = Kafka consumer group of the stream workers."
     )
-    stream_batch_size: int = Field(64, ge=1, le=10_000, description="Events per micro-batch.")
+    stream_batch_size: int = Field(
+        2048, ge=1, le=100_000, description="Most events the Faust agent takes at once."
+    )
     stream_batch_within_s: float = Field(
-        1.0, gt=0, le=60, description="Longest wait to fill a micro-batch (seconds)."
+        1.0, gt=0, le=60, description="Longest an event waits to be flushed (seconds)."
+    )
+    stream_embed_batch_size: int = Field(
+        64, ge=1, le=10_000, description="Sampled events gathered into one embedding batch."
+    )
+    stream_max_batch_events: int = Field(
+        20_000, ge=1, le=1_000_000, description="Most events gathered into one flush."
+    )
+    stream_min_sampled_per_window: int = Field(
+        50,
+        ge=0,
+        description="Events embedded per language and base window whatever the sample rate "
+        "(stratified sampling: a low-traffic language keeps its drift test).",
     )
     stream_sample_rate: float | None = Field(
         None,

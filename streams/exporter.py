@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from compass import metrics
+from streams.controller import RateDecision
 from streams.pipeline import BatchReport
-from streams.shedding import RateDecision
 from streams.stages import Decoded
 
 

@@ -115,7 +115,11 @@ class Settings(BaseSettings):
         description="Force the load-shedding sample rate (e.g. 0.25). Unset: adaptive.",
     )
     stream_min_sample_rate: float = Field(
-        0.01, gt=0, le=1, description="Adaptive load shedding never embeds fewer than this share."
+        0.001,
+        gt=0,
+        le=1,
+        description="Adaptive load shedding never embeds fewer than this share (each language "
+        "and window still gets COMPASS_STREAM_MIN_SAMPLED_PER_WINDOW).",
     )
     stream_max_lag_s: float = Field(
         30.0, gt=0, description="Adaptive load shedding keeps the backlog under this many seconds."

@@ -11,13 +11,15 @@ mean with a *time* constant (``tau_s``), so that it does not depend on how often
   the first saturated interval.
 * ``embed_cost`` — seconds per embedded text (the embedder's batched cost).
 * ``arrival`` — events per second arriving: events processed in the interval plus the change of
-  the backlog over it.
+  the backlog over it, or for live traffic the events' production rate if that is larger.
 
-The backlog is the consumer's own measurement: log end minus the position it has processed, per
-partition (the log end is read with ListOffsets every second and from fetch responses; Tansu's
-ListOffsets can under-report a little, so the larger of the two is used). When the broker will
-not say, the event-time lag (wall clock minus the newest ``occurred_at`` processed) times the
-arrival rate stands in for it.
+The backlog is the consumer's own measurement, two ways, the larger winning: log end minus the
+position it has processed, per partition (the log end is read with ListOffsets every second and
+from fetch responses; Tansu's ListOffsets can under-report, so the larger of the two is used);
+and, for live traffic, the event-time lag (wall clock minus the newest ``occurred_at``
+processed) times the rate at which those events were produced (events per second of event time
+in the flush). The second needs no broker figure at all, reacts within one flush, and is
+ignored for events older than :data:`EVENT_TIME_HORIZON` × ``max_lag_s`` (a backfill).
 
 At rate ``r`` the stream processes ``C(r) = 1 / (path_cost + r · embed_cost)`` events/s. The
 target is the largest ``r`` with ``C(r) · headroom ≥ arrival + excess / drain_s``, where
@@ -38,6 +40,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+EVENT_TIME_HORIZON = 20.0
+"""Event-time signals count only while the event-time lag is under 20 × max_lag_s (10 min by
+default): beyond that the events are a backfill or a replay, whose timestamps say nothing
+about how fast they arrive."""
 DRAIN_FRACTION = 6.0
 """The backlog beyond the dead band is drained with a time constant of max_lag_s / 6 (5 s by
 default): a proportional law, so the rate rises smoothly as the backlog shrinks."""
@@ -50,7 +56,8 @@ class FlushStats:
     ``interval_seconds`` is the wall time since the previous flush finished; ``saturated`` says
     whether events were waiting during all of it (so it measures the whole path's cost);
     ``lag_events`` is log end minus processed position (``None``: unknown);
-    ``event_lag_seconds`` is the wall clock minus the newest event time of the batch."""
+    ``event_lag_seconds`` is the wall clock minus the newest event time of the batch and
+    ``event_span_seconds`` its newest minus its oldest event time."""
 
     n_events: int
     n_embedded: int
@@ -60,6 +67,7 @@ class FlushStats:
     saturated: bool
     lag_events: int | None
     event_lag_seconds: float | None = None
+    event_span_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,8 @@ class SamplingController:
         self.embed_cost: float | None = None  # seconds per embedded text
         self.path_cost: float | None = None  # seconds per event, everything but embedding
         self.arrival: float | None = None  # events per second
+        self.event_arrival: float | None = None  # events per second of event time
+        self.horizon_s = EVENT_TIME_HORIZON * max_lag_s
         self._last_lag: int | None = None
         self._batch_events: float | None = None
         self.last = RateDecision(self.rate, None, None, None, None)
@@ -132,11 +142,24 @@ class SamplingController:
             if stats.saturated or self.path_cost is None:
                 self.path_cost = self._mean(self.path_cost, other, dt)
             self._batch_events = self._mean(self._batch_events, float(stats.n_events), dt)
+        live = (
+            stats.event_lag_seconds is not None
+            and stats.event_span_seconds is not None
+            and stats.event_lag_seconds <= self.horizon_s
+        )
+        if live and stats.n_events > 1 and stats.event_span_seconds:
+            # the events' own density: how fast they were produced (live traffic only)
+            produced = stats.n_events / max(stats.event_span_seconds, 1e-3)
+            self.event_arrival = self._mean(self.event_arrival, produced, dt)
         lag = stats.lag_events
-        if lag is None and stats.event_lag_seconds is not None and self.arrival is not None:
-            lag = int(max(0.0, stats.event_lag_seconds) * self.arrival)
+        if live and self.event_arrival is not None:
+            assert stats.event_lag_seconds is not None
+            waiting = int(max(0.0, stats.event_lag_seconds) * self.event_arrival)
+            lag = waiting if lag is None else max(lag, waiting)
         grown = 0 if lag is None or self._last_lag is None else lag - self._last_lag
         self.arrival = self._mean(self.arrival, max(0.0, (stats.n_events + grown) / dt), dt)
+        if live and self.event_arrival is not None:
+            self.arrival = max(self.arrival, self.event_arrival)
         self._last_lag = lag
         if self.forced_rate is None:
             self.rate = self._next_rate(self._target(lag), dt)

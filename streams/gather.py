@@ -18,7 +18,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,7 +35,8 @@ class Flush:
     """Consumed batches merged for one checkpoint.
 
     ``decoded.sampled`` holds the ids chosen for embedding; ``positions`` the next offset per
-    (topic, partition) once it is acknowledged; ``newest`` the latest event time in it."""
+    (topic, partition) once it is acknowledged; ``n_messages`` the events and dead letters in
+    it; ``newest`` the latest event time in it."""
 
     decoded: Decoded
     acks: list[Ack]
@@ -44,6 +45,7 @@ class Flush:
     n_sampled: int
     opened_at: float
     newest: datetime | None = None
+    oldest: datetime | None = None
     by_size: bool = False
 
     async def ack(self) -> None:
@@ -69,11 +71,19 @@ class Gatherer:
     _n_messages: int = 0
     _opened_at: float | None = None
     _newest: datetime | None = None
+    _oldest: datetime | None = None
 
     def add(
-        self, decoded: Decoded, chosen: np.ndarray, ack: Ack, messages: list[RawMessage]
+        self,
+        decoded: Decoded,
+        chosen: np.ndarray,
+        ack: Ack | None,
+        messages: Sequence[RawMessage] = (),
     ) -> None:
-        """One consumed batch: its decoded events, the sampling mask over them, its ack."""
+        """Events of one consumed batch with the sampling mask over them; a consumed batch
+        split over several flushes (its sample would overfill one) gives its ``ack`` and its
+        ``messages`` (the offsets) with its last part, so it is acknowledged only when every
+        part is durable (flushes complete in order)."""
         if self._opened_at is None:
             self._opened_at = self.clock()
         self._events.extend(decoded.events)
@@ -83,18 +93,27 @@ class Gatherer:
         pairs = zip(decoded.events, chosen.tolist(), strict=True)
         self._sampled.update(event.event_id for event, keep in pairs if keep)
         for event in decoded.events:
-            if self._newest is None or event.occurred_at > self._newest:
-                self._newest = event.occurred_at
-        self._acks.append(ack)
+            at = event.occurred_at
+            if self._newest is None or at > self._newest:
+                self._newest = at
+            if self._oldest is None or at < self._oldest:
+                self._oldest = at
+        if ack is not None:
+            self._acks.append(ack)
         for message in messages:
             if message.partition is not None and message.offset is not None:
                 key = (message.topic, message.partition)
                 if message.offset + 1 > self._positions.get(key, -1):
                     self._positions[key] = message.offset + 1
-        self._n_messages += len(messages)
+        self._n_messages += len(decoded.events) + len(decoded.dead_letters)
+
+    @property
+    def n_sampled(self) -> int:
+        return len(self._sampled)
 
     @property
     def n_waiting(self) -> int:
+        """Events and dead letters gathered so far."""
         return self._n_messages
 
     def full(self) -> bool:
@@ -119,9 +138,10 @@ class Gatherer:
             n_sampled=len(self._sampled),
             opened_at=self._opened_at,
             newest=self._newest,
+            oldest=self._oldest,
             by_size=self.full(),
         )
         self._events, self._dead, self._origins, self._sampled = [], [], {}, set()
         self._acks, self._positions, self._n_messages = [], {}, 0
-        self._opened_at, self._newest = None, None
+        self._opened_at, self._newest, self._oldest = None, None, None
         return flush

@@ -33,7 +33,7 @@ from streams.controller import FlushStats, RateDecision
 from streams.exporter import export_batch, export_retry
 from streams.gather import Flush, Gatherer
 from streams.pipeline import BatchProcessor, BatchReport
-from streams.stages import RawMessage, dead_letter_key, decode_messages
+from streams.stages import Decoded, RawMessage, dead_letter_key, decode_messages
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -124,18 +124,19 @@ class StreamRuntime:
         """Open every resource (blocking); idempotent."""
         if self.processor is not None:
             return self.processor
-        from compass.bootstrap import bootstrap
+        from compass.bootstrap import bootstrap, open_unit_of_work
 
         settings = self.settings
         if not settings.database_url:
             from compass.core.errors import ConfigError
 
             raise ConfigError("the stream needs COMPASS_DATABASE_URL (compass streams sets it)")
+        # no ping per checkout: a dead connection fails the flush transiently and it is retried
+        self._store = open_unit_of_work(settings, pre_ping=False)
         services = self._services = bootstrap(
-            settings, embedding_cache=settings.stream_embedding_cache
+            settings, uow_factory=self._store, embedding_cache=settings.stream_embedding_cache
         )
         embedder = services.embedder
-        self._store = services.uow_factory
         self._vector_store = services.vector_store
         processor = BatchProcessor(
             settings,
@@ -198,10 +199,23 @@ class StreamRuntime:
             max_clock_skew_s=self.settings.stream_max_clock_skew_s,
             max_event_age_s=self.settings.stream_max_event_age_s,
         )
-        chosen = processor.sampler.choose(decoded.events)
-        self.gatherer.add(decoded, chosen, ack or OFFLINE.ack, messages)
-        if self.gatherer.due():
-            await self.flush()
+        events, start, first = decoded.events, 0, True
+        while True:  # a consumed batch whose sample would overfill a flush is split
+            gatherer = self.gatherer
+            budget = max(1, gatherer.embed_batch - gatherer.n_sampled)
+            room = gatherer.max_events - gatherer.n_waiting
+            chosen, end = processor.sampler.choose_within(events, start, budget, room)
+            last = end >= len(events)
+            part = Decoded(
+                events[start:end], decoded.dead_letters if first else [], decoded.origins
+            )
+            self.gatherer.add(part, chosen, (ack or OFFLINE.ack) if last else None,
+                              messages if last else ())  # fmt: skip
+            start, first = end, False
+            if self.gatherer.due():
+                await self.flush()  # may update the rate the rest is decided at
+            if last:
+                return
 
     async def flush_if_due(self) -> None:
         """The timer's call: flush a quiet stream's waiting events once their time is up."""
@@ -265,9 +279,10 @@ class StreamRuntime:
         if self._last_flush_end is not None:
             since = max(since, self._last_flush_end)
         self._last_flush_end = now
-        event_lag = None
-        if batch.newest is not None:
+        event_lag = event_span = None
+        if batch.newest is not None and batch.oldest is not None:
             event_lag = (utc_now() - batch.newest).total_seconds()
+            event_span = (batch.newest - batch.oldest).total_seconds()
         lag = self.lag_events()
         decision = processor.controller.update(
             FlushStats(
@@ -280,6 +295,7 @@ class StreamRuntime:
                 saturated=batch.by_size and (lag is None or 2 * lag >= batch.n_messages),
                 lag_events=lag,
                 event_lag_seconds=event_lag,
+                event_span_seconds=event_span,
             )
         )
         self.metrics.add(report, decision)

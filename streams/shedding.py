@@ -67,18 +67,32 @@ class StratifiedSampler:
 
     def choose(self, events: Sequence[PromptEvent]) -> np.ndarray:
         """Boolean mask over ``events``: which to embed (updates the tallies)."""
+        return self.choose_within(events, 0, len(events) + 1)[0]
+
+    def choose_within(
+        self, events: Sequence[PromptEvent], start: int, budget: int, limit: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Decide ``events[start:]`` in order until ``budget`` are chosen or ``limit`` are
+        decided; returns the mask over ``events[start:end]`` and ``end`` (the events after it
+        are not decided yet — they wait for the next flush and the rate the controller sets
+        after this one)."""
         rate = self.rate()
-        mask = np.zeros(len(events), dtype=bool)
+        mask = np.zeros(len(events) - start, dtype=bool)
         tallies, minimum = self.tallies, self.min_per_window
-        for i, event in enumerate(events):
+        end, chosen = start, 0
+        stop = len(events) if limit is None else min(len(events), start + max(1, limit))
+        while end < stop and chosen < budget:
+            event = events[end]
             key = (event.language, self.policy.window_start(event.occurred_at))
             seen = tallies.get(key, 0)
             if seen < minimum or rate >= 1.0 or sample_unit(event.event_id) < rate:
-                mask[i] = True
+                mask[end - start] = True
                 tallies[key] = seen + 1
+                chosen += 1
+            end += 1
         if len(tallies) > MAX_TALLIES:
             self._forget_oldest()
-        return mask
+        return mask[: end - start], end
 
     def _forget_oldest(self) -> None:
         """Keep the newest half of the windows (old windows are closed anyway)."""

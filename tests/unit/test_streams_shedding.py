@@ -195,3 +195,36 @@ def test_forced_rate_is_kept() -> None:
     assert controller.rate == 0.25
     with pytest.raises(ValueError):
         SamplingController(forced_rate=0.0)
+
+
+def test_choose_within_stops_at_the_budget_and_leaves_the_rest_undecided() -> None:
+    rate = [1.0]
+    sampler = StratifiedSampler(WindowPolicy(base_seconds=3600), rate=lambda: rate[0])
+    events = _events("fr", 2048, T0, 10, "w")
+    mask, end = sampler.choose_within(events, 0, 64)
+    assert end == 64 and int(mask.sum()) == 64  # at rate 1 a flush holds one embedding batch
+    rate[0] = 0.01  # the controller lowered the rate after that flush
+    mask, end2 = sampler.choose_within(events, end, 64, limit=500)
+    assert end2 == 564 and len(mask) == 500 and int(mask.sum()) < 20
+
+
+def test_event_time_lag_reveals_a_backlog_the_broker_does_not_report() -> None:
+    """No log-end figure: 64 events produced within 10 ms (6,400/s) that waited 30 s mean
+    ~190,000 events wait; the controller sheds at once. Old timestamps (a backfill) do not."""
+
+    def flush(controller: SamplingController, event_lag_s: float) -> float:
+        for _ in range(3):
+            controller.update(
+                FlushStats(
+                    n_events=64, n_embedded=64, embed_seconds=0.9, busy_seconds=1.0,
+                    interval_seconds=1.0, saturated=True, lag_events=None,
+                    event_lag_seconds=event_lag_s, event_span_seconds=0.01,
+                )
+            )  # fmt: skip
+        return controller.rate
+
+    live = SamplingController(max_lag_s=30.0, min_rate=0.001)
+    assert flush(live, 30.0) == 0.001
+    assert live.last.lag_events is not None and live.last.lag_events > 100_000
+    backfill = SamplingController(max_lag_s=30.0, min_rate=0.001)
+    assert flush(backfill, 86_400.0) > 0.5  # a day old: a replay, its timestamps say nothing

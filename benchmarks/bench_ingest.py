@@ -131,7 +131,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = unique_texts(args.texts)
     texts = [t for _, t in rows]
+    defaults = vars(parser.parse_args([]))
+    smoke = any(vars(args)[k] != defaults[k] for k in defaults if k != "out")
     report: dict[str, Any] = {
+        "kind": "SMOKE run (reduced sizes; not the issue's measurement)" if smoke else "full run",
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), load average "
         f"{os.getloadavg()[0]:.1f} at start",
@@ -360,7 +363,8 @@ def write(report: dict[str, Any], series: list[dict[str, Any]], out: Path) -> No
                 ax.legend()
             fig.tight_layout()
             fig.savefig(out.with_name(out.name + "-sample-rate.png"), dpi=100)
-    lines = [f"# Ingest benchmark ({report['date']})", "", f"Machine: {report['machine']}.",
+    lines = [f"# Ingest benchmark ({report['date']}): {report['kind']}", "",
+             f"Machine: {report['machine']}.",
              f"Arguments: `{json.dumps(report['args'])}`", ""]  # fmt: skip
     if "drain" in report:
         d = report["drain"]

@@ -65,6 +65,10 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",  # no Faust tables: durable state is in PostgreSQL
         datadir=str(settings.data_dir / "faust"),
         stream_buffer_maxsize=max(4 * settings.stream_batch_size, 1024),
+        # Faust would wait for every consumed message to be acked before a rebalance or a stop;
+        # the gatherer holds consumed messages until their flush, so the revocation hook below
+        # flushes and commits instead, and a stop leaves the gathered ones to be redelivered
+        stream_wait_empty=False,
     )
     prompt_events = app.topic(
         settings.topic_prompt_events,
@@ -122,7 +126,12 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def open_resources() -> None:
         serve(settings, alive=heartbeat, ready=lambda: is_ready(runtime))
-        await runtime.start()  # fails the worker early, with one clear line, if misconfigured
+        try:
+            await runtime.start()  # fails the worker early, with one clear line, if misconfigured
+        except Exception as exc:  # the agent cannot run without them: the same exit as its death
+            exit_process(
+                EXIT_AGENT_DIED, f"agent died: cannot open its resources: {exc!r}", runtime.close
+            )
         await runtime.run_blocking(runtime.relay_outbox)
 
     @app.timer(interval=OUTBOX_INTERVAL_S)
@@ -133,6 +142,15 @@ def create_app(settings: Settings) -> faust.App:
             await runtime.run_blocking(runtime.relay_outbox)
         except Exception as exc:  # the next tick retries; rows stay pending meanwhile
             log.warning("outbox.relay_failed", error=repr(exc)[:300])
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def flush_before_revocation(sender: Any, revoked: Any = None, **_: Any) -> None:
+        """Still the owner of the partitions: checkpoint what is gathered, wait for it, commit
+        — so the next owner starts after it (no redelivery of what was counted here)."""
+        if runtime.processor is None:
+            return
+        await runtime.flush(wait=True)
+        await app.commit(None)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_resources(sender: Any, **_: Any) -> None:

@@ -1,9 +1,13 @@
 """What the Faust agent needs at run time, opened once per worker and closed on shutdown.
 
 :class:`StreamRuntime` owns the embedder, the vector store, the database store, the batch
-processor and the outbox relay. All blocking work (embedding, Qdrant, PostgreSQL, the outbox
-producer) runs on one dedicated thread, in batch order, so the event loop keeps serving Kafka
-heartbeats while a batch is embedded. A batch that fails transiently (a service unavailable) is
+processor, the gatherer (:mod:`streams.gather`) and the outbox relay. Consumed batches are
+decoded, their sample decided and gathered into flushes; one flush at a time is checkpointed
+while the agent consumes the next. All blocking work (embedding, Qdrant, PostgreSQL, the outbox
+producer) runs on one dedicated thread, in flush order, so the event loop keeps serving Kafka
+heartbeats while a flush is embedded. After each flush the controller
+(:mod:`streams.controller`) sets the rate from its cost and the consumer's own lag
+(:meth:`StreamRuntime.lag_events`). A batch that fails transiently (a service unavailable) is
 retried with back-off and never acknowledged; one that fails because of an event is isolated by
 the checkpoint (the event dead-lettered, the rest processed). On shutdown the thread finishes
 the batch in hand before anything is closed.
@@ -231,14 +235,18 @@ class StreamRuntime:
         meanwhile. ``wait``: return only when this flush is done."""
         async with self._flush_lock:
             batch = self.gatherer.take()
-            if self._inflight is not None:
-                await self._inflight
-                self._inflight = None
+            await self._finish_inflight()
             if batch is not None:
                 self._inflight = asyncio.ensure_future(self._checkpoint(batch))
-            if wait and self._inflight is not None:
-                await self._inflight
-                self._inflight = None
+            if wait:
+                await self._finish_inflight()
+
+    async def _finish_inflight(self) -> None:
+        """Wait for the flush in flight; its failure (not a retried one: those never end)
+        propagates once, to the caller — the agent, whose death stops the process."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
 
     async def _checkpoint(self, batch: Flush) -> BatchReport:
         """Run the flush's :func:`~streams.checkpoint.checkpoint` (its blocking steps on the

@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> faust.App:
         if runtime.processor is None:
             return
         await runtime.flush(wait=True)
-        await app.commit(None)
+        await app.commit({settings.topic_prompt_events})
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_resources(sender: Any, **_: Any) -> None:

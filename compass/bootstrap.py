@@ -43,13 +43,14 @@ log = structlog.get_logger(__name__)
 
 
 # ------------------------------------------------------------------------------ one service each
-def open_unit_of_work(settings: Settings, *, pool_size: int = 5) -> SqlStore:
+def open_unit_of_work(settings: Settings, *, pool_size: int = 5, pre_ping: bool = True) -> SqlStore:
     """Units of work on PostgreSQL: ``COMPASS_DATABASE_URL``, else the embedded pgserver
-    (started if needed). The schema must be migrated (``compass db upgrade``)."""
+    (started if needed). The schema must be migrated (``compass db upgrade``). ``pre_ping``:
+    test each connection at checkout (the stream turns it off and retries instead)."""
     from compass.sql.server import database_url
     from compass.sql.unit_of_work import open_store
 
-    return open_store(database_url(settings), pool_size=pool_size)
+    return open_store(database_url(settings), pool_size=pool_size, pre_ping=pre_ping)
 
 
 def embedding_cache_path(settings: Settings) -> Path:

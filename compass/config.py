@@ -97,9 +97,23 @@ class Settings(BaseSettings):
     stream_app_id: str = Field(
         "compass-streams", description="Faust app id = Kafka consumer group of the stream workers."
     )
-    stream_batch_size: int = Field(64, ge=1, le=10_000, description="Events per micro-batch.")
+    stream_batch_size: int = Field(
+        2048, ge=1, le=100_000, description="Most events the Faust agent takes at once."
+    )
     stream_batch_within_s: float = Field(
-        1.0, gt=0, le=60, description="Longest wait to fill a micro-batch (seconds)."
+        1.0, gt=0, le=60, description="Longest an event waits to be flushed (seconds)."
+    )
+    stream_embed_batch_size: int = Field(
+        64, ge=1, le=10_000, description="Sampled events gathered into one embedding batch."
+    )
+    stream_max_batch_events: int = Field(
+        20_000, ge=1, le=1_000_000, description="Most events gathered into one flush."
+    )
+    stream_min_sampled_per_window: int = Field(
+        50,
+        ge=0,
+        description="Events embedded per language and base window whatever the sample rate "
+        "(stratified sampling: a low-traffic language keeps its drift test).",
     )
     stream_sample_rate: float | None = Field(
         None,
@@ -108,7 +122,11 @@ class Settings(BaseSettings):
         description="Force the load-shedding sample rate (e.g. 0.25). Unset: adaptive.",
     )
     stream_min_sample_rate: float = Field(
-        0.01, gt=0, le=1, description="Adaptive load shedding never embeds fewer than this share."
+        0.001,
+        gt=0,
+        le=1,
+        description="Adaptive load shedding never embeds fewer than this share (each language "
+        "and window still gets COMPASS_STREAM_MIN_SAMPLED_PER_WINDOW).",
     )
     stream_max_lag_s: float = Field(
         30.0, gt=0, description="Adaptive load shedding keeps the backlog under this many seconds."

@@ -84,7 +84,22 @@ STREAM_LAG_EVENTS = Gauge(
 )
 STREAM_LAG_SECONDS = Gauge(
     "compass_stream_consumer_lag_seconds",
-    "Estimated time to drain the waiting events at the current embedding capacity.",
+    "Estimated time to drain the waiting events at the current capacity.",
+    registry=REGISTRY,
+)
+STREAM_ARRIVAL_RATE = Gauge(
+    "compass_stream_arrival_rate_events_per_second",
+    "Prompt events arriving per second, as the sample-rate controller estimates it.",
+    registry=REGISTRY,
+)
+STREAM_CAPACITY = Gauge(
+    "compass_stream_capacity_events_per_second",
+    "Events per second the stream processes at the current sample rate (controller estimate).",
+    registry=REGISTRY,
+)
+STREAM_EVENT_LAG_SECONDS = Gauge(
+    "compass_stream_event_time_lag_seconds",
+    "Wall clock minus the newest event time of the last flushed batch.",
     registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
@@ -243,8 +258,18 @@ def record_stream_batch(
     lag_seconds: float | None,
     drift_languages: Iterable[str] = (),
     dead_letter_reasons: Iterable[str] = (),
+    arrival_rate: float | None = None,
+    capacity: float | None = None,
+    event_lag_seconds: float | None = None,
 ) -> None:
     """One checkpointed micro-batch of the stream app."""
+    for gauge, value in (
+        (STREAM_ARRIVAL_RATE, arrival_rate),
+        (STREAM_CAPACITY, capacity),
+        (STREAM_EVENT_LAG_SECONDS, event_lag_seconds),
+    ):
+        if value is not None:
+            gauge.set(value)
     STREAM_BATCHES.inc()
     STREAM_EVENTS.inc(n_events)
     STREAM_EVENTS_COUNTED.inc(n_counted)

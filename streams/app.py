@@ -2,12 +2,16 @@
 
 ::
 
-    prompt-events ──► process_prompt_events (micro-batches: noack_take(size, within))
-                        decode + validate ──invalid──► prompt-events.dlq + dead_letters table
-                        sample ──► embed ──► nearest centroid ──► vector store
+    prompt-events ──► process_prompt_events (consumed batches: noack_take(size, within))
+                        decode + validate, choose the sample (stratified by language)
+                        gather until a full embedding batch, an event bound or a time bound
+                        (streams/gather.py; a timer flushes a quiet stream), then per flush:
+                        invalid ──► prompt-events.dlq + dead_letters table
+                        sampled ──► embed ──► nearest centroid ──► vector store
                         usage counts ──► closed event-time windows ──► drift check per language
                         drift ──► drift_events + outbox ──► drift-events
                         ack (offsets committed only now: at-least-once)
+    timer (1 s) ──► log-end offsets: the consumer's own lag, for the sample-rate controller
     timer (5 s) ──► outbox relay (re-sends drift events a crash left unpublished)
 
 The order of a batch's effects, and why it makes redelivery harmless, is
@@ -20,7 +24,7 @@ settings that are unset).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -35,6 +39,7 @@ from streams.stages import RawMessage
 
 log = structlog.get_logger(__name__)
 OUTBOX_INTERVAL_S = 5.0
+LOG_END_INTERVAL_S = 1.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -60,6 +65,10 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",  # no Faust tables: durable state is in PostgreSQL
         datadir=str(settings.data_dir / "faust"),
         stream_buffer_maxsize=max(4 * settings.stream_batch_size, 1024),
+        # Faust would wait for every consumed message to be acked before a rebalance or a stop;
+        # the gatherer holds consumed messages until their flush, so the revocation hook below
+        # flushes and commits instead, and a stop leaves the gathered ones to be redelivered
+        stream_wait_empty=False,
     )
     prompt_events = app.topic(
         settings.topic_prompt_events,
@@ -74,33 +83,39 @@ def create_app(settings: Settings) -> faust.App:
         partitions=settings.prompt_events_partitions,
     )
     runtime = StreamRuntime(settings)
-
-    def consumer_lag(next_offsets: Mapping[tuple[str, int], int]) -> int | None:
-        """Events waiting on this worker's partitions (None when the broker will not say)."""
-        try:
-            total = 0
-            for tp in app.consumer.assignment():
-                if tp.topic != settings.topic_prompt_events:
-                    continue
-                high = app.consumer.highwater(tp)
-                if high is None or high < 0:
-                    return None
-                total += max(0, high - next_offsets.get((tp.topic, tp.partition), high))
-            return total
-        except Exception:
-            return None
+    take_within = max(0.05, settings.stream_batch_within_s / 4)
 
     @app.agent(prompt_events, name="prompt-events-to-drift")
     async def process_prompt_events(stream: Any) -> None:
         try:
-            async for events in stream.noack_take(
-                settings.stream_batch_size, within=settings.stream_batch_within_s
-            ):
+            async for events in stream.noack_take(settings.stream_batch_size, within=take_within):
                 messages = [_raw(event.message) for event in events]
-                ack = _acknowledger(stream, events)
-                await runtime.handle(messages, dead_letters, lag=consumer_lag, ack=ack)
+                await runtime.handle(messages, dead_letters, ack=_acknowledger(stream, events))
         except Exception as exc:  # a dead agent must take its process down (issue 13)
             exit_process(EXIT_AGENT_DIED, f"agent died: {exc!r}", runtime.close)
+
+    @app.timer(interval=take_within)
+    async def flush_quiet_stream() -> None:
+        if runtime.processor is not None:
+            await runtime.flush_if_due()
+
+    @app.timer(interval=LOG_END_INTERVAL_S)
+    async def read_log_end() -> None:
+        """The consumer's own lag: log end (ListOffsets, and the fetch high-water marks)
+        against the position it has processed (:meth:`StreamRuntime.lag_events`)."""
+        try:
+            assigned = [
+                tp for tp in app.consumer.assignment() if tp.topic == settings.topic_prompt_events
+            ]
+            if not assigned:
+                return
+            ends = dict(await app.consumer.highwaters(*assigned))
+            for tp in assigned:
+                high = app.consumer.highwater(tp)
+                ends[tp] = max(ends.get(tp) or 0, high or 0)
+            runtime.observe_log_end({(tp.topic, tp.partition): end for tp, end in ends.items()})
+        except Exception as exc:  # the lag is then older; the controller copes
+            log.debug("stream.log_end_failed", error=repr(exc)[:200])
 
     heartbeat = Heartbeat()
 
@@ -111,7 +126,12 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def open_resources() -> None:
         serve(settings, alive=heartbeat, ready=lambda: is_ready(runtime))
-        await runtime.start()  # fails the worker early, with one clear line, if misconfigured
+        try:
+            await runtime.start()  # fails the worker early, with one clear line, if misconfigured
+        except Exception as exc:  # the agent cannot run without them: the same exit as its death
+            exit_process(
+                EXIT_AGENT_DIED, f"agent died: cannot open its resources: {exc!r}", runtime.close
+            )
         await runtime.run_blocking(runtime.relay_outbox)
 
     @app.timer(interval=OUTBOX_INTERVAL_S)
@@ -122,6 +142,15 @@ def create_app(settings: Settings) -> faust.App:
             await runtime.run_blocking(runtime.relay_outbox)
         except Exception as exc:  # the next tick retries; rows stay pending meanwhile
             log.warning("outbox.relay_failed", error=repr(exc)[:300])
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def flush_before_revocation(sender: Any, revoked: Any = None, **_: Any) -> None:
+        """Still the owner of the partitions: checkpoint what is gathered, wait for it, commit
+        — so the next owner starts after it (no redelivery of what was counted here)."""
+        if runtime.processor is None:
+            return
+        await runtime.flush(wait=True)
+        await app.commit({settings.topic_prompt_events})
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_resources(sender: Any, **_: Any) -> None:
@@ -144,10 +173,12 @@ def _acknowledger(stream: Any, events: list[Any]) -> Callable[[], Awaitable[None
     """The batch's ack for the checkpoint: acknowledges each event once, however often it is
     called (a failed checkpoint is retried as a whole)."""
     pending = list(events)
+    done = [0]
 
     async def ack() -> None:
-        while pending:
-            await stream.ack(pending.pop(0))
+        while done[0] < len(pending):
+            await stream.ack(pending[done[0]])
+            done[0] += 1
 
     return ack
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from compass import metrics
+from streams.controller import RateDecision
 from streams.pipeline import BatchReport
-from streams.shedding import RateDecision
 from streams.stages import Decoded
 
 
@@ -29,6 +29,9 @@ def export_batch(report: BatchReport, decision: RateDecision, decoded: Decoded) 
         lag_seconds=decision.lag_seconds,
         drift_languages=[event.language for event in report.drift_events],
         dead_letter_reasons=[letter.reason for letter in decoded.dead_letters],
+        arrival_rate=decision.arrival_rate,
+        capacity=decision.capacity,
+        event_lag_seconds=decision.event_lag_seconds,
     )
 
 

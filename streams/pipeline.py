@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 import structlog
 
 from compass.config import Settings
@@ -27,8 +28,9 @@ from compass.ports.storage import SemanticMapRecord, UnitOfWork, UsageObservatio
 from compass.ports.vector_store import VectorPoint, VectorStore
 from streams import stages
 from streams.checkpoint import commit_batch
+from streams.controller import SamplingController
 from streams.drift_check import DetectorFactory, DriftChecker
-from streams.shedding import SamplingController
+from streams.shedding import StratifiedSampler
 
 log = structlog.get_logger(__name__)
 VECTOR_FLUSH_S = 5.0
@@ -154,6 +156,11 @@ class BatchProcessor:
             min_rate=settings.stream_min_sample_rate,
             max_lag_s=settings.stream_max_lag_s,
         )
+        self.sampler = StratifiedSampler(
+            self.policy,
+            rate=lambda: self.controller.rate,
+            min_per_window=settings.stream_min_sampled_per_window,
+        )
         self.checker = DriftChecker(settings, uow_factory, vector_store, self.policy, detectors)
         self.watermarks: dict[str, datetime] = {}
         self._flushed_at = time.monotonic()
@@ -181,7 +188,10 @@ class BatchProcessor:
         record = self.maps.current()
         events = stages.unique_events(decoded.events)
         rate = self.controller.rate
-        mask = stages.sample_mask(events, rate)
+        if decoded.sampled is None:
+            mask = self.sampler.choose(events)
+        else:
+            mask = np.fromiter((e.event_id in decoded.sampled for e in events), bool, len(events))
         chosen = [e for e, keep in zip(events, mask.tolist(), strict=True) if keep]
         t0 = time.perf_counter()
         vectors = stages.embed_texts(self.embedder, [e.text for e in chosen])

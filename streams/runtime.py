@@ -1,9 +1,13 @@
 """What the Faust agent needs at run time, opened once per worker and closed on shutdown.
 
 :class:`StreamRuntime` owns the embedder, the vector store, the database store, the batch
-processor and the outbox relay. All blocking work (embedding, Qdrant, PostgreSQL, the outbox
-producer) runs on one dedicated thread, in batch order, so the event loop keeps serving Kafka
-heartbeats while a batch is embedded. A batch that fails transiently (a service unavailable) is
+processor, the gatherer (:mod:`streams.gather`) and the outbox relay. Consumed batches are
+decoded, their sample decided and gathered into flushes; one flush at a time is checkpointed
+while the agent consumes the next. All blocking work (embedding, Qdrant, PostgreSQL, the outbox
+producer) runs on one dedicated thread, in flush order, so the event loop keeps serving Kafka
+heartbeats while a flush is embedded. After each flush the controller
+(:mod:`streams.controller`) sets the rate from its cost and the consumer's own lag
+(:meth:`StreamRuntime.lag_events`). A batch that fails transiently (a service unavailable) is
 retried with back-off and never acknowledged; one that fails because of an event is isolated by
 the checkpoint (the event dead-lettered, the rest processed). On shutdown the thread finishes
 the batch in hand before anything is closed.
@@ -16,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,16 +31,18 @@ import structlog
 from compass.bootstrap import Services
 from compass.config import Settings
 from compass.core.errors import is_transient
-from compass.core.events import DeadLetter, encode
+from compass.core.events import DeadLetter, encode, utc_now
 from streams.checkpoint import OFFLINE, Edges, checkpoint
+from streams.controller import FlushStats, RateDecision
 from streams.exporter import export_batch, export_retry
+from streams.gather import Flush, Gatherer
 from streams.pipeline import BatchProcessor, BatchReport
-from streams.shedding import BatchStats, RateDecision
-from streams.stages import RawMessage, dead_letter_key, decode_messages
+from streams.stages import Decoded, RawMessage, dead_letter_key, decode_messages
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 SHUTDOWN_GRACE_S = 8.0
+METRICS_EVERY_S = 2.0
 
 
 @dataclass
@@ -58,7 +64,9 @@ class StreamMetrics:
     max_lag_events: int = 0
     lag_seconds: float | None = None
     embed_capacity: float | None = None
+    capacity: float | None = None
     arrival_rate: float | None = None
+    event_lag_seconds: float | None = None
     events_per_s: float = 0.0
 
     def add(self, report: BatchReport, decision: RateDecision) -> None:
@@ -74,8 +82,10 @@ class StreamMetrics:
         self.lag_events = decision.lag_events
         self.max_lag_events = max(self.max_lag_events, decision.lag_events or 0)
         self.lag_seconds = decision.lag_seconds
-        self.embed_capacity = decision.capacity
+        self.embed_capacity = decision.embed_capacity
+        self.capacity = decision.capacity
         self.arrival_rate = decision.arrival_rate
+        self.event_lag_seconds = decision.event_lag_seconds
         elapsed = max(time.monotonic() - self.started_at, 1e-9)
         self.events_per_s = self.events / elapsed
 
@@ -93,8 +103,19 @@ class StreamRuntime:
         self._producer: Any = None
         self._services: Services | None = None
         self.metrics = StreamMetrics(started_at=time.monotonic())
-        self._last_batch_end: float | None = None
-        self._next_offsets: dict[Any, int] = {}
+        self.gatherer = Gatherer(
+            embed_batch=settings.stream_embed_batch_size,
+            max_events=settings.stream_max_batch_events,
+            max_wait_s=settings.stream_batch_within_s,
+        )
+        self._flush_lock = asyncio.Lock()
+        self._inflight: asyncio.Future[BatchReport] | None = None
+        self._dlq: Any = None
+        self._last_flush_end: float | None = None
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self.log_end: dict[tuple[str, int], int] = {}
+        self._metrics_written = 0.0
+        self._metrics_dirty = False
         self._last_progress = 0.0
         self._closed = False
         self.metrics_path: Path = settings.data_dir / "streams" / f"metrics-{os.getpid()}.json"
@@ -107,18 +128,19 @@ class StreamRuntime:
         """Open every resource (blocking); idempotent."""
         if self.processor is not None:
             return self.processor
-        from compass.bootstrap import bootstrap
+        from compass.bootstrap import bootstrap, open_unit_of_work
 
         settings = self.settings
         if not settings.database_url:
             from compass.core.errors import ConfigError
 
             raise ConfigError("the stream needs COMPASS_DATABASE_URL (compass streams sets it)")
+        # no ping per checkout: a dead connection fails the flush transiently and it is retried
+        self._store = open_unit_of_work(settings, pre_ping=False)
         services = self._services = bootstrap(
-            settings, embedding_cache=settings.stream_embedding_cache
+            settings, uow_factory=self._store, embedding_cache=settings.stream_embedding_cache
         )
         embedder = services.embedder
-        self._store = services.uow_factory
         self._vector_store = services.vector_store
         processor = BatchProcessor(
             settings,
@@ -131,7 +153,8 @@ class StreamRuntime:
         processor.check_ready()
         self.processor = processor
         log.info(
-            "stream.ready", embedder=embedder.model_id, batch=settings.stream_batch_size,
+            "stream.ready", embedder=embedder.model_id, take=settings.stream_batch_size,
+            embed_batch=settings.stream_embed_batch_size,
             forced_rate=settings.stream_sample_rate, window_s=settings.stream_window_seconds,
         )  # fmt: skip
         return processor
@@ -160,23 +183,19 @@ class StreamRuntime:
         self._write_metrics()
         log.info("stream.stopped", **_loggable(self.metrics))
 
-    # ------------------------------------------------------------------ one batch
+    # ------------------------------------------------------------------ consumed batches
     async def handle(
         self,
         messages: list[RawMessage],
         dlq: Any,
-        lag: Any = None,
         ack: Callable[[], Awaitable[None]] | None = None,
-    ) -> BatchReport:
-        """Decode, then run the batch's :func:`~streams.checkpoint.checkpoint` (its blocking
-        steps on the batch thread), retrying until it succeeds; ``ack`` (idempotent)
-        acknowledges the batch's offsets as the checkpoint's last step.
-
-        Only transient failures (database or broker unavailable) reach the retry loop: the
-        checkpoint isolates and dead-letters an event that fails deterministically, so a
-        poison event never stalls the partition."""
+    ) -> None:
+        """Take one consumed batch: decode it, decide its sample (stratified, at the current
+        rate) and gather it (:mod:`streams.gather`); flush when a bound is reached. ``ack``
+        (idempotent) acknowledges the batch; it is called by the flush that contains it, as
+        the checkpoint's last step."""
         processor = await self.start()
-        started = time.monotonic()
+        self._dlq = dlq
         decoded = decode_messages(
             messages,
             max_text_chars=self.settings.max_text_chars,
@@ -184,15 +203,71 @@ class StreamRuntime:
             max_clock_skew_s=self.settings.stream_max_clock_skew_s,
             max_event_age_s=self.settings.stream_max_event_age_s,
         )
+        events, start, first = decoded.events, 0, True
+        while True:  # a consumed batch whose sample would overfill a flush is split
+            gatherer = self.gatherer
+            budget = max(1, gatherer.embed_batch - gatherer.n_sampled)
+            room = gatherer.max_events - gatherer.n_waiting
+            chosen, end = processor.sampler.choose_within(events, start, budget, room)
+            last = end >= len(events)
+            part = Decoded(
+                events[start:end], decoded.dead_letters if first else [], decoded.origins
+            )
+            self.gatherer.add(part, chosen, (ack or OFFLINE.ack) if last else None,
+                              messages if last else ())  # fmt: skip
+            start, first = end, False
+            if self.gatherer.due():
+                await self.flush()  # may update the rate the rest is decided at
+            if last:
+                return
+
+    async def flush_if_due(self) -> None:
+        """The timer's call: flush a quiet stream's waiting events once their time is up."""
+        if self.gatherer.due():
+            await self.flush()
+        if self._metrics_dirty and time.monotonic() - self._metrics_written >= METRICS_EVERY_S:
+            await self.run_blocking(self._write_metrics)
+
+    async def flush(self, wait: bool = False) -> None:
+        """Checkpoint everything gathered. One flush is in flight at a time: this waits for
+        the previous one (so acknowledgements stay in consumption order), starts this one and
+        returns while it runs on the batch thread — the agent consumes the next batches
+        meanwhile. ``wait``: return only when this flush is done."""
+        async with self._flush_lock:
+            batch = self.gatherer.take()
+            await self._finish_inflight()
+            if batch is not None:
+                self._inflight = asyncio.ensure_future(self._checkpoint(batch))
+            if wait:
+                await self._finish_inflight()
+
+    async def _finish_inflight(self) -> None:
+        """Wait for the flush in flight; its failure (not a retried one: those never end)
+        propagates once, to the caller — the agent, whose death stops the process."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def _checkpoint(self, batch: Flush) -> BatchReport:
+        """Run the flush's :func:`~streams.checkpoint.checkpoint` (its blocking steps on the
+        batch thread), retrying until it succeeds, then feed the controller.
+
+        Only transient failures (database or broker unavailable) reach the retry loop: the
+        checkpoint isolates and dead-letters an event that fails deterministically, so a
+        poison event never stalls the partition."""
+        processor = await self.start()
+        dlq = self._dlq
         edges = Edges(
             send_dead_letters=lambda letters: self._send_dead_letters(letters, dlq),
             publish_outbox=self.relay_outbox,
-            ack=ack or OFFLINE.ack,
+            ack=batch.ack,
         )
         delay = 0.5
         while True:
             try:
-                report = await checkpoint(decoded, processor, run=self.run_blocking, edges=edges)
+                report = await checkpoint(
+                    batch.decoded, processor, run=self.run_blocking, edges=edges
+                )
                 break
             except asyncio.CancelledError:
                 raise
@@ -205,37 +280,66 @@ class StreamRuntime:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        for message in messages:
-            if message.partition is not None and message.offset is not None:
-                key = (message.topic, message.partition)
-                self._next_offsets[key] = max(self._next_offsets.get(key, 0), message.offset + 1)
+        for key, position in batch.positions.items():
+            self._next_offsets[key] = max(self._next_offsets.get(key, 0), position)
         now = time.monotonic()
-        interval = now - (self._last_batch_end if self._last_batch_end is not None else started)
-        self._last_batch_end = now
+        since = batch.opened_at
+        if self._last_flush_end is not None:
+            since = max(since, self._last_flush_end)
+        self._last_flush_end = now
+        event_lag = event_span = None
+        if batch.newest is not None and batch.oldest is not None:
+            event_lag = (utc_now() - batch.newest).total_seconds()
+            event_span = (batch.newest - batch.oldest).total_seconds()
+        lag = self.lag_events()
         decision = processor.controller.update(
-            BatchStats(
+            FlushStats(
                 n_events=report.n_valid,
                 n_embedded=report.n_embedded,
                 embed_seconds=report.embed_seconds,
                 busy_seconds=report.busy_seconds,
-                interval_seconds=interval,
-                lag_events=lag(self._next_offsets) if lag is not None else None,
-                batch_full=len(messages) >= self.settings.stream_batch_size,
+                interval_seconds=now - since,
+                # events were waiting all along: a full flush with a backlog behind it
+                saturated=batch.by_size and (lag is None or 2 * lag >= batch.n_messages),
+                lag_events=lag,
+                event_lag_seconds=event_lag,
+                event_span_seconds=event_span,
             )
         )
         self.metrics.add(report, decision)
-        export_batch(report, decision, decoded)
+        self._metrics_dirty = True
+        export_batch(report, decision, batch.decoded)
         log.debug(
-            "stream.batch", n=len(messages), embedded=report.n_embedded,
-            rate=round(report.sample_rate, 3), lag=decision.lag_events,
+            "stream.batch", n=batch.n_messages, embedded=report.n_embedded,
+            rate=round(decision.rate, 4), lag=decision.lag_events,
             busy_s=round(report.busy_seconds, 3),
             **{f"{k}_s": round(v, 3) for k, v in report.stage_seconds.items()},
         )  # fmt: skip
         if now - self._last_progress >= 10.0 or report.drift_events:
             self._last_progress = now
             log.info("stream.progress", **_loggable(self.metrics))
-        await self.run_blocking(self._write_metrics)
+        if now - self._metrics_written >= METRICS_EVERY_S:
+            await self.run_blocking(self._write_metrics)
         return report
+
+    # ------------------------------------------------------------------ lag
+    def observe_log_end(self, ends: Mapping[tuple[str, int], int]) -> None:
+        """Record log-end offsets the consumer saw (ListOffsets, fetch high-water marks); the
+        largest figure seen for a partition wins (Tansu's ListOffsets can under-report)."""
+        for key, end in ends.items():
+            if end is not None and end >= 0:
+                self.log_end[key] = max(self.log_end.get(key, 0), int(end))
+
+    def lag_events(self) -> int | None:
+        """Events waiting on this worker's partitions: log end minus processed position,
+        summed over partitions this worker has processed (``None`` before any log end)."""
+        if not self.log_end:
+            return None
+        return sum(
+            max(0, end - self._next_offsets[key])
+            for key, end in self.log_end.items()
+            if key in self._next_offsets
+        )
 
     async def _send_dead_letters(self, letters: Sequence[DeadLetter], dlq: Any) -> None:
         if not letters or dlq is None:
@@ -254,6 +358,9 @@ class StreamRuntime:
         return self._services.relay().drain()
 
     def _write_metrics(self) -> None:
+        """The metrics as JSON (every ``METRICS_EVERY_S`` and at close, not every batch)."""
+        self._metrics_written = time.monotonic()
+        self._metrics_dirty = False
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.metrics), indent=1, sort_keys=True))

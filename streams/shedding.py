@@ -1,30 +1,38 @@
-"""Load shedding that keeps the drift statistics honest.
+"""Load shedding that keeps the drift statistics honest: which events are embedded.
 
 Embedding is the bottleneck (tens of texts per second per CPU core). When prompts arrive faster,
-the stream still *counts* every event but embeds only a uniform random sample of them. Two rules
-keep that sample usable by the drift test (:mod:`compass.core.detectors.js`):
+the stream still *counts* every event but embeds only a sample of them. Three rules keep that
+sample usable by the drift test (:mod:`compass.core.detectors.js`):
 
-* **Uniform and content-blind.** Whether an event is embedded depends only on a hash of its
-  ``event_id`` (:func:`sample_unit`), never on its text, language or cluster, so the sampled
-  cluster counts are a multinomial sample of the window. The hash also makes the decision
-  replay-stable: a redelivered event gets the same verdict at the same rate, and samples at
-  nested rates are nested.
-* **Known rate.** Each window records all events and the sampled ones; the test uses the sampled
-  counts and the sampled size.
+* **Content-blind.** Whether an event is embedded depends only on a hash of its ``event_id``
+  (:func:`sample_unit`) and on how many of its language's events were already embedded in its
+  window, never on its text or cluster, so the sampled cluster counts of a window are a sample of
+  the window's distribution. At one rate the hash makes the decision replay-stable and samples at
+  nested rates nested.
+* **Known size.** Each window records all events and the sampled ones; the test uses the sampled
+  counts and the sampled size (:class:`compass.core.windows.Span.sample_rate` is
+  ``n_sampled / n_events``), so its effective size follows what was actually embedded.
+* **Stratified by language** (:class:`StratifiedSampler`): the first ``min_per_window`` events of
+  each (language, base window) are embedded whatever the rate, then the hash decides at the
+  controller's rate. A language with 1 % of the traffic therefore still reaches the drift test's
+  minimum in every window instead of being starved by the busy ones.
 
-:class:`SamplingController` picks the rate: it estimates the embedder's capacity (texts/s), the
-per-event overhead of everything else, the arrival rate (events consumed plus the change in
-consumer lag) and chooses the largest rate whose throughput covers arrivals *and* drains the
-current backlog within half of ``max_lag_s``. It lowers the rate at once and raises it gently,
-so a burst does not make it oscillate. A forced rate (``COMPASS_STREAM_SAMPLE_RATE``) bypasses it.
+The rate comes from :class:`streams.controller.SamplingController`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import numpy as np
+
+from compass.core.events import PromptEvent
+from compass.core.windows import WindowPolicy
 
 _SCALE = float(1 << 64)
+MAX_TALLIES = 50_000
 
 
 def sample_unit(event_id: str) -> float:
@@ -38,101 +46,55 @@ def is_sampled(event_id: str, rate: float) -> bool:
     return rate >= 1.0 or sample_unit(event_id) < rate
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    """What one micro-batch cost and what was waiting after it."""
+class StratifiedSampler:
+    """Chooses the events to embed: a per-(language, window) minimum, then a hash sample.
 
-    n_events: int
-    n_embedded: int
-    embed_seconds: float
-    busy_seconds: float
-    interval_seconds: float
-    lag_events: int | None
-    batch_full: bool = False
-
-
-@dataclass(frozen=True)
-class RateDecision:
-    rate: float
-    capacity: float | None
-    arrival_rate: float | None
-    lag_events: int | None
-    lag_seconds: float | None
-    throughput: float | None
-
-
-class SamplingController:
-    """Chooses the share of events to embed so that the backlog stays bounded."""
+    ``rate`` is read at each call (the controller's current rate). ``min_per_window`` events of
+    each language and base window (``policy.window_start``) are embedded first, in arrival order;
+    the tallies are this process's (after a restart a window can get up to ``min_per_window``
+    more, which costs embeddings, never counts: usage counting de-duplicates by event id).
+    Decisions are made once per event, when its batch is gathered, and carried with it, so a
+    retried batch embeds the same events.
+    """
 
     def __init__(
-        self,
-        *,
-        forced_rate: float | None = None,
-        min_rate: float = 0.01,
-        max_lag_s: float = 30.0,
-        headroom: float = 0.9,
-        smoothing: float = 0.3,
-        max_increase: float = 1.25,
+        self, policy: WindowPolicy, rate: Callable[[], float], min_per_window: int = 0
     ) -> None:
-        if forced_rate is not None and not 0.0 < forced_rate <= 1.0:
-            raise ValueError("a forced sample rate must be in (0, 1]")
-        self.forced_rate = forced_rate
-        self.min_rate = min_rate
-        self.max_lag_s = max_lag_s
-        self.headroom = headroom
-        self.smoothing = smoothing
-        self.max_increase = max_increase
-        self.rate = forced_rate if forced_rate is not None else 1.0
-        self.capacity: float | None = None  # embedded texts per second
-        self.overhead: float = 0.0  # seconds per event outside the embedder
-        self.arrival: float | None = None  # events per second
-        self._last_lag: int | None = None
-        self.last: RateDecision = RateDecision(self.rate, None, None, None, None, None)
+        self.policy = policy
+        self.rate = rate
+        self.min_per_window = min_per_window
+        self.tallies: dict[tuple[str, datetime], int] = {}
 
-    def _ewma(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self.smoothing) * old + self.smoothing * new
+    def choose(self, events: Sequence[PromptEvent]) -> np.ndarray:
+        """Boolean mask over ``events``: which to embed (updates the tallies)."""
+        return self.choose_within(events, 0, len(events) + 1)[0]
 
-    def update(self, stats: BatchStats) -> RateDecision:
-        """Learn from one batch and return the rate for the next."""
-        if stats.n_embedded > 0 and stats.embed_seconds > 0:
-            self.capacity = self._ewma(self.capacity, stats.n_embedded / stats.embed_seconds)
-        if stats.n_events > 0:
-            other = max(0.0, stats.busy_seconds - stats.embed_seconds) / stats.n_events
-            self.overhead = self._ewma(self.overhead, other)
-        lag = stats.lag_events
-        if lag is None and stats.batch_full:
-            # no lag figure: a full batch means events are waiting; assume a full budget of them
-            lag = int(2 * stats.n_events)
-        if stats.interval_seconds > 0:
-            grown = 0 if lag is None or self._last_lag is None else lag - self._last_lag
-            arrived = max(0.0, (stats.n_events + grown) / stats.interval_seconds)
-            self.arrival = self._ewma(self.arrival, arrived)
-        self._last_lag = lag
-        throughput = self._throughput(self.rate)
-        lag_s = None if lag is None or not throughput else lag / throughput
-        if self.forced_rate is None:
-            self.rate = self._choose(lag)
-        self.last = RateDecision(self.rate, self.capacity, self.arrival, lag, lag_s, throughput)
-        return self.last
+    def choose_within(
+        self, events: Sequence[PromptEvent], start: int, budget: int, limit: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Decide ``events[start:]`` in order until ``budget`` are chosen or ``limit`` are
+        decided; returns the mask over ``events[start:end]`` and ``end`` (the events after it
+        are not decided yet — they wait for the next flush and the rate the controller sets
+        after this one)."""
+        rate = self.rate()
+        mask = np.zeros(len(events) - start, dtype=bool)
+        tallies, minimum = self.tallies, self.min_per_window
+        end, chosen = start, 0
+        stop = len(events) if limit is None else min(len(events), start + max(1, limit))
+        while end < stop and chosen < budget:
+            event = events[end]
+            key = (event.language, self.policy.window_start(event.occurred_at))
+            seen = tallies.get(key, 0)
+            if seen < minimum or rate >= 1.0 or sample_unit(event.event_id) < rate:
+                mask[end - start] = True
+                tallies[key] = seen + 1
+                chosen += 1
+            end += 1
+        if len(tallies) > MAX_TALLIES:
+            self._forget_oldest()
+        return mask[: end - start], end
 
-    def _throughput(self, rate: float) -> float | None:
-        """Events per second the stream processes at ``rate``."""
-        if not self.capacity:
-            return None
-        per_event = rate / (self.capacity * self.headroom) + self.overhead
-        return 1.0 / per_event if per_event > 0 else None
-
-    def _choose(self, lag: int | None) -> float:
-        if self.capacity is None or self.arrival is None:
-            return self.rate
-        drain = (lag or 0) / (0.5 * self.max_lag_s)
-        needed = self.arrival + drain
-        if needed <= 0:
-            target = 1.0
-        else:
-            budget = 1.0 / needed - self.overhead  # seconds of embedding per event we can afford
-            target = budget * self.capacity * self.headroom
-        target = min(1.0, max(self.min_rate, target))
-        if target > self.rate:  # raise gently, lower at once
-            target = min(target, self.rate * self.max_increase + 0.01)
-        return target
+    def _forget_oldest(self) -> None:
+        """Keep the newest half of the windows (old windows are closed anyway)."""
+        keep = sorted(self.tallies, key=lambda k: k[1])[len(self.tallies) // 2 :]
+        self.tallies = {k: self.tallies[k] for k in keep}

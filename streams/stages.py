@@ -60,10 +60,13 @@ class Decoded:
     events: list[PromptEvent]
     dead_letters: list[DeadLetter]
     origins: Mapping[str, RawMessage] = field(default_factory=dict)
+    sampled: frozenset[str] | None = None
+    """Ids of the events chosen for embedding when the batch was gathered
+    (:mod:`streams.gather`); ``None``: the processor's sampler chooses when it prepares it."""
 
     def part(self, events: list[PromptEvent]) -> Decoded:
         """Some of the events, without the dead letters (a part of an isolated batch)."""
-        return Decoded(events, [], self.origins)
+        return Decoded(events, [], self.origins, self.sampled)
 
 
 def decode_messages(

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import unicodedata
+from datetime import datetime
 from typing import Any
 
 MAX_NUMBER_CHARS = 64
@@ -25,10 +26,10 @@ def loads_json(text: str) -> Any:
     """Parse JSON under the edge policy; raises :class:`ValueError` (or its subclass
     :class:`json.JSONDecodeError`) for malformed JSON, a number longer than
     :data:`MAX_NUMBER_CHARS` or not finite, and nesting deeper than Python can parse."""
+    if text.startswith("\ufeff"):  # what json.loads says, before the shared decoder
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
-        return json.loads(
-            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant
-        )
+        return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -50,6 +51,12 @@ def _parse_float(literal: str) -> float:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constant
+)
+"""One decoder for every message (``json.loads`` with hooks builds one per call)."""
 
 
 def string_problem(value: str) -> str | None:
@@ -101,6 +108,13 @@ def clean_string(value: str) -> str:
 def check_value(value: Any, where: str = "value") -> Any:
     """Raise :class:`ValueError` for a string that breaks the policy or a non-finite float,
     anywhere inside ``value`` (lists and dicts, keys included); returns ``value``."""
+    if isinstance(value, str):  # the common case (every event field), without the walk
+        problem = string_problem(value)
+        if problem:
+            raise ValueError(f"{where} {problem}")
+        return value
+    if value is None or isinstance(value, int | datetime):
+        return value
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         node, depth = stack.pop()

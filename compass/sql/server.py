@@ -74,8 +74,10 @@ def database_url(settings: Settings, *, start_embedded: bool = True) -> str:
     return embedded.start() if start_embedded else embedded.url
 
 
-def make_db_engine(url: str, **kwargs: Any) -> Engine:
-    return create_engine(url, pool_pre_ping=True, future=True, **kwargs)
+def make_db_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
+    """An engine on ``url``; ``pre_ping`` tests each connection at checkout (a round trip per
+    transaction: the stream turns it off and retries a flush that meets a dead connection)."""
+    return create_engine(url, pool_pre_ping=pre_ping, future=True, **kwargs)
 
 
 def describe_url(url: str) -> str:

@@ -410,11 +410,13 @@ class SqlUnitOfWork(UnitOfWork):
 class SqlStore(UnitOfWorkFactory):
     """The engine plus a factory of units of work: what agents and workers hold."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, pre_ping: bool = True) -> None:
         from compass.sql.server import make_db_engine
 
         self.url = url
-        self.engine = make_db_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        self.engine = make_db_engine(
+            url, pre_ping=pre_ping, pool_size=pool_size, max_overflow=pool_size
+        )
 
     def __call__(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -429,6 +431,6 @@ class SqlStore(UnitOfWorkFactory):
         self.dispose()
 
 
-def open_store(url: str, *, pool_size: int = 5) -> SqlStore:
+def open_store(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> SqlStore:
     """A :class:`SqlStore` on ``url`` (run ``compass db upgrade`` first)."""
-    return SqlStore(url, pool_size=pool_size)
+    return SqlStore(url, pool_size=pool_size, pre_ping=pre_ping)

@@ -64,6 +64,44 @@ _UPSERT_COUNTS = text(
 
 _CountKey = tuple[str, datetime, int, int, int]
 
+_STAGE_TABLE = text(
+    """
+    CREATE TEMP TABLE IF NOT EXISTS usage_stage (
+        event_id text, language text, window_start timestamptz, window_seconds integer,
+        semantic_map_version integer, cluster integer, weight double precision, sampled boolean
+    ) ON COMMIT DELETE ROWS
+    """
+)
+
+_COUNT_STAGED = text(
+    """
+    WITH fresh AS (
+        INSERT INTO processed_events (event_id)
+        SELECT event_id FROM usage_stage
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+    ), counted AS (
+        INSERT INTO usage_counts AS u
+               (language, window_start, window_seconds, semantic_map_version, cluster,
+                total_count, sampled_count)
+        SELECT s.language, s.window_start, s.window_seconds, s.semantic_map_version, s.cluster,
+               sum(s.weight)::numeric, count(*) FILTER (WHERE s.sampled)
+        FROM usage_stage s JOIN fresh USING (event_id)
+        GROUP BY 1, 2, 3, 4, 5
+        ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
+        DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
+                      sampled_count = u.sampled_count + EXCLUDED.sampled_count
+        RETURNING 1
+    )
+    SELECT count(*) FROM fresh
+    """
+)
+_COPY_STAGE = (
+    "COPY usage_stage (event_id, language, window_start, window_seconds, semantic_map_version,"
+    " cluster, weight, sampled) FROM STDIN"
+)
+
 
 class SqlUsageRepository(UsageRepository):
     def __init__(self, conn: Connection) -> None:
@@ -118,6 +156,39 @@ class SqlUsageRepository(UsageRepository):
             },
         )
         return n_new
+
+    def record_usage_staged(self, events: Sequence[UsageObservation]) -> int:
+        """``record_usage`` through ``COPY`` into a session-local staging table and one
+        statement that inserts the new ids and adds their counts (the same guarantee: a
+        redelivered id is counted never again; same transaction). Measured against
+        :meth:`record_usage` in ``benchmarks/bench_usage_ingest.py``."""
+        if not events:
+            return 0
+        first: dict[str, UsageObservation] = {}
+        for event in events:
+            if not 0.0 < event.weight < math.inf:
+                raise DataError(
+                    f"event {event.event_id}: weight must be positive, got {event.weight}"
+                )
+            first.setdefault(event.event_id, event)
+        self._conn.execute(_STAGE_TABLE)
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor, cursor.copy(_COPY_STAGE) as copy:
+            for e in first.values():
+                copy.write_row(
+                    (
+                        e.event_id,
+                        e.language,
+                        require_aware(e.window_start, "window_start"),
+                        e.window_seconds,
+                        e.semantic_map_version,
+                        e.cluster,
+                        e.weight,
+                        e.sampled,
+                    )
+                )
+        return int(self._conn.execute(_COUNT_STAGED).scalar_one())
 
     def usage_distribution(
         self,

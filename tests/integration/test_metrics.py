@@ -62,6 +62,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
                                                             "compass_jobs"):  # fmt: skip
             assert family.name.rsplit("_", 1)[1] in (
                 "events", "seconds", "ratio", "messages", "running",
+                "second",  # rates: *_events_per_second
             ), family.name  # fmt: skip
     labels = {
         name

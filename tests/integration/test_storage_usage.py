@@ -69,6 +69,29 @@ def test_record_usage_counts_each_event_once(store: SqlStore, map_version: int) 
         assert "de" in uow.usage.languages_with_usage(WINDOW)
 
 
+def test_staged_copy_variant_counts_like_record_usage(store: SqlStore, map_version: int) -> None:
+    """``record_usage_staged`` (COPY into a staging table, measured in bench_usage_ingest) keeps
+    the same guarantee: a redelivered id is never counted again, counts are identical."""
+
+    def obs(event_id: str, cluster: int, **kw: Any) -> UsageObservation:
+        return UsageObservation(event_id, "is", cluster, WINDOW, 3600, map_version, **kw)
+
+    batch = [obs(f"is-stage-{i}", i % 3) for i in range(30)] + [obs("is-stage-0", 2)]
+    batch.append(obs("is-stage-shed", -1, sampled=False, weight=4.0))
+    with store() as uow:
+        assert uow.usage.record_usage_staged(batch) == 31  # type: ignore[attr-defined]
+        uow.commit()
+    with store() as uow:
+        again = [*batch[:15], obs("is-stage-new", 0)]
+        assert uow.usage.record_usage_staged(again) == 1  # type: ignore[attr-defined]
+        assert uow.usage.record_usage(batch[15:20]) == 0  # the two paths share the dedup rows
+        uow.commit()
+    with store() as uow:
+        assert sql_helpers.window_counts(uow, "is", WINDOW) == {
+            -1: (4.0, 0), 0: (11.0, 11), 1: (10.0, 10), 2: (10.0, 10),
+        }  # fmt: skip
+
+
 def test_record_usage_keeps_any_event_id_intact(store: SqlStore, map_version: int) -> None:
     ids = ['q"uote', "back\\slash", "{brace,comma}", "NULL", " space ", "日本語", 'a\\"b', ""]
     events = [UsageObservation(i, "ca", 0, WINDOW, 3600, map_version) for i in ids]

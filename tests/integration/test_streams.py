@@ -383,6 +383,8 @@ def test_d_quarter_sampling_still_detects_the_shift_without_false_alarms(
                 COMPASS_DATABASE_URL=url,
                 COMPASS_STREAM_APP_ID=f"{env.prefix}-d",
                 COMPASS_TOPIC_DRIFT_EVENTS=drift_topic,
+                # the uniform hash sample alone (the stratified minimum: test_stream_sampling)
+                COMPASS_STREAM_MIN_SAMPLED_PER_WINDOW="0",
             ),
             tmp_path_factory.mktemp("stream-d"),
             _complete(store, N_BAD),

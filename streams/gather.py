@@ -1,0 +1,147 @@
+"""Gathering consumed batches into flushes: full embedding batches at any sample rate.
+
+The Faust agent hands over what it consumed (bounded by ``COMPASS_STREAM_BATCH_SIZE`` and
+``COMPASS_STREAM_BATCH_WITHIN_S``); each consumed batch is decoded and its events' sampling
+decided at once (:class:`streams.shedding.StratifiedSampler`), then it waits here, unacknowledged,
+until one of three bounds is reached:
+
+* ``embed_batch`` sampled events are waiting — a full embedding batch (at a 1 % rate that is
+  ~6,400 events: the flush grows with the load, so per-flush costs are amortised);
+* ``max_events`` events are waiting — a bound on memory and on the work a crash replays;
+* the oldest waiting event has waited ``max_wait_s`` — a quiet stream still flows.
+
+A flush is one :func:`streams.checkpoint.checkpoint` over the merged batch; its ``ack``
+acknowledges every consumed batch in it, in consumption order, after the effects are durable.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from compass.core.events import DeadLetter, PromptEvent
+from streams.stages import Decoded, RawMessage
+
+Ack = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Flush:
+    """Consumed batches merged for one checkpoint.
+
+    ``decoded.sampled`` holds the ids chosen for embedding; ``positions`` the next offset per
+    (topic, partition) once it is acknowledged; ``n_messages`` the events and dead letters in
+    it; ``newest`` the latest event time in it."""
+
+    decoded: Decoded
+    acks: list[Ack]
+    positions: dict[tuple[str, int], int]
+    n_messages: int
+    n_sampled: int
+    opened_at: float
+    newest: datetime | None = None
+    oldest: datetime | None = None
+    by_size: bool = False
+
+    async def ack(self) -> None:
+        """Acknowledge every consumed batch, in order (each ack is idempotent)."""
+        for ack in self.acks:
+            await ack()
+
+
+@dataclass
+class Gatherer:
+    """Holds consumed, decoded batches until a bound is reached (see the module docstring)."""
+
+    embed_batch: int
+    max_events: int
+    max_wait_s: float
+    clock: Callable[[], float] = time.monotonic
+    _events: list[PromptEvent] = field(default_factory=list)
+    _dead: list[DeadLetter] = field(default_factory=list)
+    _origins: dict[str, RawMessage] = field(default_factory=dict)
+    _sampled: set[str] = field(default_factory=set)
+    _acks: list[Ack] = field(default_factory=list)
+    _positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    _n_messages: int = 0
+    _opened_at: float | None = None
+    _newest: datetime | None = None
+    _oldest: datetime | None = None
+
+    def add(
+        self,
+        decoded: Decoded,
+        chosen: np.ndarray,
+        ack: Ack | None,
+        messages: Sequence[RawMessage] = (),
+    ) -> None:
+        """Events of one consumed batch with the sampling mask over them; a consumed batch
+        split over several flushes (its sample would overfill one) gives its ``ack`` and its
+        ``messages`` (the offsets) with its last part, so it is acknowledged only when every
+        part is durable (flushes complete in order)."""
+        if self._opened_at is None:
+            self._opened_at = self.clock()
+        self._events.extend(decoded.events)
+        self._dead.extend(decoded.dead_letters)
+        for event_id, origin in decoded.origins.items():
+            self._origins.setdefault(event_id, origin)
+        pairs = zip(decoded.events, chosen.tolist(), strict=True)
+        self._sampled.update(event.event_id for event, keep in pairs if keep)
+        for event in decoded.events:
+            at = event.occurred_at
+            if self._newest is None or at > self._newest:
+                self._newest = at
+            if self._oldest is None or at < self._oldest:
+                self._oldest = at
+        if ack is not None:
+            self._acks.append(ack)
+        for message in messages:
+            if message.partition is not None and message.offset is not None:
+                key = (message.topic, message.partition)
+                if message.offset + 1 > self._positions.get(key, -1):
+                    self._positions[key] = message.offset + 1
+        self._n_messages += len(decoded.events) + len(decoded.dead_letters)
+
+    @property
+    def n_sampled(self) -> int:
+        return len(self._sampled)
+
+    @property
+    def n_waiting(self) -> int:
+        """Events and dead letters gathered so far."""
+        return self._n_messages
+
+    def full(self) -> bool:
+        """A size bound is reached (a full embedding batch, or the event bound)."""
+        return len(self._sampled) >= self.embed_batch or self._n_messages >= self.max_events
+
+    def due(self) -> bool:
+        """Flush now? A size bound, or the oldest waiting event has waited ``max_wait_s``."""
+        if self._opened_at is None:
+            return False
+        return self.full() or self.clock() - self._opened_at >= self.max_wait_s
+
+    def take(self) -> Flush | None:
+        """Everything waiting, as one :class:`Flush` (``None`` when nothing waits)."""
+        if self._opened_at is None:
+            return None
+        flush = Flush(
+            decoded=Decoded(self._events, self._dead, self._origins, frozenset(self._sampled)),
+            acks=self._acks,
+            positions=self._positions,
+            n_messages=self._n_messages,
+            n_sampled=len(self._sampled),
+            opened_at=self._opened_at,
+            newest=self._newest,
+            oldest=self._oldest,
+            by_size=self.full(),
+        )
+        self._events, self._dead, self._origins, self._sampled = [], [], {}, set()
+        self._acks, self._positions, self._n_messages = [], {}, 0
+        self._opened_at, self._newest, self._oldest = None, None, None
+        return flush

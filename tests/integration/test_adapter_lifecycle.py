@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from compass.core.errors import DataError
 from compass.core.events import AdapterUpdated, DriftEvent
+from compass.core.gate import PairedLosses
 from compass.core.naming import manifest_sha256
 from compass.lifecycle import AdapterLifecycle
 from compass.lm.training.config import AdapterTrainingConfig
@@ -64,6 +65,9 @@ class _Stub:
     def texts(self, *args: Any, **kwargs: Any) -> list[str]:
         return ["bonjour"]
 
+    def items(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []  # no held-out usage texts: the candidate's paired losses are given below
+
 
 class FixedCandidateWorker(AdapterWorker):
     """The real worker, with selection and training replaced by a candidate that beats the
@@ -80,7 +84,7 @@ class FixedCandidateWorker(AdapterWorker):
             lease=timedelta(minutes=5),
         )  # fmt: skip
 
-    def select(self, drift: DriftEvent) -> SelectedData:
+    def select(self, drift: DriftEvent, held_out: Any = None) -> SelectedData:
         with self._uow_factory() as uow:
             adapter = uow.adapters.get_or_create_adapter(drift.language, BASE)
             live = uow.adapters.active_version(drift.language, BASE)
@@ -103,7 +107,13 @@ class FixedCandidateWorker(AdapterWorker):
             evaluation=Evaluation(
                 live_new_loss=3.0, live_old_loss=2.0, candidate_new_loss=2.5,
                 candidate_old_loss=2.0, training_seconds=0.1, evaluation_seconds=0.1,
-                train_final_loss=2.4, n_train_texts=1, n_eval_new=1, n_eval_old=1,
+                train_final_loss=2.4, n_train_texts=1, n_eval_new=16, n_eval_old=16,
+            ),
+            # 16 held-out texts per usage: clearly better on the new, the same on the old
+            paired=PairedLosses(
+                new_live=np.full(16, 3.0) + np.linspace(0, 0.1, 16),
+                new_candidate=np.full(16, 2.5) + np.linspace(0, 0.1, 16),
+                old_live=np.full(16, 2.0), old_candidate=np.full(16, 2.0),
             ),
         )  # fmt: skip
 

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import structlog
 
+from compass import metrics
 from compass.core.detectors import estimate_dispersion
 from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
@@ -190,6 +191,7 @@ class AdapterWorker:
             with LeaseKeeper(self._uow_factory, job.job_id, s.worker_name, s.lease):
                 outcome = self._run(drift, job.job_id)
         except Exception as exc:
+            metrics.job_stage("idle")
             with self._uow_factory() as uow:
                 uow.jobs.fail_job(job.job_id, s.worker_name, f"{type(exc).__name__}: {exc}")
                 uow.commit()
@@ -240,6 +242,7 @@ class AdapterWorker:
     def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
         s = self.settings
         started = time.perf_counter()
+        metrics.job_stage("sampling")
         selected = self.select(drift)
         adapter, live, target, texts = (
             selected.adapter, selected.live, selected.target, selected.texts
@@ -254,6 +257,7 @@ class AdapterWorker:
             drift.window_start, s.eval_texts, semantic_map_version=map_version,
         )  # fmt: skip
         trained = self._train_and_evaluate(drift, live, texts, new_eval, old_eval)
+        metrics.job_stage("gating")
         evaluation = trained.evaluation
         non_finite = evaluation.non_finite()
         shares = target / target.sum()
@@ -299,6 +303,7 @@ class AdapterWorker:
                 )  # fmt: skip
             uow.jobs.complete_job(job_id, s.worker_name, version.version_id)
             uow.commit()
+        metrics.job_stage("idle")
         log.info(
             "worker.version_recorded",
             language=drift.language,
@@ -367,6 +372,7 @@ class AdapterWorker:
 
         evaluation = 0.0
         earlier_texts: list[str] = []
+        metrics.job_stage("evaluating")
         clock = time.perf_counter()
         if live is not None:
             live_dir = self._artifacts.local_path(live.artifact_uri)
@@ -386,15 +392,19 @@ class AdapterWorker:
             "budget": len(texts),
             "drift_id": str(drift.drift_id),
         }
+        metrics.job_stage("training")
         if previous is not None and earlier_texts:
             candidate = continue_adapter(
-                previous, texts, earlier_texts, s.training, progress=False, provenance=provenance
-            )
+                previous, texts, earlier_texts, s.training, progress=False,
+                provenance=provenance, on_step=metrics.training_step,
+            )  # fmt: skip
         else:
             if previous is not None:
                 previous.detach()
             candidate = train_adapter(base, texts, s.training, progress=False,
-                                      provenance=provenance)  # fmt: skip
+                                      provenance=provenance,
+                                      on_step=metrics.training_step)  # fmt: skip
+        metrics.job_stage("evaluating")
         clock = time.perf_counter()
         candidate_new = loss(candidate.model, new_eval)
         candidate_old = loss(candidate.model, old_eval) if old_eval else candidate_new

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
 
@@ -16,6 +19,9 @@ def demo(
         "(the embedded database is always reset).",
     ),
     timeout: float = typer.Option(900, min=10, help="Seconds to wait on any one step."),
+    summary_json: Path | None = typer.Option(
+        None, "--summary-json", dir_okay=False, help="Also write the summary to this JSON file."
+    ),
 ) -> None:
     """Stream real multilingual usage through the system while French usage shifts twice, and
     watch COMPASS detect each drift, train French v1 and continue it into v2."""
@@ -26,7 +32,7 @@ def demo(
     from compass.lab.demo import demo_dir, run_demo
     from compass.lab.demo_live import render
     from compass.lab.demo_state import DemoSnapshot
-    from compass.lab.demo_summary import print_summary
+    from compass.lab.demo_summary import print_summary, summary
     from compass.logs import configure_file_logging
 
     settings = load_settings()
@@ -47,6 +53,8 @@ def demo(
             console.print("[yellow]interrupted: every process the demo started is stopped[/]")
             raise typer.Exit(130) from None
     print_summary(console, result, log_path)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary(result), indent=2, default=str))
 
 
 def register(app: typer.Typer) -> None:

@@ -242,6 +242,7 @@ class Demo:
 
         timings: dict[str, float] = {}
         clock = time.perf_counter()
+        self._phase("starting the services (broker, PostgreSQL) from a clean slate")
         settings = prepare_services(demo_settings(self.base, self.run_id))
         assert settings.database_url and settings.broker_bootstrap_servers
         reset_demo(settings, configured_database=bool(self.base.database_url), reset=self.reset)
@@ -372,9 +373,10 @@ class Demo:
 
     # ------------------------------------------------------------------ plumbing
     def _phase(self, phase: str) -> None:
-        if self.reader is not None:
-            self.reader.snapshot.phase = phase
-            self.on_update(self.reader.snapshot)
+        snap = self.reader.snapshot if self.reader is not None else DemoSnapshot()
+        snap.phase = phase
+        snap.elapsed_s = time.monotonic() - self.started
+        self.on_update(snap)
         log.info("demo.phase", phase=phase)
 
     def _poll(self, group: ProcessGroup) -> DemoSnapshot:

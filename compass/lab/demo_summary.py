@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from compass.lab.demo import DemoResult
-from compass.lab.demo_live import render
 
 
 def summary(result: DemoResult) -> dict[str, Any]:
@@ -35,7 +34,6 @@ def summary(result: DemoResult) -> dict[str, Any]:
 
 def print_summary(console: Console, result: DemoResult, log_path: Path) -> None:
     facts = summary(result)
-    console.print(render(result.snapshot))
     table = Table("language", "sent", "counted", title="events: sent vs counted")
     for code, sent in sorted(facts["sent"].items()):
         table.add_row(code, str(sent), str(facts["counted"].get(code, 0)))

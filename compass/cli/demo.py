@@ -37,6 +37,7 @@ def demo(
 
     settings = load_settings()
     log_path = demo_dir(settings) / "demo.log"
+    log_path.unlink(missing_ok=True)  # this run's log only (the children's are reset too)
     configure_file_logging(log_path, settings.log_level)
     console = Console()
     console.rule("COMPASS demo: usage stream → drift → adapter v1 → drift → continued v2")

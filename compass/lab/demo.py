@@ -287,7 +287,9 @@ class Demo:
                     clock = time.perf_counter()
                     self._train(group, act)
                     timings[f"worker_{act}_s"] = time.perf_counter() - clock
-                    self._answer(settings, act)
+                clock = time.perf_counter()
+                self._answer(settings, len(acts))
+                timings["answer_s"] = time.perf_counter() - clock
                 self._phase("done")
                 group.stop_all()
                 self._poll(group)
@@ -319,6 +321,8 @@ class Demo:
         assert self.reader is not None
         for language, count in sent.items():
             self.reader.snapshot.languages[language].produced = count
+        if act > 1:  # the adapter of the previous act answers while the stream app works
+            self._answer(settings, act - 1)
 
         def done(snap: DemoSnapshot) -> bool:
             drifts = [d for d in snap.drift_events if d["language"] == "fr"]
@@ -355,7 +359,7 @@ class Demo:
         live = [v for v in snap.versions if v["language"] == "fr" and v["status"] == "active"]
         if not live:
             return
-        self._phase(f"act {act}: {live[-1]['adapter_name']} answers a prompt")
+        log.info("demo.answering", adapter=live[-1]["adapter_name"])
         from compass.bootstrap import open_artifact_store
         from compass.serving import build_engine
 

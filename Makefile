@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (the full loop on embedded services) and
 # `make test` (the default test suite). Both bootstrap .venv first; a second run skips that.
-.PHONY: demo test test-slow lint bootstrap infra-up infra-down bench clean
+.PHONY: demo demo-quick test test-slow lint bootstrap infra-up infra-down bench clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,6 +10,9 @@ bootstrap:
 
 demo: bootstrap
 	$(BIN)/compass demo
+
+demo-quick: bootstrap
+	$(BIN)/compass demo --quick
 
 test: bootstrap
 	$(BIN)/python -m pytest

@@ -43,7 +43,7 @@ def _run_quick(data_dir: Path, database_url: str, broker: str, out: Path) -> tup
     result = subprocess.run(
         [sys.executable, "-m", "compass.cli", "demo", "--quick", "--reset",
          "--summary-json", str(out)],
-        env=env, capture_output=True, text=True, timeout=1500,
+        env=env, capture_output=True, text=True, timeout=3300,
     )  # fmt: skip
     console = result.stdout + result.stderr
     assert result.returncode == 0, console[-4000:]

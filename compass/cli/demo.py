@@ -18,7 +18,7 @@ def demo(
         help="Allow clearing the COMPASS tables of the database COMPASS_DATABASE_URL names "
         "(the embedded database is always reset).",
     ),
-    timeout: float = typer.Option(900, min=10, help="Seconds to wait on any one step."),
+    timeout: float = typer.Option(1800, min=10, help="Seconds to wait on any one step."),
     summary_json: Path | None = typer.Option(
         None, "--summary-json", dir_okay=False, help="Also write the summary to this JSON file."
     ),

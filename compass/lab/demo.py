@@ -222,7 +222,7 @@ class Demo:
         *,
         reset: bool = False,
         on_update: Callable[[DemoSnapshot], None] = lambda _: None,
-        timeout_s: float = 900,
+        timeout_s: float = 1800,
     ) -> None:
         self.run_id = uuid.uuid4().hex[:8]
         self.base = base
@@ -364,6 +364,7 @@ class Demo:
         from compass.serving import build_engine
 
         if self.engine is None:
+            _quiet_transformers()
             self.engine = build_engine(
                 "peft", base_model=settings.base_model_id, data_dir=settings.data_dir
             )
@@ -418,6 +419,15 @@ class Demo:
         )
 
 
+def _quiet_transformers() -> None:
+    """transformers writes progress bars and advice straight to stderr, under the live
+    display: keep its messages at error level and without bars (they are in no log file)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _write_report(settings: Settings) -> Path | None:
     """The HTML/PNG report of :mod:`compass.lab.report` (``write_report(settings, out_dir)``),
     written to ``<data_dir>/demo/report/``, when that module is present."""
@@ -439,7 +449,7 @@ def run_demo(
     quick: bool = False,
     reset: bool = False,
     on_update: Callable[[DemoSnapshot], None] = lambda _: None,
-    timeout_s: float = 900,
+    timeout_s: float = 1800,
 ) -> DemoResult:
     """Run the story once (:data:`QUICK` or :data:`FULL` sizes); see the module docstring."""
     demo = Demo(base, QUICK if quick else FULL, reset=reset, on_update=on_update,

@@ -40,6 +40,18 @@ def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, ask for SIGTERM when the demo process dies, so a
+    demo killed with SIGKILL (no ``finally``) leaves no orphan behind (``prctl``
+    ``PR_SET_PDEATHSIG``); elsewhere nothing."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Child:
     name: str
@@ -71,6 +83,7 @@ class ProcessGroup:
                 stdout=handle,
                 stderr=handle,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         child = Child(name, process, log_path, f"http://127.0.0.1:{port}/metrics")
         self.children[name] = child

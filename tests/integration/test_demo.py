@@ -26,7 +26,7 @@ import pytest
 from compass.lab.demo import QUICK
 from compass.lab.scenario import MALFORMED_KINDS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 STRAY = (
     "group_id is None", "blocking the event loop", "[WARNING]", "Traceback", "[info", "[warn",
@@ -43,13 +43,18 @@ def _run_quick(data_dir: Path, database_url: str, broker: str, out: Path) -> tup
         COMPASS_GETTEXT_DIR=os.environ["COMPASS_GETTEXT_DIR"],
     )
     started = time.monotonic()
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, "-m", "compass.cli", "demo", "--quick", "--reset", "--timeout", "3000",
          "--summary-json", str(out)],
-        env=env, capture_output=True, text=True, timeout=3500,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    console = result.stdout + result.stderr
-    assert result.returncode == 0, console[-4000:]
+    try:
+        console, _ = demo.communicate(timeout=3400)
+    finally:
+        if demo.poll() is None:  # SIGTERM: the demo stops the processes it started
+            demo.terminate()
+            demo.communicate(timeout=60)
+    assert demo.returncode == 0, console[-4000:]
     summary = json.loads(out.read_text())
     summary["wall_s"] = time.monotonic() - started
     return summary, console

@@ -136,21 +136,23 @@ WORKER_JOB_SECONDS = Histogram(
 )
 JOB_STAGES = ("idle", "sampling", "training", "evaluating", "gating")
 WORKER_JOB_STAGE = Gauge(
-    "compass_worker_job_stage",
+    "compass_worker_job_stage_running",
     "1 for the stage the running job is in (sampling, training, evaluating, gating), else 0.",
     ["stage"],
     registry=REGISTRY,
 )
 WORKER_TRAINING_STEP = Gauge(
-    "compass_worker_training_step", "Optimizer steps done in the running job.", registry=REGISTRY
+    "compass_worker_training_completed_steps",
+    "Optimizer steps done in the running job.",
+    registry=REGISTRY,
 )
 WORKER_TRAINING_STEPS = Gauge(
-    "compass_worker_training_steps",
+    "compass_worker_training_planned_steps",
     "Optimizer steps planned in the running job.",
     registry=REGISTRY,
 )
 WORKER_TRAINING_LOSS = Gauge(
-    "compass_worker_training_loss",
+    "compass_worker_training_loss_nats",
     "Task loss (mean token NLL, nats) of the running job's latest step.",
     registry=REGISTRY,
 )

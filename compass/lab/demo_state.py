@@ -113,13 +113,13 @@ class StateReader:
         if worker_metrics:
             samples = scrape(worker_metrics)
             if samples:
-                stage = _by_label(samples, "compass_worker_job_stage", "stage")
+                stage = _by_label(samples, "compass_worker_job_stage_running", "stage")
                 current = next((name for name, on in stage.items() if on == 1), "idle")
-                loss = samples.get(("compass_worker_training_loss", ()))
+                loss = samples.get(("compass_worker_training_loss_nats", ()))
                 snap.worker = WorkerView(
                     stage=current,
-                    step=int(samples.get(("compass_worker_training_step", ()), 0)),
-                    steps=int(samples.get(("compass_worker_training_steps", ()), 0)),
+                    step=int(samples.get(("compass_worker_training_completed_steps", ()), 0)),
+                    steps=int(samples.get(("compass_worker_training_planned_steps", ()), 0)),
                     loss=loss,
                 )
         return snap

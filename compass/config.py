@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         None, description="Qdrant server URL 'http://host:6333'. Unset: Qdrant Edge on a path."
     )
     qdrant_collection: str = Field("prompt_events", description="Vector store collection name.")
+    gettext_dir: Path | None = Field(
+        None,
+        description="Folder of gettext catalogs (<ll>/LC_MESSAGES/*.mo) the demo and scenarios "
+        "read. Unset: <data_dir>/corpora/root/usr/share/locale ('compass data fetch --gettext').",
+    )
     artifacts_dir: Path | None = Field(
         None, description="Where adapter versions are written (default <data_dir>/adapters)."
     )

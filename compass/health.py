@@ -83,11 +83,14 @@ class HealthServer:
                     self._send(404, b"not found\n")
 
             def _send(self, status: int, body: bytes, kind: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the scraper gave up (timeout): nothing to answer, nothing to log
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # scrapes every few seconds would flood the log

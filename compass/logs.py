@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 import structlog
 
@@ -56,5 +57,29 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_stderr_logger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def configure_file_logging(path: Path, level: str = "INFO") -> None:
+    """Send every log record — structlog's and the standard library's (kafka-python, Faust,
+    urllib3 …), each at its own level — to ``path`` as JSON/plain lines instead of stderr, for
+    commands that own the terminal (the demo's live display)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    stream = path.open("a", encoding="utf-8")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=lambda *_: structlog.PrintLogger(stream),
         cache_logger_on_first_use=False,
     )

@@ -13,6 +13,7 @@ relay stay free of Prometheus types.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -146,6 +147,28 @@ WORKER_JOB_SECONDS = Histogram(
     "compass_worker_job_duration_seconds",
     "Wall time of one job: select, train, evaluate, gate, record.",
     buckets=JOB_BUCKETS,
+    registry=REGISTRY,
+)
+JOB_STAGES = ("idle", "sampling", "training", "evaluating", "gating")
+WORKER_JOB_STAGE = Gauge(
+    "compass_worker_job_stage_running",
+    "1 for the stage the running job is in (sampling, training, evaluating, gating), else 0.",
+    ["stage"],
+    registry=REGISTRY,
+)
+WORKER_TRAINING_STEP = Gauge(
+    "compass_worker_training_completed_steps",
+    "Optimizer steps done in the running job.",
+    registry=REGISTRY,
+)
+WORKER_TRAINING_STEPS = Gauge(
+    "compass_worker_training_planned_steps",
+    "Optimizer steps planned in the running job.",
+    registry=REGISTRY,
+)
+WORKER_TRAINING_LOSS = Gauge(
+    "compass_worker_training_loss_nats",
+    "Task loss (mean token NLL, nats) of the running job's latest step.",
     registry=REGISTRY,
 )
 WORKER_LEASE_RENEWALS = Counter(
@@ -299,6 +322,22 @@ def record_drift_check(language: str, statistic: float, threshold: float) -> Non
     label = language_label(language)
     DRIFT_STATISTIC.labels(label).set(statistic)
     DRIFT_THRESHOLD.labels(label).set(threshold)
+
+
+def job_stage(stage: str) -> None:
+    """Mark ``stage`` (one of :data:`JOB_STAGES`) as the worker's current stage."""
+    for name in JOB_STAGES:
+        WORKER_JOB_STAGE.labels(name).set(1 if name == stage else 0)
+    if stage in ("idle", "sampling"):
+        WORKER_TRAINING_STEP.set(0)
+
+
+def training_step(step: int, steps: int, loss: float) -> None:
+    """The running job finished optimizer step ``step`` of ``steps`` with task loss ``loss``."""
+    WORKER_TRAINING_STEP.set(step)
+    WORKER_TRAINING_STEPS.set(steps)
+    if math.isfinite(loss):
+        WORKER_TRAINING_LOSS.set(loss)
 
 
 def record_job(outcome: str, seconds: float | None = None) -> None:

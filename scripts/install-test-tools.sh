@@ -46,4 +46,13 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "install-test-tools: chromium missing; install it with: sudo apt-get install -y chromium" >&2
   fi
 fi
+# gettext catalogs (issue 16): the tests and scenarios read the catalogs of five Debian packages
+# fetched into the test cache (apt-get download + unpack, nothing installed system-wide);
+# tests/fixtures.py fetches them too when missing.
+PYTHON_BIN=${PYTHON_BIN:-.venv/bin/python}
+if [ -x "$PYTHON_BIN" ]; then
+  COMPASS_DATA_DIR="${COMPASS_TEST_CACHE_DIR:-.data/test-cache}" "$PYTHON_BIN" -m compass.cli \
+    data fetch --gettext >/dev/null 2>&1 \
+    || echo "install-test-tools: could not fetch the gettext catalogs (run apt-get update?)" >&2
+fi
 exit 0

@@ -5,6 +5,9 @@
 - ``database_url``: a fresh, empty database per test module, dropped afterwards.
 - ``vector_store``: a fresh Qdrant Edge store (384-d) per test.
 - ``cache_dir``: a persistent cache (models, embeddings) so repeated runs are fast.
+- gettext catalogs: fetched once into the cache (``compass data fetch --gettext``, also run by
+  scripts/install-test-tools.sh) and named by ``COMPASS_GETTEXT_DIR`` for the whole session, so
+  no test reads whatever catalogs the machine happens to have installed.
 
 Register with ``pytest_plugins = ["tests.fixtures"]`` in a conftest.
 """
@@ -18,17 +21,38 @@ from pathlib import Path
 import pytest
 
 from compass.config import Settings
+from compass.corpora.gettext_catalogs import gettext_locale_dir
 from compass.kafka.broker import EmbeddedBroker
 from compass.qdrant.store import QdrantEdgeStore, VectorStore
 from compass.sql.server import EmbeddedPostgres, temporary_database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_CACHE = Path(os.environ.get("COMPASS_TEST_CACHE_DIR", REPO_ROOT / ".data" / "test-cache"))
+os.environ.setdefault("COMPASS_GETTEXT_DIR", str(gettext_locale_dir(TEST_CACHE)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gettext_catalogs() -> Path:
+    """The catalogs tests and scenarios read (fetched into the test cache when missing; a
+    failure to fetch is a warning here and a clear DataError in the tests that need them)."""
+    import warnings
+
+    from compass.core.errors import DataError
+    from compass.corpora.gettext_catalogs import fetch_gettext
+
+    folder = Path(os.environ["COMPASS_GETTEXT_DIR"])
+    if folder == gettext_locale_dir(TEST_CACHE):
+        try:
+            fetch_gettext(TEST_CACHE)
+        except DataError as exc:
+            warnings.warn(f"gettext catalogs not fetched: {exc}", stacklevel=1)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """Survives test runs: dequantised models and embedding caches live here."""
-    path = Path(os.environ.get("COMPASS_TEST_CACHE_DIR", REPO_ROOT / ".data" / "test-cache"))
+    path = TEST_CACHE
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -31,13 +31,15 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import structlog
 
+from compass import metrics
 from compass.core.distributions import counts_vector
 from compass.core.errors import DataError
-from compass.core.events import AdapterUpdated, DriftEvent
+from compass.core.events import DriftEvent
 from compass.core.gate import GateDecision, PairedLosses, PromotionGate, finite_metrics
 from compass.core.naming import announcement_id, manifest_sha256
 from compass.core.samplers.base import Pool, Sampler, SelectionRequest
 from compass.core.semantic_map import SemanticMap
+from compass.lifecycle import announcement
 from compass.lm.artifact_store import (
     read_training_clusters,
     read_training_texts,
@@ -208,6 +210,7 @@ class AdapterWorker:
             with LeaseKeeper(self._uow_factory, job.job_id, s.worker_name, s.lease):
                 outcome = self._run(drift, job.job_id)
         except Exception as exc:
+            metrics.job_stage("idle")
             with self._uow_factory() as uow:
                 uow.jobs.fail_job(job.job_id, s.worker_name, f"{type(exc).__name__}: {exc}")
                 uow.commit()
@@ -273,6 +276,7 @@ class AdapterWorker:
             drift.language, drift.window_start - (drift.window_end - drift.window_start),
             drift.window_start, s.window_texts, semantic_map_version=map_version,
         )  # fmt: skip
+        metrics.job_stage("sampling")
         gate_new = held_out_sample(window, s.eval_texts, salt)
         selected = self.select(drift, held_out=gate_new)
         adapter, live, target, texts = (
@@ -281,6 +285,7 @@ class AdapterWorker:
         new_eval = [item.text for item in gate_new]
         old_eval = [item.text for item in held_out_sample(before, s.eval_texts, salt)]
         trained = self._train_and_evaluate(drift, live, selected, new_eval, old_eval)
+        metrics.job_stage("gating")
         evaluation = trained.evaluation
         non_finite = evaluation.non_finite()
         shares = target / target.sum()
@@ -318,7 +323,11 @@ class AdapterWorker:
             )
             if decision.promote:
                 version = uow.adapters.activate_version(adapter.adapter_id, version.number)
-                message = self._announcement(version, live, drift, trained.peft, decision.reason)
+                message = announcement(
+                    version, previous_version=live.number if live else None, action="promote",
+                    reason=decision.reason,
+                    message_id=announcement_id(version.version_id, version.artifact_sha256),
+                )  # fmt: skip
                 uow.outbox.add_outbox(
                     s.topic_adapter_updated, drift.language, message.model_dump(mode="json")
                 )
@@ -328,6 +337,7 @@ class AdapterWorker:
                 )  # fmt: skip
             uow.jobs.complete_job(job_id, s.worker_name, version.version_id)
             uow.commit()
+        metrics.job_stage("idle")
         log.info(
             "worker.version_recorded",
             language=drift.language,
@@ -401,6 +411,7 @@ class AdapterWorker:
         earlier_texts: list[str] = []
         earlier_clusters: list[int] | None = None
         map_key = str(drift.semantic_map_version)
+        metrics.job_stage("evaluating")
         clock = time.perf_counter()
         model_now = base.model
         if live is not None:
@@ -421,18 +432,22 @@ class AdapterWorker:
             "budget": len(texts),
             "drift_id": str(drift.drift_id),
         }
+        metrics.job_stage("training")
         if previous is not None and earlier_texts:
             assert live is not None
             shares = {int(c): float(v) for c, v in live.reference_distribution.items()}
             candidate = continue_adapter(
                 previous, texts, earlier_texts, s.training, earlier_clusters, progress=False,
                 provenance=provenance, reference_shares=shares or None,
+                on_step=metrics.training_step,
             )  # fmt: skip
         else:
             if previous is not None:
                 previous.detach()
             candidate = train_adapter(base, texts, s.training, progress=False,
-                                      provenance=provenance)  # fmt: skip
+                                      provenance=provenance,
+                                      on_step=metrics.training_step)  # fmt: skip
+        metrics.job_stage("evaluating")
         clock = time.perf_counter()
         candidate_new = score(candidate.model, new_eval)
         candidate_old = score(candidate.model, old_eval) if old_eval else empty
@@ -469,30 +484,4 @@ class AdapterWorker:
                 n_eval_new=len(new_eval),
                 n_eval_old=len(old_eval),
             ),
-        )
-
-    def _announcement(
-        self,
-        version: AdapterVersionRecord,
-        live: AdapterVersionRecord | None,
-        drift: DriftEvent,
-        peft: PeftSettings,
-        reason: str = "",
-    ) -> AdapterUpdated:
-        return AdapterUpdated(
-            message_id=announcement_id(version.version_id, version.artifact_sha256),
-            language=version.language,
-            base_model=version.base_model,
-            base_model_revision=version.base_model_revision,
-            adapter_id=f"{version.language}:{version.base_model}",
-            version=version.number,
-            adapter_name=version.adapter_name,
-            artifact_uri=version.artifact_uri,
-            manifest=version.manifest,
-            peft=peft.to_info(),
-            metrics={k: float(v) for k, v in version.metrics.items()},
-            previous_version=live.number if live else None,
-            drift_id=drift.drift_id,
-            action="promote",
-            reason=reason[:2000],
         )

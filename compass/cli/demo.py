@@ -1,70 +1,61 @@
-"""``compass demo``: the full loop once on the embedded services (the README's main job)."""
+"""``compass demo``: the continual loop, twice, on the embedded services, shown live."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
 def demo(
-    steps: int = typer.Option(16, min=1, help="Training steps of the adapter update."),
-    budget: int = typer.Option(64, min=1, help="Auxiliary texts COMPASS selects."),
-    timeout: float = typer.Option(900, min=10, help="Seconds to wait for the drift event."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Fewer events and training steps (about 3 minutes instead of 10)."
+    ),
+    reset: bool = typer.Option(
+        False,
+        "--reset",
+        help="Allow clearing the COMPASS tables of the database COMPASS_DATABASE_URL names "
+        "(the embedded database is always reset).",
+    ),
+    timeout: float = typer.Option(1800, min=10, help="Seconds to wait on any one step."),
+    summary_json: Path | None = typer.Option(
+        None, "--summary-json", dir_okay=False, help="Also write the summary to this JSON file."
+    ),
 ) -> None:
-    """Stream real multilingual usage with a topic shift through the system and watch COMPASS
-    detect the drift and update the French adapter."""
+    """Stream real multilingual usage through the system while French usage shifts twice, and
+    watch COMPASS detect each drift, train French v1 and continue it into v2."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.live import Live
 
     from compass.config import load_settings
-    from compass.lab.demo import run_demo
+    from compass.lab.demo import demo_dir, run_demo
+    from compass.lab.demo_live import render
+    from compass.lab.demo_state import DemoSnapshot
+    from compass.lab.demo_summary import print_summary, summary
+    from compass.logs import configure_file_logging
 
+    settings = load_settings()
+    log_path = demo_dir(settings) / "demo.log"
+    log_path.unlink(missing_ok=True)  # this run's log only (the children's are reset too)
+    configure_file_logging(log_path, settings.log_level)
     console = Console()
-    console.rule("COMPASS demo: usage stream → drift → adapter update")
-    report, outcome, streams_log = run_demo(
-        load_settings(), steps=steps, budget=budget, timeout_s=timeout
-    )
+    console.rule("COMPASS demo: usage stream → drift → adapter v1 → drift → continued v2")
+    with Live(render(DemoSnapshot()), console=console, refresh_per_second=4) as live:
 
-    console.print(
-        f"[bold]events sent[/]: {report.events_sent} valid + {report.malformed_sent} malformed"
-    )
-    counted = Table("language", "events counted", title="usage counted (exactly once)")
-    for language, total in report.counted.items():
-        counted.add_row(language, str(total))
-    console.print(counted)
-    letters = Table("reason", "messages", title="dead letters (kept with their bytes)")
-    for reason, count in report.dead_letters.items():
-        letters.add_row(reason, str(count))
-    console.print(letters)
-    drifts = Table("language", "window", "JS", "threshold", "events", title="drift events")
-    for d in report.drift_events:
-        drifts.add_row(
-            d["language"],
-            f"{d['window_start']:%H:%M}–{d['window_end']:%H:%M}",
-            str(d["statistic"]),
-            str(d["threshold"]),
-            str(d["n_events"]),
-        )
-    console.print(drifts)
-    versions = Table(
-        "adapter", "status", "new-usage loss live→cand", "old-usage loss live→cand", "why",
-        title="adapter versions",
-    )  # fmt: skip
-    for v in report.versions:
-        versions.add_row(
-            f"{v['language']}-v{v['number']}",
-            v["status"],
-            f"{float(v['live_new_loss']):.3f} → {float(v['candidate_new_loss']):.3f}",
-            f"{float(v['live_old_loss']):.3f} → {float(v['candidate_old_loss']):.3f}",
-            v["notes"],
-        )
-    console.print(versions)
-    for update in report.adapter_updated:
-        console.print(
-            f"[green]adapter-updated[/] {update['adapter_name']} → {update['artifact_uri']}"
-        )
-    timings = ", ".join(f"{k} {v:.0f}s" for k, v in report.timings.items())
-    console.print(f"worker outcome: [bold]{outcome.status}[/] ({outcome.reason}); {timings}")
-    console.print(f"stream app log: {streams_log}; stop the services with `make infra-down`")
+        def update(snapshot: DemoSnapshot) -> None:
+            live.update(render(snapshot))
+
+        try:
+            result = run_demo(settings, quick=quick, reset=reset, on_update=update,
+                              timeout_s=timeout)  # fmt: skip
+        except KeyboardInterrupt:
+            live.stop()
+            console.print("[yellow]interrupted: every process the demo started is stopped[/]")
+            raise typer.Exit(130) from None
+    print_summary(console, result, log_path)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary(result), indent=2, default=str))
 
 
 def register(app: typer.Typer) -> None:

@@ -44,14 +44,28 @@ def data_fetch(
         None, "--languages", "-l", help="Comma-separated codes (default: ten common ones)."
     ),
     handbook: bool = typer.Option(True, help="Also fetch the Debian handbook (26 languages)."),
+    gettext: bool = typer.Option(
+        False, "--gettext", help="Fetch only the gettext catalogs the demo and tests read."
+    ),
 ) -> None:
     """Download LibreOffice help (+ English) and the Debian handbook with apt-get, unpack them
     under the data dir and record provenance and licences in a manifest."""
-    from compass.corpora.debian import DEFAULT_FETCH_LANGUAGES, fetch_packages, packages_for
+    from compass.corpora.debian import (
+        DEFAULT_FETCH_LANGUAGES,
+        fetch_packages,
+        packages_for,
+        read_manifest,
+    )
+    from compass.corpora.gettext_catalogs import GETTEXT_PACKAGES, fetch_gettext
 
     settings = _settings()
-    codes = _split(languages) or list(DEFAULT_FETCH_LANGUAGES)
-    entries = fetch_packages(settings.data_dir, packages_for(codes, handbook=handbook))
+    if gettext:
+        fetch_gettext(settings.data_dir)
+        manifest = read_manifest(settings.data_dir)
+        entries = [manifest[name] for name in GETTEXT_PACKAGES]
+    else:
+        codes = _split(languages) or list(DEFAULT_FETCH_LANGUAGES)
+        entries = fetch_packages(settings.data_dir, packages_for(codes, handbook=handbook))
     console = _console()
     from rich.table import Table
 

@@ -55,7 +55,11 @@ def streams(
             super()._on_sigint()
 
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
-    worker = _Worker(app, loglevel=level.get(settings.log_level, "info"), quiet=True)
+    # redirect_stdouts=False: our structured log lines go to stderr as they are, not re-logged
+    # by mode under [WARNING] whatever their level (issue 16)
+    worker = _Worker(
+        app, loglevel=level.get(settings.log_level, "info"), quiet=True, redirect_stdouts=False
+    )
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     worker.execute_from_commandline()
 

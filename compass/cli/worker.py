@@ -13,6 +13,8 @@ def worker(
     steps: int = typer.Option(24, min=1, help="Training steps per update."),
     max_events: int = typer.Option(0, min=0, help="Stop after this many drift events (0: run)."),
     pool: str = typer.Option("default", help="Auxiliary pool (folder under <data_dir>/pools)."),
+    eval_texts: int = typer.Option(64, min=1, help="Usage texts per evaluation set."),
+    max_length: int = typer.Option(64, min=8, help="Tokens per training/evaluation text."),
 ) -> None:
     """Run an adapter worker until SIGTERM/Ctrl-C (GPU when present, CPU otherwise)."""
     import signal
@@ -34,7 +36,8 @@ def worker(
             max_events=max_events or None,
             sampler=sampler,
             budget=budget,
-            training=AdapterTrainingConfig(steps=steps, batch_size=8, max_length=64),
+            training=AdapterTrainingConfig(steps=steps, batch_size=8, max_length=max_length),
+            eval_texts=eval_texts,
         )
     except KeyboardInterrupt:
         outcomes = []

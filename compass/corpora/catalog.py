@@ -14,7 +14,7 @@ from compass.core.errors import DataError
 from compass.core.records import TextRecord, read_records
 from compass.corpora.chatterbot import load_chatterbot
 from compass.corpora.debian import unpacked_root
-from compass.corpora.gettext_catalogs import DEFAULT_LOCALE_DIR, load_gettext
+from compass.corpora.gettext_catalogs import gettext_locale_dir, load_gettext
 from compass.corpora.handbook import load_debian_handbook
 from compass.corpora.libreoffice import load_libreoffice_help
 
@@ -27,7 +27,7 @@ def load_corpus(
     *,
     data_dir: str | Path = ".data",
     limit_per_language: int | None = None,
-    locale_dir: str | Path = DEFAULT_LOCALE_DIR,
+    locale_dir: str | Path | None = None,
 ) -> list[TextRecord]:
     """Records of corpus ``name`` (or the records file at path ``name``) for ``languages``."""
     if name in ("libreoffice", "libreoffice-help", "debian-handbook", "gettext") and not languages:
@@ -42,7 +42,8 @@ def load_corpus(
             unpacked_root(data_dir), langs, limit_per_language=limit_per_language
         )
     if name == "gettext":
-        return load_gettext(langs, locale_dir=locale_dir, limit_per_language=limit_per_language)
+        where = locale_dir if locale_dir is not None else gettext_locale_dir(data_dir)
+        return load_gettext(langs, locale_dir=where, limit_per_language=limit_per_language)
     if name == "chatterbot":
         return load_chatterbot(langs or None, limit_per_language=limit_per_language)
     path = Path(name)

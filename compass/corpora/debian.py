@@ -16,7 +16,7 @@ import lzma
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,11 @@ DEFAULT_FETCH_LANGUAGES = ("de", "fr", "es", "it", "pt-BR", "ja", "ru", "nl", "p
 LICENCES = {
     "debian-handbook": "GPL-2.0+ or CC-BY-SA-3.0",
     "libreoffice-help": "MPL-2.0 (parts Apache-2.0)",
+    "git": "GPL-2.0 (catalogs)",
+    "coreutils": "GPL-3.0+",
+    "postgresql-15": "PostgreSQL",
+    "iso-codes": "LGPL-2.1+",
+    "xkb-data": "MIT/X11 (see copyright file)",
 }
 
 
@@ -106,9 +111,13 @@ def _ar_members(data: bytes) -> dict[str, bytes]:
     return members
 
 
-def extract_deb(deb: Path, target: Path) -> None:
-    """Unpack ``deb`` under ``target`` (dpkg-deb when present, else pure Python)."""
+def extract_deb(deb: Path, target: Path, keep: Callable[[str], bool] | None = None) -> None:
+    """Unpack ``deb`` under ``target`` (dpkg-deb when present, else pure Python); with
+    ``keep``, only the members whose path (``./usr/...``) it accepts."""
     target.mkdir(parents=True, exist_ok=True)
+    if keep is not None:
+        _extract_members(deb, target, keep)
+        return
     if shutil.which("dpkg-deb"):
         result = subprocess.run(
             ["dpkg-deb", "-x", str(deb), str(target)], capture_output=True, text=True
@@ -127,6 +136,28 @@ def extract_deb(deb: Path, target: Path) -> None:
         raise DataError(f"{deb.name}: zstd-compressed package needs dpkg-deb")
     with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as archive:
         archive.extractall(target, filter="data")
+
+
+def _data_tar(deb: Path) -> bytes:
+    """The uncompressed filesystem tar of ``deb``."""
+    if shutil.which("dpkg-deb"):
+        result = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
+        if result.returncode == 0:
+            return result.stdout
+    members = _ar_members(deb.read_bytes())
+    name = next((m for m in members if m.startswith("data.tar")), None)
+    if name is None:
+        raise DataError(f"{deb.name}: no data.tar member")
+    if name.endswith(".zst"):
+        raise DataError(f"{deb.name}: zstd-compressed package needs dpkg-deb")
+    payload = members[name]
+    return lzma.decompress(payload) if name.endswith(".xz") else payload
+
+
+def _extract_members(deb: Path, target: Path, keep: Callable[[str], bool]) -> None:
+    with tarfile.open(fileobj=io.BytesIO(_data_tar(deb)), mode="r:*") as archive:
+        wanted = [m for m in archive.getmembers() if m.isfile() and keep(m.name)]
+        archive.extractall(target, members=wanted, filter="data")
 
 
 def _download(package: str, debs: Path) -> Path:
@@ -163,8 +194,13 @@ def read_manifest(data_dir: str | Path) -> dict[str, ManifestEntry]:
         raise DataError(f"{path} is not a valid corpus manifest: {exc}") from None
 
 
-def fetch_packages(data_dir: str | Path, packages: Sequence[str]) -> list[ManifestEntry]:
-    """Download and unpack ``packages``; idempotent (already fetched packages are skipped)."""
+def fetch_packages(
+    data_dir: str | Path,
+    packages: Sequence[str],
+    keep: Mapping[str, Callable[[str], bool]] | None = None,
+) -> list[ManifestEntry]:
+    """Download and unpack ``packages``; idempotent (already fetched packages are skipped).
+    ``keep`` maps a package to the filter of the members to unpack (default: all)."""
     base = corpora_dir(data_dir)
     debs = base / "debs"
     debs.mkdir(parents=True, exist_ok=True)
@@ -177,7 +213,7 @@ def fetch_packages(data_dir: str | Path, packages: Sequence[str]) -> list[Manife
             out.append(entry)
             continue
         deb = _download(package, debs)
-        extract_deb(deb, root)
+        extract_deb(deb, root, (keep or {}).get(package))
         version = deb.name.split("_")[1].replace("%3a", ":")
         family = "libreoffice-help" if package.startswith("libreoffice-help-") else package
         entry = ManifestEntry(

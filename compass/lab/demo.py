@@ -1,32 +1,34 @@
-"""The main job: the whole COMPASS-ECDA loop once, on the embedded services.
+"""The main job: the whole continual COMPASS-ECDA loop, twice, on the embedded services.
 
-1. Start (or reuse) the broker, PostgreSQL and Qdrant Edge; migrate the schema.
-2. Build a multilingual auxiliary pool from real text (gettext catalogs on this machine: one
-   catalog stands in for one topic), embed it with the multilingual embedder, fit the semantic
-   map and make it the active one.
-3. Start the stream app (``compass streams``, a Faust worker) as its own process.
-4. Produce prompt events: French, German and Spanish usage over twenty minutes of event time,
-   French switching topics halfway, plus malformed messages.
-5. The stream app embeds, counts, dead-letters the bad messages and detects the French drift.
-6. An adapter worker consumes the drift event, COMPASS-samples auxiliary data for the clusters
-   French usage moved to, trains the French LoRA adapter, evaluates it against the live one,
-   records the version and its outbox row in one transaction and publishes ``adapter-updated``.
-7. Print what happened, from the database and the topics.
+1. Start from a clean slate (:func:`reset_demo`): the demo's tables, vector collection, adapters
+   and logs of an earlier run are removed, so a second ``make demo`` tells the same story.
+2. Fetch the gettext catalogs it reads (``apt-get download``, once), build the multilingual
+   auxiliary pool (embedded once, cached), fit the semantic map and activate it.
+3. Start the relay (``compass relay``) and the stream app (``compass streams``) as their own
+   processes, produce French, German and Spanish usage: French moves from software messages to
+   names (countries, currencies, keyboard layouts) — the stream app counts, dead-letters the
+   malformed messages and detects the drift.
+4. Run the adapter worker (``compass worker``) as its own process: COMPASS-sampled auxiliary
+   data, the first French adapter (v1) trained, evaluated, gated, promoted and announced
+   (``adapter-updated``); the new adapter answers a prompt.
+5. A stable stretch (French keeps to the names: no drift against v1), then French moves again
+   (database-server messages): a second drift, and the worker *continues* v1 into v2 (replay +
+   EWC) with the gate's evidence. German and Spanish stay stable throughout.
+6. Stop every process it started (also on Ctrl-C and on errors), print the summary and write
+   the report (:mod:`compass.lab.report`, where present).
 
-Every run uses fresh event ids and event-time windows (and its own consumer groups), so a second
-run against the same services shows the loop again instead of de-duplicating everything.
+The embedded vector store (Qdrant Edge) is one process's at a time (its write-ahead log is
+locked), so the stream app is paused while the worker reads the drift window's texts from it;
+with a Qdrant server both could run at once. Everything the display shows is read from
+PostgreSQL and the processes' metrics endpoints (:mod:`compass.lab.demo_state`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
+import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,57 +37,133 @@ from typing import Any
 import structlog
 
 from compass.config import Settings
-from compass.core.errors import CompassError
+from compass.core.errors import CompassError, ConfigError
+from compass.lab.demo_processes import ProcessGroup, sigterm_as_interrupt
+from compass.lab.demo_state import DemoSnapshot, StateReader
+from compass.lab.scenario import (
+    SECOND_SHIFT_TOPICS,
+    SHIFTED_TOPICS,
+    STABLE_TOPICS,
+    Message,
+    Phase,
+    interleave,
+    malformed_messages,
+    phased_stream,
+    topic_pools,
+)
 
 log = structlog.get_logger(__name__)
 
 AUX_LANGUAGES = ("de", "es", "it", "pt", "nl", "pl", "sv")
-STREAM_LANGUAGES = {"fr": 600, "de": 300, "es": 300}
+STREAM_LANGUAGES = ("fr", "de", "es")
+WINDOW = timedelta(seconds=60)
+PROMPTS = {
+    1: "Quelle est la monnaie officielle de la Suisse ?",
+    2: "Impossible de se connecter au serveur de base de données :",
+}
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo run: events per window and language, and the worker's training."""
+
+    per_window: dict[str, int]
+    steps: int
+    budget: int
+    eval_texts: int
+    max_length: int = 48
+    malformed: int = 7  # per act: one of each kind in compass.lab.scenario.MALFORMED_KINDS
+
+    def acts(self) -> tuple[list[Phase], list[Phase]]:
+        """Two acts of window-aligned phases: before and after the first adapter is live."""
+        stable: dict[str, tuple[str, ...]] = dict.fromkeys(STREAM_LANGUAGES, STABLE_TOPICS)
+        first = {**stable, "fr": SHIFTED_TOPICS}
+        second = {**stable, "fr": SECOND_SHIFT_TOPICS}
+        return (
+            [Phase("before the shift", 4, stable), Phase("French shifts", 2, first)],
+            [
+                Phase("stable stretch", 3, first),
+                Phase("French shifts again", 2, second),
+                Phase("after the second shift", 1, second),
+            ],
+        )
+
+
+FULL = DemoPlan(per_window={"fr": 40, "de": 20, "es": 20}, steps=16, budget=64, eval_texts=48)
+QUICK = DemoPlan(per_window={"fr": 30, "de": 20, "es": 20}, steps=6, budget=32, eval_texts=24)
 
 
 @dataclass
-class DemoReport:
+class DemoResult:
+    """What a run did: the last snapshot (everything shown), what it sent, and where things are."""
+
     run_id: str
-    events_sent: int
+    snapshot: DemoSnapshot
+    sent: dict[str, int]
     malformed_sent: int
-    counted: dict[str, int] = field(default_factory=dict)
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    drift_events: list[dict[str, Any]] = field(default_factory=list)
-    versions: list[dict[str, Any]] = field(default_factory=list)
-    adapter_updated: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    log_dir: Path | None = None
+    report_path: Path | None = None
 
 
 def demo_settings(base: Settings, run_id: str) -> Settings:
-    """Short event-time windows so twenty minutes of synthetic usage make several windows.
-
-    The demo replays twenty minutes of usage in a few seconds, far above what the CPU embedder
-    takes; adaptive load shedding would (correctly) embed only a sample and leave the drift
-    test with little power, so every event is embedded here unless the caller forces a rate.
-    """
+    """Short event-time windows (60 s) so a few minutes of synthetic usage make many windows;
+    the demo's own topics (per run), vector collection and artifacts folder. Every event is
+    embedded (no load shedding) unless the caller forces a rate."""
+    data = Path(base.data_dir)
+    prefix = f"demo-{run_id}."
     return base.model_copy(
         update={
             "stream_app_id": f"compass-demo-{run_id}",
-            "stream_window_seconds": 60,
+            "stream_window_seconds": int(WINDOW.total_seconds()),
             "stream_allowed_lateness_s": 5,
             "stream_session_timeout_s": 6.0,
             "drift_min_events": 20,
             "drift_reference_min_events": 60,
             "drift_false_alarm_rate": 0.001,
-            "stream_embedding_cache": Path(base.data_dir) / "cache" / "embeddings.sqlite",
+            "stream_embedding_cache": data / "cache" / "embeddings.sqlite",
             "stream_sample_rate": base.stream_sample_rate or 1.0,
+            "qdrant_collection": "demo_events",
+            "artifacts_dir": demo_dir(base) / "adapters",
+            "topic_prompt_events": prefix + base.topic_prompt_events,
+            "topic_prompt_events_dlq": prefix + base.topic_prompt_events_dlq,
+            "topic_drift_events": prefix + base.topic_drift_events,
+            "topic_adapter_updated": prefix + base.topic_adapter_updated,
         }
     )
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPASS_")}
-    env.update(settings.as_environment())
-    return env
+def demo_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "demo"
+
+
+def reset_demo(settings: Settings, *, configured_database: bool, reset: bool) -> None:
+    """Remove what an earlier run left: the COMPASS tables (migrated back to base and up
+    again), the demo's vector collection (embedded store), adapters and logs.
+
+    On a database given by ``COMPASS_DATABASE_URL`` this needs ``reset`` (it clears every
+    COMPASS table there): :class:`ConfigError` otherwise."""
+    from compass.sql.migrate import downgrade, upgrade
+    from compass.sql.server import describe_url
+
+    assert settings.database_url is not None
+    if configured_database and not reset:
+        raise ConfigError(
+            "the demo starts from a clean slate and would clear the COMPASS tables of "
+            f"{describe_url(settings.database_url)}; pass --reset to allow it, or unset "
+            "COMPASS_DATABASE_URL to use the embedded database"
+        )
+    downgrade(settings.database_url, "base")
+    upgrade(settings.database_url)
+    if settings.qdrant_url is None:
+        shutil.rmtree(settings.embedded_dir / "qdrant" / settings.qdrant_collection, True)
+    for name in ("adapters", "logs"):
+        shutil.rmtree(demo_dir(settings) / name, ignore_errors=True)
 
 
 def build_demo_pool(settings: Settings) -> int:
-    """Embed the auxiliary pool (cached after the first run) and activate its semantic map."""
+    """Fetch the gettext catalogs (once), embed the auxiliary pool (cached after the first run)
+    and activate its semantic map; returns the map's version."""
     from compass.bootstrap import (
         embedding_cache_path,
         open_embedder,
@@ -93,11 +171,13 @@ def build_demo_pool(settings: Settings) -> int:
         open_vector_store,
     )
     from compass.corpora import load_gettext
-    from compass.corpora.pool import build_pool, pools_dir
-    from compass.lab.scenario import SHIFTED_TOPICS, STABLE_TOPICS
+    from compass.corpora.gettext_catalogs import fetch_gettext
+    from compass.corpora.pool import build_pool, load_snapshot, pools_dir
 
+    locale_dir = settings.gettext_dir or fetch_gettext(settings.data_dir)
+    domains = [*STABLE_TOPICS, *SHIFTED_TOPICS]
     records = load_gettext(
-        list(AUX_LANGUAGES), domains=[*STABLE_TOPICS, *SHIFTED_TOPICS], min_chars=12
+        list(AUX_LANGUAGES), domains=domains, min_chars=12, locale_dir=locale_dir
     )
     by_key: dict[tuple[str, str | None], int] = {}
     kept = []
@@ -109,254 +189,269 @@ def build_demo_pool(settings: Settings) -> int:
     embedder = open_embedder(settings, cache=embedding_cache_path(settings))
     store = open_vector_store(settings, embedder, collection="pool_demo")
     try:
-        result = build_pool(
-            kept, embedder, pools_dir(settings.data_dir) / "demo", store=store, k=12, seed=0
-        )
+        build_pool(kept, embedder, pools_dir(settings.data_dir) / "demo", store=store, k=12, seed=0)
     finally:
         store.close()
-    from compass.corpora.pool import load_snapshot
-
     snapshot = load_snapshot(pools_dir(settings.data_dir) / "demo")
-    assert settings.database_url is not None
     with open_unit_of_work(settings, pool_size=1) as db, db() as uow:
         stored = uow.semantic_maps.save_semantic_map(snapshot.semantic_map, activate=True)
         uow.commit()
-    log.info("demo.pool_ready", items=len(kept), k=result.k, map_version=stored.version)
+    log.info("demo.pool_ready", items=len(kept), map_version=stored.version)
     return stored.version
 
 
-def _fresh_event_time(settings: Settings) -> datetime:
-    """Where this run's event time starts: an hour ago, or after every window counted so far
-    (earlier demo runs), so that each run's windows and counts are its own."""
-    from sqlalchemy import text
-
-    from compass.sql.server import make_db_engine
-
-    assert settings.database_url is not None
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
-    engine = make_db_engine(settings.database_url)
-    try:
-        with engine.connect() as conn:
-            last = conn.execute(text("SELECT max(window_start) FROM usage_counts")).scalar()
-    finally:
-        engine.dispose()
-    if last is not None and last + timedelta(hours=1) > start:
-        start = (last + timedelta(hours=1)).replace(second=0, microsecond=0)
-    return start
-
-
-def _start_streams(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "compass.cli", "streams"],
-        env=_env(settings),
-        stdout=handle,
-        stderr=handle,
-        start_new_session=True,
-    )
-
-
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
-def _produce(settings: Settings, run_start: datetime, seed: int) -> tuple[int, int, datetime]:
+def _produce(settings: Settings, messages: list[Message]) -> None:
     from compass.bootstrap import open_publisher
-    from compass.kafka.broker import ensure_topics, topic_specs
-    from compass.lab.scenario import Scenario, build_stream, interleave, malformed_messages
 
-    assert settings.broker_bootstrap_servers is not None
-    ensure_topics(settings.broker_bootstrap_servers, topic_specs(settings))
-    scenario = Scenario(
-        events=dict(STREAM_LANGUAGES), start=run_start, shift={"fr": 0.5}, per_topic=30, seed=seed
-    )
-    valid = build_stream(scenario)
-    bad = malformed_messages(14, at=run_start, max_text_chars=settings.max_text_chars)
     producer = open_publisher(settings)
     try:
-        for message in interleave(valid, bad, seed=seed):
+        for message in messages:
             producer.send(settings.topic_prompt_events, message.key, message.value)
         producer.flush()
     finally:
         producer.close()
-    return len(valid), len(bad), run_start + scenario.duration * 0.5
 
 
-def _wait_for_stream(
-    settings: Settings,
-    since: datetime,
-    expected: int,
-    timeout_s: float,
-    streams: subprocess.Popen[bytes],
-) -> uuid.UUID:
-    """Wait until the French drift is recorded and every valid event is counted (or counting
-    has stalled for a minute after the drift); return the drift id."""
-    from sqlalchemy import text
+class Demo:
+    """One run; :meth:`run` drives the story, ``on_update`` gets every snapshot."""
 
-    from compass.sql.server import make_db_engine
+    def __init__(
+        self,
+        base: Settings,
+        plan: DemoPlan,
+        *,
+        reset: bool = False,
+        on_update: Callable[[DemoSnapshot], None] = lambda _: None,
+        timeout_s: float = 1800,
+    ) -> None:
+        self.run_id = uuid.uuid4().hex[:8]
+        self.base = base
+        self.plan = plan
+        self.reset = reset
+        self.on_update = on_update
+        self.timeout_s = timeout_s
+        self.started = time.monotonic()
+        self.reader: StateReader | None = None
+        self.engine: Any = None  # serving engine answering prompts, loaded on first use
 
-    assert settings.database_url is not None
-    engine = make_db_engine(settings.database_url)
-    deadline = time.monotonic() + timeout_s
-    drift_id: uuid.UUID | None = None
-    counted, last_progress = -1, time.monotonic()
-    params = {"since": since, "until": since + timedelta(hours=1)}
-    try:
-        while time.monotonic() < deadline:
-            if streams.poll() is not None:
-                raise CompassError(
-                    f"the stream app exited with code {streams.returncode}; see its log"
-                )
-            with engine.connect() as conn:
-                found = conn.execute(
-                    text(
-                        "SELECT drift_id FROM drift_events WHERE language = 'fr' "
-                        "AND window_start >= :since AND window_start < :until "
-                        "ORDER BY detected_at LIMIT 1"
-                    ),
-                    params,
-                ).scalar_one_or_none()
-                total = conn.execute(
-                    text(
-                        "SELECT COALESCE(SUM(total_count), 0) FROM usage_counts "
-                        "WHERE window_start >= :since AND window_start < :until"
-                    ),
-                    params,
-                ).scalar_one()
-            if found is not None:
-                drift_id = uuid.UUID(str(found))
-            if int(total) != counted:
-                counted, last_progress = int(total), time.monotonic()
-            stalled = time.monotonic() - last_progress > 60
-            if drift_id is not None and (counted >= expected or stalled):
-                return drift_id
-            time.sleep(2.0)
-    finally:
-        engine.dispose()
-    raise CompassError(f"no French drift detected within {timeout_s:.0f}s; see the stream log")
+    # ------------------------------------------------------------------ the story
+    def run(self) -> DemoResult:
+        from compass.bootstrap import prepare_services
+        from compass.kafka.broker import ensure_topics, topic_specs
+        from compass.sql.server import make_db_engine
 
-
-def _run_worker(settings: Settings, drift_id: uuid.UUID, steps: int, budget: int) -> Any:
-    from compass.lm.training.config import AdapterTrainingConfig
-    from workers.runner import run_worker
-
-    outcomes = run_worker(
-        settings,
-        pool_name="demo",
-        stop=threading.Event(),
-        until=lambda o: o.drift_id == drift_id,
-        group_id=f"{settings.stream_app_id}-worker",
-        budget=budget,
-        training=AdapterTrainingConfig(steps=steps, batch_size=8, max_length=48),
-        eval_texts=48,
-    )
-    return next(o for o in outcomes if o.drift_id == drift_id)
-
-
-def _collect(report: DemoReport, settings: Settings, since: datetime, started: datetime) -> None:
-    from kafka import KafkaConsumer
-    from sqlalchemy import text
-
-    from compass.sql.server import make_db_engine
-
-    assert settings.database_url is not None
-    engine = make_db_engine(settings.database_url)
-    window = {"since": since, "until": since + timedelta(hours=1)}
-    with engine.connect() as conn:
-        for language, total in conn.execute(
-            text(
-                "SELECT language, SUM(total_count)::bigint FROM usage_counts "
-                "WHERE window_start >= :since AND window_start < :until GROUP BY language "
-                "ORDER BY language"
-            ),
-            window,
-        ):
-            report.counted[language] = int(total)
-        for reason, count in conn.execute(
-            text(
-                "SELECT reason, COUNT(*) FROM dead_letters WHERE received_at >= :started "
-                "AND source = :topic GROUP BY reason ORDER BY reason"
-            ),
-            {"topic": settings.topic_prompt_events, "started": started},
-        ):
-            report.dead_letters[reason] = int(count)
-        report.drift_events = [
-            dict(row._mapping)
-            for row in conn.execute(
-                text(
-                    "SELECT language, window_start, window_end, round(statistic::numeric, 4) AS "
-                    "statistic, round(threshold::numeric, 4) AS threshold, n_events "
-                    "FROM drift_events WHERE window_start >= :since AND window_start < :until "
-                    "ORDER BY detected_at"
-                ),
-                window,
-            )
-        ]
-        report.versions = [
-            dict(row._mapping)
-            for row in conn.execute(
-                text(
-                    "SELECT language, number, status, sampler, metrics->>'live_new_loss' AS "
-                    "live_new_loss, metrics->>'candidate_new_loss' AS candidate_new_loss, "
-                    "metrics->>'live_old_loss' AS live_old_loss, metrics->>'candidate_old_loss' "
-                    "AS candidate_old_loss, notes FROM adapter_versions v JOIN drift_events d "
-                    "USING (drift_id) WHERE d.window_start >= :since AND d.window_start < :until "
-                    "ORDER BY number"
-                ),
-                window,
-            )
-        ]
-    engine.dispose()
-    reader = KafkaConsumer(
-        settings.topic_adapter_updated,
-        bootstrap_servers=settings.broker_bootstrap_servers,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-    )
-    report.adapter_updated = [json.loads(message.value) for message in reader]
-    reader.close()
-
-
-def run_demo(base: Settings, *, steps: int = 16, budget: int = 64, timeout_s: float = 900) -> Any:
-    """Run the loop once; return a :class:`DemoReport` (and the worker outcome in it)."""
-    from compass.bootstrap import prepare_services
-
-    run_id = uuid.uuid4().hex[:8]
-    started = datetime.now(UTC)
-    clock = time.perf_counter()
-    settings = prepare_services(demo_settings(base, run_id))
-    timings = {"services_s": time.perf_counter() - clock}
-
-    clock = time.perf_counter()
-    build_demo_pool(settings)
-    timings["pool_s"] = time.perf_counter() - clock
-
-    run_start = _fresh_event_time(settings)
-    streams_log = Path(settings.data_dir) / "logs" / f"streams-{run_id}.log"
-    streams = _start_streams(settings, streams_log)
-    try:
+        timings: dict[str, float] = {}
         clock = time.perf_counter()
-        sent, bad, shift_at = _produce(settings, run_start, seed=int(run_id, 16) % 10_000)
-        drift_id = _wait_for_stream(settings, run_start, sent, timeout_s, streams)
-        timings["stream_to_drift_s"] = time.perf_counter() - clock
-    finally:
-        _stop(streams)
-    clock = time.perf_counter()
-    outcome = _run_worker(settings, drift_id, steps, budget)
-    timings["worker_s"] = time.perf_counter() - clock
+        self._phase("starting the services (broker, PostgreSQL) from a clean slate")
+        settings = prepare_services(demo_settings(self.base, self.run_id))
+        assert settings.database_url and settings.broker_bootstrap_servers
+        reset_demo(settings, configured_database=bool(self.base.database_url), reset=self.reset)
+        ensure_topics(settings.broker_bootstrap_servers, topic_specs(settings))
+        timings["services_s"] = time.perf_counter() - clock
+        log_dir = demo_dir(settings) / "logs"
 
-    report = DemoReport(run_id=run_id, events_sent=sent, malformed_sent=bad, timings=timings)
-    _collect(report, settings, run_start, started)
-    report.adapter_updated = [
-        p for p in report.adapter_updated if p.get("drift_id") == str(drift_id)
-    ]
-    log.info("demo.done", run_id=run_id, shift_at=shift_at.isoformat(), outcome=outcome.status)
-    return report, outcome, streams_log
+        clock = time.perf_counter()
+        self._phase("building the auxiliary pool and the semantic map")
+        build_demo_pool(settings)
+        timings["pool_s"] = time.perf_counter() - clock
+
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+        acts = self.plan.acts()
+        pools = topic_pools(
+            STREAM_LANGUAGES, (*STABLE_TOPICS, *SHIFTED_TOPICS), per_topic=30, seed=7,
+            locale_dir=settings.gettext_dir,
+        )  # fmt: skip
+        streams = phased_stream(
+            [*acts[0], *acts[1]], self.plan.per_window, start=start, window=WINDOW, pools=pools
+        )
+        engine = make_db_engine(settings.database_url)
+        self.reader = StateReader(engine, start, list(STREAM_LANGUAGES))
+        sent = dict.fromkeys(STREAM_LANGUAGES, 0)
+        bad_total = 0
+        try:
+            with sigterm_as_interrupt(), ProcessGroup(settings, log_dir) as group:
+                group.start("relay", "relay")
+                for act, phases in enumerate(acts, start=1):
+                    valid = [m for phase in streams[: len(phases)] for m in phase]
+                    streams = streams[len(phases) :]
+                    bad = malformed_messages(
+                        self.plan.malformed, at=start, max_text_chars=settings.max_text_chars
+                    )
+                    bad_total += len(bad)
+                    for message in valid:
+                        assert message.event is not None
+                        sent[message.event.language] += 1
+                    clock = time.perf_counter()
+                    self._stream_act(group, settings, act, phases, valid, bad, sent, bad_total)
+                    timings[f"stream_{act}_s"] = time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    self._train(group, act)
+                    timings[f"worker_{act}_s"] = time.perf_counter() - clock
+                clock = time.perf_counter()
+                self._answer(settings, len(acts))
+                timings["answer_s"] = time.perf_counter() - clock
+                self._phase("done")
+                group.stop_all()
+                self._poll(group)
+        finally:
+            engine.dispose()
+            if self.engine is not None:
+                self.engine.close()
+        snapshot = self.reader.snapshot
+        result = DemoResult(self.run_id, snapshot, sent, bad_total, timings, log_dir)
+        result.report_path = _write_report(settings)
+        return result
+
+    def _stream_act(
+        self,
+        group: ProcessGroup,
+        settings: Settings,
+        act: int,
+        phases: list[Phase],
+        valid: list[Message],
+        bad: list[Message],
+        sent: dict[str, int],
+        bad_total: int,
+    ) -> None:
+        """Run the stream app over one act until its drift is recorded and every event is
+        counted or dead-lettered, then stop it (the worker needs the vector store)."""
+        group.start("streams", "streams")
+        self._phase(f"act {act}: {' → '.join(p.name for p in phases)}")
+        _produce(settings, interleave(valid, bad, seed=act))
+        assert self.reader is not None
+        for language, count in sent.items():
+            self.reader.snapshot.languages[language].produced = count
+        if act > 1:  # the adapter of the previous act answers while the stream app works
+            self._answer(settings, act - 1)
+
+        def done(snap: DemoSnapshot) -> bool:
+            drifts = [d for d in snap.drift_events if d["language"] == "fr"]
+            counted = all(snap.languages[c].counted >= n for c, n in sent.items())
+            return len(drifts) >= act and counted and sum(snap.dead_letters.values()) >= bad_total
+
+        self._wait(group, "streams", done)
+        group.stop("streams")
+
+    def _train(self, group: ProcessGroup, act: int) -> None:
+        """Run ``compass worker`` until it has handled this act's drift event."""
+        p = self.plan
+        self._phase(f"act {act}: the worker updates the French adapter")
+        group.start(
+            "worker", "worker", "--pool", "demo", "--max-events", "1", "--steps", str(p.steps),
+            "--budget", str(p.budget), "--eval-texts", str(p.eval_texts),
+            "--max-length", str(p.max_length),
+        )  # fmt: skip
+        self._wait(group, "worker", lambda _: not group.running("worker"))
+        group.check("worker")
+
+        def announced(snap: DemoSnapshot) -> bool:
+            versions = [v for v in snap.versions if v["language"] == "fr"]
+            return len(versions) >= act and len(snap.announcements) >= sum(
+                v["status"] in ("active", "retired") for v in versions
+            )
+
+        self._wait(group, "relay", announced)
+
+    def _answer(self, settings: Settings, act: int) -> None:
+        """The live French adapter answers a prompt (in-process ``peft`` serving engine)."""
+        assert self.reader is not None
+        snap = self.reader.snapshot
+        live = [v for v in snap.versions if v["language"] == "fr" and v["status"] == "active"]
+        if not live:
+            return
+        log.info("demo.answering", adapter=live[-1]["adapter_name"])
+        from compass.bootstrap import open_artifact_store
+        from compass.serving import build_engine
+
+        if self.engine is None:
+            _quiet_transformers()
+            self.engine = build_engine(
+                "peft", base_model=settings.base_model_id, data_dir=settings.data_dir
+            )
+        name = str(live[-1]["adapter_name"])
+        uri = str(live[-1]["artifact_uri"])
+        self.engine.load(name, open_artifact_store(settings).local_path(uri))
+        prompt = PROMPTS.get(act, PROMPTS[1])
+        answer = self.engine.generate(prompt, name, max_new_tokens=24).strip()
+        snap.answers.append((name, prompt, " ".join(answer.split())))
+        self.on_update(snap)
+
+    # ------------------------------------------------------------------ plumbing
+    def _phase(self, phase: str) -> None:
+        snap = self.reader.snapshot if self.reader is not None else DemoSnapshot()
+        snap.phase = phase
+        snap.elapsed_s = time.monotonic() - self.started
+        self.on_update(snap)
+        log.info("demo.phase", phase=phase)
+
+    def _poll(self, group: ProcessGroup) -> DemoSnapshot:
+        assert self.reader is not None
+
+        def url(name: str) -> str | None:
+            return group.children[name].metrics_url if group.running(name) else None
+
+        snap = self.reader.read(url("streams") if "streams" in group.children else None,
+                                url("worker") if "worker" in group.children else None)  # fmt: skip
+        if "worker" not in group.children or not group.running("worker"):
+            snap.worker = None
+        snap.processes = {
+            name: "running" if group.running(name) else f"exited {child.process.returncode}"
+            for name, child in group.children.items()
+        }
+        snap.elapsed_s = time.monotonic() - self.started
+        self.on_update(snap)
+        return snap
+
+    def _wait(self, group: ProcessGroup, name: str, done: Callable[[DemoSnapshot], bool]) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            snap = self._poll(group)
+            if done(snap):
+                return
+            if name != "worker":
+                group.check(name)
+                if not group.running(name):
+                    raise CompassError(f"the {name} process stopped; see {group.log_dir}")
+            time.sleep(0.5)
+        raise CompassError(
+            f"timed out after {self.timeout_s:.0f}s waiting on the {name} process "
+            f"({self.reader.snapshot.phase if self.reader else ''}); see {group.log_dir}"
+        )
+
+
+def _quiet_transformers() -> None:
+    """transformers writes progress bars and advice straight to stderr, under the live
+    display: keep its messages at error level and without bars (they are in no log file)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _write_report(settings: Settings) -> Path | None:
+    """The HTML/PNG report of :mod:`compass.lab.report` (``write_report(settings, out_dir)``),
+    written to ``<data_dir>/demo/report/``, when that module is present."""
+    try:
+        from compass.lab.report import write_report  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        path = write_report(settings, demo_dir(settings) / "report")
+    except Exception:  # the report is a bonus: the demo's own summary is already printed
+        log.warning("demo.report_failed", exc_info=True)
+        return None
+    return Path(path) if path is not None else None
+
+
+def run_demo(
+    base: Settings,
+    *,
+    quick: bool = False,
+    reset: bool = False,
+    on_update: Callable[[DemoSnapshot], None] = lambda _: None,
+    timeout_s: float = 1800,
+) -> DemoResult:
+    """Run the story once (:data:`QUICK` or :data:`FULL` sizes); see the module docstring."""
+    demo = Demo(base, QUICK if quick else FULL, reset=reset, on_update=on_update,
+                timeout_s=timeout_s)  # fmt: skip
+    return demo.run()

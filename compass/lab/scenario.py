@@ -1,10 +1,13 @@
 """Synthetic prompt streams made of real multilingual text, for tests, benchmarks and demos.
 
-Texts come from the gettext catalogs already on the machine (:func:`compass.corpora.load_gettext`),
+Texts come from gettext catalogs of Debian packages (:func:`compass.corpora.load_gettext`, which
+reads the catalogs ``compass data fetch --gettext`` unpacked, or ``COMPASS_GETTEXT_DIR``),
 grouped by catalog ("domain"), which stands in for a topic: version-control and system messages
 on one side, country, currency and keyboard-layout names on the other. A :class:`Scenario` says
 which languages send how many events over which event-time span, and which language switches
 topics at which point; :func:`build_stream` turns it into encoded ``prompt-events`` messages.
+:func:`phased_stream` builds the demo's story instead: window-aligned phases, each giving every
+language its topics (a first shift, a stable stretch, a second shift).
 :func:`malformed_messages` adds the kinds of bad input the stream must dead-letter.
 """
 
@@ -15,12 +18,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from compass.core.events import PromptEvent, encode
 from compass.corpora import load_gettext
 
 STABLE_TOPICS = ("git", "coreutils", "postgres-15")
 SHIFTED_TOPICS = ("iso_3166-1", "iso_4217", "xkeyboard-config")
+SECOND_SHIFT_TOPICS = ("postgres-15",)
+"""Where the demo's French usage moves after the stable stretch: database-server messages only,
+far from the names (countries, currencies, keyboard layouts) its first adapter was built for."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,17 @@ class Scenario:
 
 
 def topic_pools(
-    languages: Sequence[str], topics: Sequence[str], per_topic: int, seed: int = 7
+    languages: Sequence[str],
+    topics: Sequence[str],
+    per_topic: int,
+    seed: int = 7,
+    locale_dir: Path | None = None,
 ) -> dict[tuple[str, str], list[str]]:
-    """Up to ``per_topic`` distinct texts per (language, topic), deterministic under ``seed``."""
-    records = load_gettext(list(languages), domains=list(topics), min_chars=12)
+    """Up to ``per_topic`` distinct texts per (language, topic), deterministic under ``seed``,
+    from the catalogs under ``locale_dir`` (default: :func:`load_gettext`'s)."""
+    records = load_gettext(
+        list(languages), domains=list(topics), min_chars=12, locale_dir=locale_dir
+    )
     grouped: dict[tuple[str, str], list[str]] = {}
     for record in records:
         if record.topic is not None and len(record.text) <= 200:
@@ -96,6 +110,57 @@ def build_stream(
             timed.append((occurred, event.event_id, message))
     timed.sort(key=lambda item: (item[0], item[1]))
     return [message for _, _, message in timed]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``windows`` event-time windows in which each language draws from its ``topics``."""
+
+    name: str
+    windows: int
+    topics: dict[str, tuple[str, ...]]
+
+
+def phased_stream(
+    phases: Sequence[Phase],
+    per_window: dict[str, int],
+    *,
+    start: datetime,
+    window: timedelta,
+    pools: dict[tuple[str, str], list[str]],
+    seed: int = 7,
+) -> list[list[Message]]:
+    """The valid events of each phase, in event-time order: ``per_window[language]`` events per
+    window, evenly spaced from ``start``; a phase starts on a window boundary, so every window
+    is drawn from one topic mix. Event ids are unique across phases (``<lang>-<seed>-<n>``)."""
+    rng = random.Random(seed)
+    out: list[list[Message]] = []
+    first = 0
+    serial = dict.fromkeys(per_window, 0)
+    for phase in phases:
+        timed: list[tuple[datetime, str, Message]] = []
+        for index in range(first, first + phase.windows):
+            window_start = start + window * index
+            for language, count in sorted(per_window.items()):
+                topics = phase.topics[language]
+                for i in range(count):
+                    topic = topics[rng.randrange(len(topics))]
+                    occurred = window_start + window * (i / count)
+                    occurred += timedelta(milliseconds=rng.randrange(500))
+                    event = PromptEvent(
+                        event_id=f"{language}-{seed}-{serial[language]:06d}",
+                        occurred_at=occurred,
+                        language=language,
+                        text=rng.choice(pools[(language, topic)]),
+                        source="scenario",
+                    )
+                    serial[language] += 1
+                    message = Message(language.encode(), encode(event), event, phase.name)
+                    timed.append((occurred, event.event_id, message))
+        timed.sort(key=lambda item: (item[0], item[1]))
+        out.append([message for _, _, message in timed])
+        first += phase.windows
+    return out
 
 
 MALFORMED_KINDS = (

@@ -61,7 +61,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
                                                             "compass_drift_threshold",
                                                             "compass_jobs"):  # fmt: skip
             assert family.name.rsplit("_", 1)[1] in (
-                "events", "seconds", "ratio", "messages", "running",
+                "events", "seconds", "ratio", "messages", "running", "steps", "nats",
                 "second",  # rates: *_events_per_second
             ), family.name  # fmt: skip
     labels = {

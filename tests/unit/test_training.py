@@ -76,10 +76,17 @@ def test_config_validates_and_round_trips(tmp_path: Path) -> None:
 
 def test_few_steps_lower_loss_on_training_texts(base: LoadedModel, texts: list[str]) -> None:
     before = text_nll(base.model, base.tokenizer, texts, max_length=32).mean_loss
-    adapter = train_adapter(base, texts, SMALL.replace(steps=8), progress=False)
+    seen: list[tuple[int, int, float]] = []
+    adapter = train_adapter(
+        base, texts, SMALL.replace(steps=8), progress=False,
+        on_step=lambda step, steps, loss: seen.append((step, steps, loss)),
+    )  # fmt: skip
     after = text_nll(adapter.model, base.tokenizer, texts, max_length=32).mean_loss
     assert after < before - 0.3, (before, after)
     assert adapter.metrics.steps == 8 and adapter.metrics.samples == 32
+    # the progress callback (the worker's step/loss metrics) sees every step's task loss
+    assert [(step, steps) for step, steps, _ in seen] == [(i, 8) for i in range(1, 9)]
+    assert tuple(round(loss, 5) for _, _, loss in seen) == adapter.metrics.losses
     assert adapter.metrics.samples_per_second > 0
 
 

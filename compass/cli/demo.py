@@ -10,7 +10,9 @@ import typer
 
 def demo(
     quick: bool = typer.Option(
-        False, "--quick", help="Fewer events and training steps (about 3 minutes instead of 10)."
+        False,
+        "--quick",
+        help="Fewer events and training steps (target 3 minutes; README gives measured times).",
     ),
     reset: bool = typer.Option(
         False,

@@ -49,3 +49,27 @@ def test_usage_shares_per_window_and_plots_of_a_single_window() -> None:
     assert points[0].reference == "building" and points[1].reference == "live usage"
     assert points[1].statistic < 1e-9  # the same mix as the reference
     assert len(drift_plot("fr", points, _history(2, drift_span_s=60), 60).png) > 5000
+
+
+def test_versions_plot_draws_the_gates_own_estimate_inside_its_interval() -> None:
+    """The worker's gate records the mean of per-text loss differences and its bootstrap
+    interval (``gate_gain``, ``gate_gain_low``/``_high``), which need not contain the difference
+    of the mean losses (0.5 here, interval [0.2, 0.4]): the plot must draw, with the gate's
+    estimate as the point (a demo run's report failed with negative error bars)."""
+    from compass.lab.report.history import VersionRow
+    from compass.lab.report.plots import versions_plot
+
+    metrics = {
+        "live_new_loss": 3.0, "candidate_new_loss": 2.5, "live_old_loss": 2.0,
+        "candidate_old_loss": 1.8, "gate_gain": 0.3, "gate_gain_low": 0.2,
+        "gate_gain_high": 0.4, "gate_forgetting": -0.1, "gate_forgetting_low": -0.15,
+        "gate_forgetting_high": -0.05,
+    }  # fmt: skip
+    row = VersionRow(
+        language="fr", base_model="smollm2-135m", version=1, adapter_name="fr-v1-00000000",
+        status="active", sampler="compass", sampler_params={}, metrics=metrics,
+        parent_version=None, drift_id=None, reference_distribution={0: 1.0},
+        reference_counts={0: 10.0}, created_at=T0, activated_at=T0, retired_at=None, notes="",
+    )  # fmt: skip
+    plot = versions_plot("fr", [row])
+    assert plot.png.startswith(b"\x89PNG") and len(plot.png) > 10_000

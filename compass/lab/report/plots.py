@@ -252,11 +252,16 @@ def versions_plot(
         (gains, -0.12, "#33a02c", "gain (new usage)", "gain"),
         (forgetting, 0.12, "#e31a1c", "forgetting (earlier usage)", "forgetting"),
     ):
-        # the worker's gate records gate_gain_low/_high (compass.core.gate.GateDecision.metrics)
+        # The worker's gate records its own estimate and interval (gate_gain, gate_gain_low/_high:
+        # the mean of per-text differences, compass.core.gate); where present, the point is the
+        # gate's estimate so that it lies inside its interval.
+        series = [
+            float(v.metrics.get(f"gate_{key}", val)) for v, val in zip(rows, series, strict=True)
+        ]
         errors = [_interval(v.metrics, key) or _interval(v.metrics, f"gate_{key}") for v in rows]
         with_intervals += sum(e is not None for e in errors)
         yerr = np.array(
-            [[val - e[0], e[1] - val] if e else [0.0, 0.0]
+            [[max(val - e[0], 0.0), max(e[1] - val, 0.0)] if e else [0.0, 0.0]
              for val, e in zip(series, errors, strict=True)]
         ).T  # fmt: skip
         gate_ax.errorbar(x + offset, series, yerr=yerr, fmt="o", color=colour, capsize=4,

@@ -33,14 +33,23 @@ class UsageText:
     occurred_at: datetime
 
 
-def held_out_sample(items: Sequence[UsageText], n: int, salt: str) -> list[UsageText]:
-    """``n`` items chosen by the order of ``sha256(salt + text)`` (deterministic, uniform over
-    the window whatever the order the store returns them in)."""
+MAX_HELD_OUT_SHARE = 0.5
+"""At most this share of a window's texts is held out for the gate, so that the selection
+always keeps usage to see: a window with fewer texts than ``eval_texts`` would otherwise be held
+out whole, leaving the selection nothing (a full demo's first drift failed so)."""
+
+
+def held_out_sample(
+    items: Sequence[UsageText], n: int, salt: str, max_share: float = MAX_HELD_OUT_SHARE
+) -> list[UsageText]:
+    """``min(n, floor(max_share · len(items)))`` items chosen by the order of
+    ``sha256(salt + text)`` (deterministic, uniform over the window whatever the order the
+    store returns them in)."""
 
     def key(item: UsageText) -> str:
         return hashlib.sha256(f"{salt}\x1f{item.text}".encode()).hexdigest()
 
-    return sorted(items, key=key)[:n]
+    return sorted(items, key=key)[: min(n, int(max_share * len(items)))]
 
 
 def without_held_out(target: np.ndarray, held_out: Sequence[UsageText]) -> np.ndarray:

@@ -36,3 +36,14 @@ def test_held_out_texts_are_removed_from_what_the_selection_sees() -> None:
     assert visible.sum() == len(window) - 10
     # counts never go negative (a window counted with load shedding may store more texts)
     assert (without_held_out(np.zeros(4), sample) == 0).all()
+
+
+def test_the_gate_never_takes_the_whole_window() -> None:
+    """A window with fewer texts than ``eval_texts`` (a full demo's first drift: 64 asked, 40
+    stored) keeps half of its texts for the selection, so it always has usage to see."""
+    window = [UsageText(f"t{i}", i % 4, T0 + timedelta(seconds=i)) for i in range(40)]
+    sample = held_out_sample(window, 64, salt="drift-1")
+    assert len(sample) == 20
+    counts = np.bincount([item.cluster for item in window], minlength=4).astype(float)
+    assert without_held_out(counts, sample).sum() == 20
+    assert held_out_sample(window[:1], 64, salt="drift-1") == []

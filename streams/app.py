@@ -24,22 +24,33 @@ settings that are unset).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import structlog
+from faust.app.base import BootStrategy
 
 from compass.config import Settings
 from compass.core.errors import ConfigError
 from compass.health import EXIT_AGENT_DIED, Heartbeat, exit_process, serve
+from streams.consumer import PromptConsumer
 from streams.exporter import is_ready
 from streams.runtime import StreamRuntime, arm_shutdown_watchdog
-from streams.stages import RawMessage
 
 log = structlog.get_logger(__name__)
 OUTBOX_INTERVAL_S = 5.0
 LOG_END_INTERVAL_S = 1.0
+
+
+class _NoFaustConsumer(BootStrategy):
+    """The worker without Faust's own consumer (and so without its conductor and tables):
+    the stream's input is :class:`streams.consumer.PromptConsumer`, hosted as an app task."""
+
+    enable_kafka_consumer = False
+
+
+class _WorkerApp(faust.App):
+    BootStrategy = _NoFaustConsumer
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -48,33 +59,17 @@ def create_app(settings: Settings) -> faust.App:
     if not settings.broker_bootstrap_servers or not settings.database_url:
         raise ConfigError("the stream app needs a broker and a database; use `compass streams`")
     brokers = ";".join(f"kafka://{s.strip()}" for s in settings.broker_bootstrap_servers.split(","))
-    session = settings.stream_session_timeout_s
-    app = faust.App(
+    app = _WorkerApp(
         settings.stream_app_id,
         broker=brokers,
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
-        broker_session_timeout=session,
-        broker_heartbeat_interval=max(1.0, session / 3),
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,  # topics are created explicitly, with their partition counts
         topic_disable_leader=True,
         web_enabled=False,
         store="memory://",  # no Faust tables: durable state is in PostgreSQL
         datadir=str(settings.data_dir / "faust"),
-        stream_buffer_maxsize=max(4 * settings.stream_batch_size, 1024),
-        # Faust would wait for every consumed message to be acked before a rebalance or a stop;
-        # the gatherer holds consumed messages until their flush, so the revocation hook below
-        # flushes and commits instead, and a stop leaves the gathered ones to be redelivered
-        stream_wait_empty=False,
-    )
-    prompt_events = app.topic(
-        settings.topic_prompt_events,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.prompt_events_partitions,
     )
     dead_letters = app.topic(
         settings.topic_prompt_events_dlq,
@@ -83,37 +78,30 @@ def create_app(settings: Settings) -> faust.App:
         partitions=settings.prompt_events_partitions,
     )
     runtime = StreamRuntime(settings)
-    take_within = max(0.05, settings.stream_batch_within_s / 4)
+    consumer = PromptConsumer(settings, runtime, dead_letters)
 
-    @app.agent(prompt_events, name="prompt-events-to-drift")
-    async def process_prompt_events(stream: Any) -> None:
+    @app.task
+    async def consume_prompt_events() -> None:
+        """The stream's input (:mod:`streams.consumer`): batches from aiokafka's ``getmany``
+        into :meth:`StreamRuntime.handle`; offsets committed after each checkpoint."""
         try:
-            async for events in stream.noack_take(settings.stream_batch_size, within=take_within):
-                messages = [_raw(event.message) for event in events]
-                await runtime.handle(messages, dead_letters, ack=_acknowledger(stream, events))
-        except Exception as exc:  # a dead agent must take its process down (issue 13)
+            await consumer.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a dead consumer must take its process down (issue 13)
             exit_process(EXIT_AGENT_DIED, f"agent died: {exc!r}", runtime.close)
 
-    @app.timer(interval=take_within)
+    @app.timer(interval=consumer.take_within_s)
     async def flush_quiet_stream() -> None:
         if runtime.processor is not None:
             await runtime.flush_if_due()
 
     @app.timer(interval=LOG_END_INTERVAL_S)
     async def read_log_end() -> None:
-        """The consumer's own lag: log end (ListOffsets, and the fetch high-water marks)
-        against the position it has processed (:meth:`StreamRuntime.lag_events`)."""
+        """The consumer's own lag: log end against the position it has processed
+        (:meth:`StreamRuntime.lag_events`)."""
         try:
-            assigned = [
-                tp for tp in app.consumer.assignment() if tp.topic == settings.topic_prompt_events
-            ]
-            if not assigned:
-                return
-            ends = dict(await app.consumer.highwaters(*assigned))
-            for tp in assigned:
-                high = app.consumer.highwater(tp)
-                ends[tp] = max(ends.get(tp) or 0, high or 0)
-            runtime.observe_log_end({(tp.topic, tp.partition): end for tp, end in ends.items()})
+            runtime.observe_log_end(await consumer.log_end())
         except Exception as exc:  # the lag is then older; the controller copes
             log.debug("stream.log_end_failed", error=repr(exc)[:200])
 
@@ -143,15 +131,6 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:  # the next tick retries; rows stay pending meanwhile
             log.warning("outbox.relay_failed", error=repr(exc)[:300])
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def flush_before_revocation(sender: Any, revoked: Any = None, **_: Any) -> None:
-        """Still the owner of the partitions: checkpoint what is gathered, wait for it, commit
-        — so the next owner starts after it (no redelivery of what was counted here)."""
-        if runtime.processor is None:
-            return
-        await runtime.flush(wait=True)
-        await app.commit({settings.topic_prompt_events})
-
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_resources(sender: Any, **_: Any) -> None:
         arm_shutdown_watchdog()
@@ -167,30 +146,6 @@ _RUNTIMES: dict[int, StreamRuntime] = {}
 def runtime_of(app: faust.App) -> StreamRuntime:
     """The :class:`StreamRuntime` behind an app made by :func:`create_app` (tests, metrics)."""
     return _RUNTIMES[id(app)]
-
-
-def _acknowledger(stream: Any, events: list[Any]) -> Callable[[], Awaitable[None]]:
-    """The batch's ack for the checkpoint: acknowledges each event once, however often it is
-    called (a failed checkpoint is retried as a whole)."""
-    pending = list(events)
-    done = [0]
-
-    async def ack() -> None:
-        while done[0] < len(pending):
-            await stream.ack(pending[done[0]])
-            done[0] += 1
-
-    return ack
-
-
-def _raw(message: Any) -> RawMessage:
-    return RawMessage(
-        topic=str(message.topic),
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-    )
 
 
 _APP: faust.App | None = None

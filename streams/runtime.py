@@ -114,6 +114,10 @@ class StreamRuntime:
         self._last_flush_end: float | None = None
         self._next_offsets: dict[tuple[str, int], int] = {}
         self.log_end: dict[tuple[str, int], int] = {}
+        self.commit: Callable[[Mapping[tuple[str, int], int]], Awaitable[None]] | None = None
+        """Commits a durable flush's next offsets (the consumer's, :mod:`streams.consumer`);
+        ``None``: nothing to commit (no broker, or only the per-batch ``ack`` of
+        :meth:`handle`)."""
         self._metrics_written = 0.0
         self._metrics_dirty = False
         self._last_progress = 0.0
@@ -260,7 +264,7 @@ class StreamRuntime:
         edges = Edges(
             send_dead_letters=lambda letters: self._send_dead_letters(letters, dlq),
             publish_outbox=self.relay_outbox,
-            ack=batch.ack,
+            ack=lambda: self._acknowledge(batch),
         )
         delay = 0.5
         while True:
@@ -321,6 +325,13 @@ class StreamRuntime:
         if now - self._metrics_written >= METRICS_EVERY_S:
             await self.run_blocking(self._write_metrics)
         return report
+
+    async def _acknowledge(self, batch: Flush) -> None:
+        """The checkpoint's last step: the consumed batches' acks, then the offsets committed
+        (idempotent: a failed checkpoint is retried as a whole)."""
+        await batch.ack()
+        if self.commit is not None:
+            await self.commit(batch.positions)
 
     # ------------------------------------------------------------------ lag
     def observe_log_end(self, ends: Mapping[tuple[str, int], int]) -> None:

@@ -51,6 +51,7 @@ from bench_pipeline import (
     events,
     start_worker,
     stop_worker,
+    stream_env,
     unique_texts,
 )
 
@@ -58,7 +59,7 @@ from compass.bootstrap import open_embedder, open_unit_of_work
 from compass.config import Settings
 from compass.core.events import PromptEvent, encode
 from compass.core.semantic_map import SemanticMap
-from compass.kafka.broker import EmbeddedBroker, ensure_topics, topic_specs
+from compass.kafka.broker import EmbeddedBroker
 from compass.sql.migrate import upgrade
 from compass.sql.unit_of_work import SqlStore
 
@@ -159,22 +160,7 @@ def main() -> None:
             )
 
             def env_for(prefix: str) -> tuple[dict[str, str], Settings]:
-                env = {
-                    "COMPASS_BROKER_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-                    "COMPASS_DATABASE_URL": url,
-                    "COMPASS_TOPIC_PROMPT_EVENTS": f"{prefix}-prompt-events",
-                    "COMPASS_TOPIC_PROMPT_EVENTS_DLQ": f"{prefix}-prompt-events.dlq",
-                    "COMPASS_TOPIC_DRIFT_EVENTS": f"{prefix}-drift-events",
-                    "COMPASS_TOPIC_ADAPTER_UPDATED": f"{prefix}-adapter-updated",
-                    "COMPASS_STREAM_APP_ID": prefix,
-                    "COMPASS_STREAM_SESSION_TIMEOUT_S": "6",
-                    "COMPASS_LOG_LEVEL": "WARNING",
-                }
-                settings = Settings(
-                    **{k[len("COMPASS_") :].lower(): v for k, v in env.items()}  # type: ignore[arg-type]
-                )
-                ensure_topics(broker.bootstrap_servers, topic_specs(settings))
-                return env, settings
+                return stream_env(broker.bootstrap_servers, url, prefix)
 
             # --- 1 + 2: a standing backlog, read bare, then drained by the stream app
             env, settings = env_for(f"ingest-{uuid.uuid4().hex[:6]}")

@@ -135,6 +135,28 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def stream_env(bootstrap: str, url: str, prefix: str) -> tuple[dict[str, str], Settings]:
+    """The environment of a benchmark's ``compass streams`` worker on topics and a consumer
+    group named after ``prefix`` (the topics are created here), and the same as
+    :class:`Settings`."""
+    env = {
+        "COMPASS_BROKER_BOOTSTRAP_SERVERS": bootstrap,
+        "COMPASS_DATABASE_URL": url,
+        "COMPASS_TOPIC_PROMPT_EVENTS": f"{prefix}-prompt-events",
+        "COMPASS_TOPIC_PROMPT_EVENTS_DLQ": f"{prefix}-prompt-events.dlq",
+        "COMPASS_TOPIC_DRIFT_EVENTS": f"{prefix}-drift-events",
+        "COMPASS_TOPIC_ADAPTER_UPDATED": f"{prefix}-adapter-updated",
+        "COMPASS_STREAM_APP_ID": prefix,
+        "COMPASS_STREAM_SESSION_TIMEOUT_S": "6",
+        "COMPASS_LOG_LEVEL": "WARNING",
+    }
+    settings = Settings(
+        **{k[len("COMPASS_") :].lower(): v for k, v in env.items()}  # type: ignore[arg-type]
+    )
+    ensure_topics(bootstrap, topic_specs(settings))
+    return env, settings
+
+
 def wait_until(store: SqlStore, target: float, since: datetime, until: datetime) -> float:
     while True:
         if counted(store, since, until) >= target:
@@ -170,21 +192,7 @@ def main() -> None:
             with store() as uow:
                 uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
                 uow.commit()
-            env = {
-                "COMPASS_BROKER_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-                "COMPASS_DATABASE_URL": url,
-                "COMPASS_TOPIC_PROMPT_EVENTS": f"{prefix}-prompt-events",
-                "COMPASS_TOPIC_PROMPT_EVENTS_DLQ": f"{prefix}-prompt-events.dlq",
-                "COMPASS_TOPIC_DRIFT_EVENTS": f"{prefix}-drift-events",
-                "COMPASS_TOPIC_ADAPTER_UPDATED": f"{prefix}-adapter-updated",
-                "COMPASS_STREAM_APP_ID": prefix,
-                "COMPASS_STREAM_SESSION_TIMEOUT_S": "6",
-                "COMPASS_LOG_LEVEL": "WARNING",
-            }
-            settings = Settings(
-                **{k[len("COMPASS_") :].lower(): v for k, v in env.items()}  # type: ignore[arg-type]
-            )
-            ensure_topics(broker.bootstrap_servers, topic_specs(settings))
+            env, settings = stream_env(broker.bootstrap_servers, url, prefix)
             from kafka import KafkaProducer
 
             producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from streams.runtime import StreamRuntime
 
 log = structlog.get_logger(__name__)
+DEFERRED_POLL_MS = 10
 MAX_POLL_INTERVAL_S = 1000.0
 """A flush retried through a long outage stops the polling; the group keeps the member this
 long (Faust's default) before it gives its partitions away."""
@@ -84,11 +85,14 @@ class PromptConsumer:
         try:
             await self.runtime.start()
             self.runtime.commit = self.commit
-            timeout_ms = int(self.take_within_s * 1000)
+            idle_ms = int(self.take_within_s * 1000)
             batch_size = self.settings.stream_batch_size
             while True:
+                # a flush waiting for the one in flight starts within DEFERRED_POLL_MS of its end
+                timeout_ms = DEFERRED_POLL_MS if self.runtime.flush_deferred else idle_ms
                 fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=batch_size)
                 if not fetched:
+                    await self.runtime.flush_if_due()
                     continue
                 messages = [
                     RawMessage(r.topic, r.partition, r.offset, r.key, r.value)

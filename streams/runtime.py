@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 SHUTDOWN_GRACE_S = 8.0
 METRICS_EVERY_S = 2.0
+OVERFILL_BATCHES = 8
+"""While a flush is in flight, the next one keeps gathering up to this many embedding batches
+(and the event bound) instead of stopping the consumer at one: the batch thread is busy anyway,
+and a flush's fixed steps (transaction, upsert, drift check, commit) are then paid once."""
 
 
 @dataclass
@@ -210,7 +214,7 @@ class StreamRuntime:
         events, start, first = decoded.events, 0, True
         while True:  # a consumed batch whose sample would overfill a flush is split
             gatherer = self.gatherer
-            budget = max(1, gatherer.embed_batch - gatherer.n_sampled)
+            budget = max(1, self._sample_cap() - gatherer.n_sampled)
             room = gatherer.max_events - gatherer.n_waiting
             chosen, end = processor.sampler.choose_within(events, start, budget, room)
             last = end >= len(events)
@@ -220,14 +224,48 @@ class StreamRuntime:
             self.gatherer.add(part, chosen, (ack or OFFLINE.ack) if last else None,
                               messages if last else ())  # fmt: skip
             start, first = end, False
-            if self.gatherer.due():
+            if self._should_flush():
                 await self.flush()  # may update the rate the rest is decided at
             if last:
                 return
 
+    def _busy(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
+    def _sample_cap(self) -> int:
+        """Most sampled events the gathered flush may hold now: one embedding batch, or
+        :data:`OVERFILL_BATCHES` of them while a flush is in flight and the rate is known (forced,
+        or set by the controller from a measured embedding cost — not the initial 1.0, which
+        would fill an overfilled flush with texts the controller is about to shed)."""
+        gatherer = self.gatherer
+        controller = self.processor.controller if self.processor is not None else None
+        known = controller is not None and (
+            controller.forced_rate is not None or controller.embed_cost is not None
+        )
+        if known and self._busy():
+            return gatherer.embed_batch * OVERFILL_BATCHES
+        return gatherer.embed_batch
+
+    def _should_flush(self) -> bool:
+        """A bound is reached and either nothing is in flight or the gathered events may not
+        grow further (:meth:`_sample_cap` sampled events, or the event bound)."""
+        gatherer = self.gatherer
+        if not gatherer.due():
+            return False
+        if not self._busy():
+            return True
+        return gatherer.n_sampled >= self._sample_cap() or gatherer.n_waiting >= gatherer.max_events
+
+    @property
+    def flush_deferred(self) -> bool:
+        """A flush is due but waits for the one in flight (the consumer then polls often, so
+        it starts as soon as that one ends)."""
+        return self._inflight is not None and self.gatherer.due()
+
     async def flush_if_due(self) -> None:
-        """The timer's call: flush a quiet stream's waiting events once their time is up."""
-        if self.gatherer.due():
+        """The timer's and the idle consumer's call: flush waiting events once a bound is
+        reached (a quiet stream's time bound included) and the flush in flight is done."""
+        if self._should_flush():
             await self.flush()
         if self._metrics_dirty and time.monotonic() - self._metrics_written >= METRICS_EVERY_S:
             await self.run_blocking(self._write_metrics)

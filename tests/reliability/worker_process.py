@@ -6,17 +6,21 @@ French chatterbot usage counted in PostgreSQL and stored as points; an auxiliary
 other languages).
 
 The only addition is a trace line, ``training started``, printed when the LoRA training begins,
-so the test can kill the process mid-training. Prints ``outcome <status> <version>`` at the end.
+so the test can kill the process mid-training. SIGTERM stops the job as ``compass worker`` does
+(an event the job checks between training steps). Prints ``outcome <status> <version> <reason>``
+at the end and exits 0 for ``promoted``, ``rejected`` and ``stopped``.
 
 Run: ``python -m tests.reliability.worker_process`` with ``COMPASS_DATABASE_URL``,
 ``RELIABILITY_ROOT`` (the world's folder), ``RELIABILITY_DRIFT`` (the drift event, JSON) and
-``COMPASS_TEST_CACHE_DIR``.
+``COMPASS_TEST_CACHE_DIR``; ``RELIABILITY_TRAINING_STEPS`` (default 6) lengthens the training.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -73,9 +77,13 @@ def main() -> None:
             base_model_id=BASE_MODEL,
             data_dir=cache_dir,
             budget=8,
-            eval_texts=6,
+            eval_texts=8,  # the gate decides on 8 held-out texts at least
             training=AdapterTrainingConfig(  # small: the machine is shared and slow
-                steps=6, batch_size=2, max_length=24, learning_rate=2e-3, fisher_samples=2
+                steps=int(os.environ.get("RELIABILITY_TRAINING_STEPS", "6")),
+                batch_size=2,
+                max_length=24,
+                learning_rate=2e-3,
+                fisher_samples=2,
             ),
             gate=PromotionGate(min_gain=-10.0, max_forgetting=10.0),
             lease=timedelta(seconds=LEASE_S),
@@ -92,11 +100,13 @@ def main() -> None:
         return train(*args, **kwargs)
 
     training.train_adapter = traced  # a trace line only; the training is the real one
-    outcome = worker.handle(drift)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # as compass worker does
+    outcome = worker.handle(drift, stop)
     print(f"outcome {outcome.status} {outcome.version} {outcome.reason}", flush=True)
     store.close()
     uow_factory.dispose()
-    sys.exit(0 if outcome.status in ("promoted", "rejected") else 1)
+    sys.exit(0 if outcome.status in ("promoted", "rejected", "stopped") else 1)
 
 
 if __name__ == "__main__":

@@ -170,15 +170,21 @@ def test_first_version_then_continual_update(world: UsageWorld, cache_dir: Path)
     )
 
 
-def test_consumer_publishes_adapter_updated(
-    world: UsageWorld, cache_dir: Path, broker_bootstrap: str
-) -> None:
+def _private_topics(broker_bootstrap: str) -> Settings:
+    """Settings naming ``drift-events`` and ``adapter-updated`` topics of one test (created)."""
     settings = Settings(
         broker_bootstrap_servers=broker_bootstrap,
         topic_drift_events=f"drift-{uuid.uuid4().hex[:6]}",
         topic_adapter_updated=f"updated-{uuid.uuid4().hex[:6]}",
     )
     ensure_topics(broker_bootstrap, topic_specs(settings))
+    return settings
+
+
+def test_consumer_publishes_adapter_updated(
+    world: UsageWorld, cache_dir: Path, broker_bootstrap: str
+) -> None:
+    settings = _private_topics(broker_bootstrap)
     producer = KafkaMessageProducer(broker_bootstrap)
     drift = _drift(world, shift=2)
     producer.send(settings.topic_drift_events, b"fr", b"{not a drift event")
@@ -220,12 +226,7 @@ def test_consumer_stopped_mid_job_leaves_the_event_to_the_next_consumer(
     """``stop`` set while a long job runs: the job stops at its next checkpoint and is queued
     again unwritten, the offset stays uncommitted, and the next consumer of the group gets the
     same drift event and finishes it."""
-    settings = Settings(
-        broker_bootstrap_servers=broker_bootstrap,
-        topic_drift_events=f"drift-{uuid.uuid4().hex[:6]}",
-        topic_adapter_updated=f"updated-{uuid.uuid4().hex[:6]}",
-    )
-    ensure_topics(broker_bootstrap, topic_specs(settings))
+    settings = _private_topics(broker_bootstrap)
     producer = KafkaMessageProducer(broker_bootstrap)
     drift = _drift(world, shift=5)
     producer.send(settings.topic_drift_events, b"fr", encode(drift))

@@ -221,7 +221,11 @@ class Settings(BaseSettings):
         "worker's job is taken over by another within this many seconds.",
     )
     worker_max_attempts: int = Field(
-        3, ge=1, le=100, description="Claims of one training job before it is marked failed."
+        3,
+        ge=1,
+        le=100,
+        description="Attempts of one training job before it is marked failed "
+        "(a crash spends one; a cooperative stop on SIGTERM does not).",
     )
     # promotion gate and continual update (issue 15) — see docs/training.md
     gate_margin: float = Field(

@@ -348,6 +348,13 @@ class MemoryJobRepository(_Repository, ports.JobRepository):
             last_error=error[:4000], finished_at=None if retry else _now(),
         )  # fmt: skip
 
+    def release_job(self, job_id: int, worker: str, reason: str) -> None:
+        job = self._held(job_id, worker)
+        self.s.jobs[job.drift_id] = replace(
+            job, status="queued", lease_until=None, attempts=max(job.attempts - 1, 0),
+            last_error=reason[:4000], finished_at=None,
+        )  # fmt: skip
+
 
 class MemoryOutboxRepository(_Repository, ports.OutboxRepository):
     def add_outbox(self, topic: str, key: str, payload: Mapping[str, Any]) -> int:

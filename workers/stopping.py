@@ -3,10 +3,12 @@ checks it between its stages and after every training step (:class:`Checkpoint`)
 
 A job that finds the event set raises :class:`JobStopped` there; :class:`AdapterWorker
 <workers.adapter_worker.AdapterWorker>` then gives the job back — queued again, its lease cleared,
-no artifact or version written — and the runner leaves the drift event's offset uncommitted, so
-the event is delivered again (to another worker of the group, or to this one after a restart) and
-the job is claimed and trained from the start. A stop therefore costs at most one training step
-(or one evaluation pass) of waiting, instead of the whole job.
+no artifact or version written, and the claim not counted as one of its attempts — and the runner
+leaves the drift event's offset uncommitted, so the event is delivered again (to another worker of
+the group, or to this one after a restart) and the job is claimed and trained from the start. A
+stop therefore costs at most one training step (or one evaluation pass) of waiting, instead of the
+whole job, and however many deploys stop a job, it is never marked ``failed`` for them; a crash
+(an exception, or SIGKILL: the lease expires) still spends an attempt.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ def give_back(
     uow_factory: Callable[[], UnitOfWork], job_id: int, worker: str, stopped: JobStopped
 ) -> None:
     """Queue ``worker``'s job ``job_id`` again with its lease cleared (claimable at once; the
-    claim counts as one of its attempts) and ``last_error`` ``stopped: <where>``; raises
+    claim is not counted as one of its attempts) and ``last_error`` ``stopped: <where>``; raises
     :class:`~compass.core.errors.DataError` when the lease was already lost."""
     metrics.job_stage("idle")
     with uow_factory() as uow:
-        uow.jobs.fail_job(job_id, worker, f"stopped: {stopped}", retry=True)
+        uow.jobs.release_job(job_id, worker, f"stopped: {stopped}")
         uow.commit()
     log.info("worker.job_stopped", job=job_id, reason=str(stopped))

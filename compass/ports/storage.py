@@ -414,6 +414,14 @@ class JobRepository(abc.ABC):
     def fail_job(self, job_id: int, worker: str, error: str, *, retry: bool = True) -> None:
         """Record ``error``; with ``retry`` the job is queued again, else it is ``failed``."""
 
+    @abc.abstractmethod
+    def release_job(self, job_id: int, worker: str, reason: str) -> None:
+        """Give ``worker``'s running job back unfinished, without spending an attempt: queued
+        again (claimable at once), its lease cleared, ``attempts`` one less (the claim that
+        ended here is not counted) and ``reason`` kept as its last error. For a cooperative stop
+        only; a job that crashed goes through :meth:`fail_job` (or its lease expires) and keeps
+        its attempt. :class:`DataError` when the job is no longer held by ``worker``."""
+
 
 class OutboxRepository(abc.ABC):
     @abc.abstractmethod

@@ -33,9 +33,11 @@ def read_live_adapters(database_url: str, base_model: str | None = None) -> list
     """The live version of every (language, base model) as an announcement, ordered by
     language; only ``base_model``'s when given. Rows that cannot form an announcement (no PEFT
     block recorded) are logged and left out."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    engine = create_engine(database_url, pool_pre_ping=True)
+    from compass.sql.server import make_db_engine
+
+    engine = make_db_engine(database_url)
     try:
         with engine.connect() as connection:
             rows = [dict(row._mapping) for row in connection.execute(text(_QUERY))]

@@ -318,6 +318,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        return _without_empty(data)
+
     @field_validator("plugins", mode="before")
     @classmethod
     def _import_plugins(cls, value: object) -> tuple[str, ...]:
@@ -490,6 +495,20 @@ class DatabaseTimeouts(BaseSettings):
     keepalive_idle_s: int = Field(
         30, ge=0, le=7200, description="TCP keepalive after this much idle time (0: off)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        return _without_empty(data)
+
+
+def _without_empty(data: Any) -> Any:
+    """An empty or blank value (``COMPASS_GETTEXT_DIR=``, as compose files and ``${VAR:-}``
+    write them) means *unset*: the field keeps its default. Before, an empty path became
+    ``Path("")``, i.e. the current directory."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+    return data
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -25,7 +25,7 @@ from datetime import datetime
 import numpy as np
 
 from compass.core.events import DeadLetter, PromptEvent
-from streams.stages import Decoded, RawMessage
+from streams.stages import Decoded, RawMessage, duplicate_dead_letter
 
 Ack = Callable[[], Awaitable[None]]
 
@@ -72,6 +72,7 @@ class Gatherer:
     _opened_at: float | None = None
     _newest: datetime | None = None
     _oldest: datetime | None = None
+    _firsts: dict[str, PromptEvent] = field(default_factory=dict)
 
     def add(
         self,
@@ -86,6 +87,7 @@ class Gatherer:
         part is durable (flushes complete in order)."""
         if self._opened_at is None:
             self._opened_at = self.clock()
+        decoded, chosen = self._reused_ids_dead_lettered(decoded, chosen)
         self._events.extend(decoded.events)
         self._dead.extend(decoded.dead_letters)
         for event_id, origin in decoded.origins.items():
@@ -106,6 +108,27 @@ class Gatherer:
                 if message.offset + 1 > self._positions.get(key, -1):
                     self._positions[key] = message.offset + 1
         self._n_messages += len(decoded.events) + len(decoded.dead_letters)
+
+    def _reused_ids_dead_lettered(
+        self, decoded: Decoded, chosen: np.ndarray
+    ) -> tuple[Decoded, np.ndarray]:
+        """Issue 14: an event whose ``event_id`` already waits here with *other* content (a
+        re-used id, from an earlier consumed batch of this flush) becomes its
+        ``duplicate_event_id`` dead letter, keyed by its own message; the same content is a
+        redelivery and stays (de-duplicated later). One dict look-up per event."""
+        keep = [True] * len(decoded.events)
+        dead: list[DeadLetter] = []
+        for i, event in enumerate(decoded.events):
+            first = self._firsts.setdefault(event.event_id, event)
+            if first is not event and first.content_digest != event.content_digest:
+                keep[i] = False
+                origin = decoded.origins.get(event.event_id)
+                dead.append(duplicate_dead_letter(event, origin, first))
+        if not dead:
+            return decoded, chosen
+        events = [e for e, k in zip(decoded.events, keep, strict=True) if k]
+        mask = np.asarray(chosen, dtype=bool)[np.asarray(keep, dtype=bool)]
+        return Decoded(events, [*decoded.dead_letters, *dead], decoded.origins), mask
 
     @property
     def n_sampled(self) -> int:
@@ -144,4 +167,5 @@ class Gatherer:
         self._events, self._dead, self._origins, self._sampled = [], [], {}, set()
         self._acks, self._positions, self._n_messages = [], {}, 0
         self._opened_at, self._newest, self._oldest = None, None, None
+        self._firsts = {}
         return flush

@@ -210,9 +210,10 @@ class StreamRuntime:
             room = gatherer.max_events - gatherer.n_waiting
             chosen, end = processor.sampler.choose_within(events, start, budget, room)
             last = end >= len(events)
-            part = Decoded(
-                events[start:end], decoded.dead_letters if first else [], decoded.origins
-            )
+            part_events = events[start:end]  # with their own origins only: an id's origin in
+            # another part (another flush) would key its dead letter with the wrong position
+            origins = {e.event_id: decoded.origins[e.event_id] for e in part_events}
+            part = Decoded(part_events, decoded.dead_letters if first else [], origins)
             self.gatherer.add(part, chosen, (ack or OFFLINE.ack) if last else None,
                               messages if last else ())  # fmt: skip
             start, first = end, False

@@ -56,6 +56,19 @@ class UsageObservation:
     semantic_map_version: int
     sampled: bool = True
     weight: float = 1.0
+    content_digest: bytes | None = None
+    """SHA-256 of the event's content (:attr:`compass.core.events.PromptEvent.content_digest`),
+    kept with its dedup row; ``None``: not checked (the id alone decides)."""
+
+
+@dataclass(frozen=True)
+class RecordedUsage:
+    """What :meth:`UsageRepository.record_usage_checked` did: ``counted`` events were new;
+    ``conflicts`` are the ids (in batch order) already seen with a *different* content digest —
+    a re-used ``event_id``, not a redelivery: not counted, for the caller to dead-letter."""
+
+    counted: int
+    conflicts: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- semantic maps
@@ -266,10 +279,15 @@ class PurgeResult:
 
 
 class UsageRepository(abc.ABC):
-    @abc.abstractmethod
     def record_usage(self, events: Sequence[UsageObservation]) -> int:
         """Count each event not seen before (by ``event_id``) in its (language, cluster, window,
         map version); redelivered events change nothing. Returns how many events were new."""
+        return self.record_usage_checked(events).counted
+
+    @abc.abstractmethod
+    def record_usage_checked(self, events: Sequence[UsageObservation]) -> RecordedUsage:
+        """:meth:`record_usage`, and the ids already seen whose stored content digest differs
+        from the observation's (both known); within ``events`` the first of an id counts."""
 
     @abc.abstractmethod
     def usage_distribution(

@@ -40,6 +40,7 @@ from streams.stages import RawMessage
 log = structlog.get_logger(__name__)
 OUTBOX_INTERVAL_S = 5.0
 LOG_END_INTERVAL_S = 1.0
+DLQ_PRODUCER_BATCH_BYTES = 512 * 1024
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -69,6 +70,10 @@ def create_app(settings: Settings) -> faust.App:
         # the gatherer holds consumed messages until their flush, so the revocation hook below
         # flushes and commits instead, and a stop leaves the gathered ones to be redelivered
         stream_wait_empty=False,
+        # dead letters (≈ 0.5–350 kB each) are produced a flush at a time; aiokafka's send waits
+        # whenever a partition's batch is full, so 16 kB batches cost a round trip per 2–3
+        # letters (issue 14: goodput under bad input). Below Kafka's 1 MB message.max.bytes.
+        producer_max_batch_size=DLQ_PRODUCER_BATCH_BYTES,
     )
     prompt_events = app.topic(
         settings.topic_prompt_events,

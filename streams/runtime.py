@@ -343,10 +343,15 @@ class StreamRuntime:
         )
 
     async def _send_dead_letters(self, letters: Sequence[DeadLetter], dlq: Any) -> None:
+        """Hand every letter to the producer, then await their delivery once (straight to the
+        app's producer: ``Topic.send`` costs ~0.1 ms a message, issue 14's goodput)."""
         if not letters or dlq is None:
             return
+        producer = await dlq.app.maybe_start_producer()
+        topic = dlq.get_topic_name()
         pending = [
-            await dlq.send(key=dead_letter_key(letter), value=encode(letter)) for letter in letters
+            await producer.send(topic, dead_letter_key(letter), encode(letter), None, None, None)
+            for letter in letters
         ]
         await asyncio.gather(*pending)  # delivered before the batch can be acknowledged
 

@@ -201,6 +201,11 @@ class BatchProcessor:
             mask = self.sampler.choose(events)
         else:
             mask = np.fromiter((e.event_id in decoded.sampled for e in events), bool, len(events))
+        reused = self._reused_ids(
+            [e for e, keep in zip(events, mask.tolist(), strict=True) if keep]
+        )
+        if reused:  # counted before with other content: never embedded, never a vector point
+            mask &= np.fromiter((e.event_id not in reused for e in events), bool, len(events))
         chosen = [e for e, keep in zip(events, mask.tolist(), strict=True) if keep]
         t0 = time.perf_counter()
         vectors = stages.embed_texts(self.embedder, [e.text for e in chosen])
@@ -233,6 +238,16 @@ class BatchProcessor:
         batch.seconds["embed"] = embed_seconds
         batch.seconds["prepare"] = time.perf_counter() - started - embed_seconds
         return batch
+
+    def _reused_ids(self, chosen: list[PromptEvent]) -> set[str]:
+        """Issue 14: the sampled events whose ``event_id`` was counted in an earlier flush with
+        other content. Embedding one would overwrite the first event's point (uuid5 of the id)
+        before the count step dead-letters it (``duplicate_event_id``); one indexed read of the
+        sampled ids only (redeliveries with the same content pass)."""
+        if not chosen:
+            return set()
+        with self.uow_factory() as uow:
+            return uow.usage.reused_ids([(e.event_id, e.content_digest) for e in chosen])
 
     def store_vectors(self, batch: PreparedBatch) -> None:
         """Upsert the points (in Qdrant's write-ahead log once this returns)."""

@@ -96,6 +96,11 @@ class MemoryUsageRepository(_Repository, ports.UsageRepository):
             new += 1
         return ports.RecordedUsage(new, conflicts)
 
+    def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
+        return {
+            i for i, d in events if self.s.digests.get(i) is not None and self.s.digests[i] != d
+        }
+
     def usage_distribution(
         self, language: str, since: datetime, until: datetime, semantic_map_version: int
     ) -> dict[int, ClusterCount]:

@@ -290,6 +290,13 @@ class UsageRepository(abc.ABC):
         from the observation's (both known); within ``events`` the first of an id counts."""
 
     @abc.abstractmethod
+    def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
+        """Of ``(event_id, content_digest)`` pairs, the ids already stored with *another*
+        digest (a re-used ``event_id``); read-only, one indexed look-up. The stream asks before
+        it embeds a sampled event, so a re-use never overwrites the first event's vector point
+        (uuid5 of the id)."""
+
+    @abc.abstractmethod
     def usage_distribution(
         self,
         language: str,

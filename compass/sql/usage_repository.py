@@ -200,6 +200,18 @@ class SqlUsageRepository(UsageRepository):
         )
         return RecordedUsage(n_new, conflicts)
 
+    def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
+        if not events:
+            return set()
+        rows = self._conn.execute(
+            _CONFLICTS,
+            {
+                "ids": text_array_literal(i for i, _ in events),
+                "digests": text_array_literal(d.hex() for _, d in events),
+            },
+        ).scalars()
+        return set(rows)
+
     def _conflicts(self, first: dict[str, UsageObservation], new: set[str]) -> list[str]:
         """The ids of ``first`` seen before this batch whose stored digest is another one."""
         seen = [e for i, e in first.items() if i not in new and e.content_digest is not None]

@@ -112,3 +112,23 @@ def test_every_kind_of_the_bad_input_corpus_gets_its_reason_offline(
     with s.store() as uow:
         ids = uow.connection.execute(text("SELECT event_id FROM processed_events")).scalars()
         assert list(ids) == [ORIGINAL_ID]
+
+
+def test_a_reuse_in_a_later_flush_never_overwrites_the_first_events_point(
+    s: Services,  # noqa: F811
+) -> None:
+    """The re-use arrives in a later flush, sampled: it is not embedded, so the vector point of
+    the id (uuid5 of ``event_id``) keeps the first event's text; the count step dead-letters it.
+    A redelivery with the same content is embedded again (an idempotent overwrite)."""
+    from compass.core.events import event_point_id
+
+    processor = _processor(s)
+    assert [r.n_counted for r in _feed(processor, _messages([_event(1)]))] == [1]
+    reused = _event(1, text="Un tout autre texte sous le même identifiant")
+    [report] = _feed(processor, _messages([reused]))
+    assert (report.n_counted, report.n_embedded) == (0, 0)
+    assert [p.reason for p in report.poison] == ["duplicate_event_id"]
+    [point] = s.vectors.retrieve([event_point_id("evt-1")])
+    assert point.payload["text"] == _event(1)["text"]
+    [again] = _feed(processor, _messages([_event(1)]))
+    assert (again.n_counted, again.n_embedded, again.poison) == (0, 1, [])

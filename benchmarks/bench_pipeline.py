@@ -118,7 +118,7 @@ def start_worker(env: dict[str, str], data_dir: Path) -> subprocess.Popen[bytes]
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "worker.log").open("wb")
     return subprocess.Popen(
-        ["timeout", "-k", "5", "900", str(REPO / ".venv" / "bin" / "compass"), "streams"],
+        ["timeout", "-k", "5", "900", sys.executable, "-m", "compass.cli", "streams"],
         cwd=REPO,
         env={**os.environ, **env, "COMPASS_DATA_DIR": str(data_dir)},
         stdout=log,

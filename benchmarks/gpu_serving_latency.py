@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,14 @@ PROMPT = "Bonjour, je voudrais réserver une table pour deux personnes ce soir."
 
 
 def prepare(out: Path, adapters: int, data_dir: Path) -> None:
-    from compass.core.events import AdapterUpdated, PeftInfo, encode
-    from compass.core.naming import adapter_name, announcement_id, manifest_sha256
+    from compass.core.events import encode
+    from compass.core.naming import announcement_id, manifest_sha256
     from compass.corpora.chatterbot import load_chatterbot
+    from compass.lifecycle import announcement
     from compass.lm.training.artifacts import read_metadata
     from compass.lm.training.config import AdapterTrainingConfig
     from compass.lm.training.service import train_to_folder
+    from compass.ports.storage import AdapterVersionRecord
 
     texts = [r.text for r in load_chatterbot(["fr"], limit_per_language=32 * adapters)]
     out.mkdir(parents=True, exist_ok=True)
@@ -66,15 +69,21 @@ def prepare(out: Path, adapters: int, data_dir: Path) -> None:
         ).path  # fmt: skip
         meta = read_metadata(folder)
         manifest = json.loads((folder / "manifest.json").read_text())
-        digest = manifest_sha256(manifest)
-        version_id = uuid.uuid4()
-        peft = {k: v for k, v in meta["peft"].items() if k in PeftInfo.model_fields}
-        message = AdapterUpdated(
-            message_id=announcement_id(version_id, digest), language="fr", base_model=BASE,
-            base_model_revision=meta["base_model_revision"], adapter_id=f"fr:{BASE}",
-            version=number, adapter_name=adapter_name("fr", number, digest),
-            artifact_uri=folder.resolve().as_uri(), manifest=manifest,
-            peft=PeftInfo.model_validate(peft), previous_version=number - 1 or None,
+        now = datetime.now(UTC)
+        # the version as the worker would have stored and activated it (no database here)
+        version = AdapterVersionRecord(
+            version_id=number, adapter_id=1, language="fr", base_model=BASE, number=number,
+            status="active", artifact_uri=folder.resolve().as_uri(),
+            artifact_sha256=manifest_sha256(manifest), sampler="compass", sampler_params={},
+            reference_distribution={}, metrics={}, drift_id=None,
+            parent_version=number - 1 or None, base_model_revision=meta["base_model_revision"],
+            manifest=manifest, peft_config=meta["peft"], training_seconds=None,
+            evaluation_seconds=None, notes="", created_at=now, activated_at=now, retired_at=None,
+        )  # fmt: skip
+        message = announcement(
+            version, previous_version=number - 1 or None, action="promote", reason="",
+            # a fresh version id per run, as a new database row would get
+            message_id=announcement_id(uuid.uuid4(), version.artifact_sha256),
         )  # fmt: skip
         (out / f"message-v{number}.json").write_bytes(encode(message))
     print(f"prepared {adapters} adapters and messages in {out}")

@@ -221,7 +221,11 @@ class Settings(BaseSettings):
         "worker's job is taken over by another within this many seconds.",
     )
     worker_max_attempts: int = Field(
-        3, ge=1, le=100, description="Claims of one training job before it is marked failed."
+        3,
+        ge=1,
+        le=100,
+        description="Attempts of one training job before it is marked failed "
+        "(a crash spends one; a cooperative stop on SIGTERM does not).",
     )
     # promotion gate and continual update (issue 15) — see docs/training.md
     gate_margin: float = Field(
@@ -317,6 +321,11 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        return _without_empty(data)
 
     @field_validator("plugins", mode="before")
     @classmethod
@@ -451,14 +460,84 @@ class FileVariables(PydanticBaseSettingsSource):
         return values
 
 
+class DatabaseTimeouts(BaseSettings):
+    """How long a PostgreSQL connection may wait, on every engine COMPASS builds
+    (:func:`compass.sql.server.make_db_engine`); ``COMPASS_DATABASE_*`` variables, read on their
+    own so that every engine (also those built from a bare URL) gets them. 0 turns one off.
+
+    - ``connect_timeout_s``: libpq ``connect_timeout`` (whole seconds, at least 2);
+    - ``statement_timeout_s``: the server cancels a statement running longer (``57014
+      query_canceled``: transient, so the stream retries its batch with back-off); migrations
+      run without it (they may wait on the migration lock or build indexes);
+    - ``tcp_user_timeout_s``: libpq ``tcp_user_timeout``: a connection whose sent data stays
+      unacknowledged this long (network gone, host down) is closed — an error, not a hang;
+    - ``keepalive_idle_s``: TCP keepalives after this much silence, then every third of it,
+      3 probes: an idle connection to a vanished host is found dead within about twice this.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=f"{ENV_PREFIX}DATABASE_", extra="ignore", frozen=True
+    )
+
+    connect_timeout_s: int = Field(
+        10, ge=0, le=3600, description="Seconds to establish a connection (0: wait forever)."
+    )
+    statement_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="The server cancels a statement running longer (0: no limit); migrations "
+        "are exempt.",
+    )
+    tcp_user_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="Close a connection whose sent data stays unacknowledged this long "
+        "(0: the OS default, ~15 min).",
+    )
+    keepalive_idle_s: int = Field(
+        30, ge=0, le=7200, description="TCP keepalive after this much idle time (0: off)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        return _without_empty(data)
+
+
+def _without_empty(data: Any) -> Any:
+    """An empty or blank value (``COMPASS_GETTEXT_DIR=``, as compose files and ``${VAR:-}``
+    write them) means *unset*: the field keeps its default. Before, an empty path became
+    ``Path("")``, i.e. the current directory."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+    return data
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build :class:`Settings` from the environment, turning validation errors into one line
     that names the variable and the expected form."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
-        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+        raise _invalid(exc, ENV_PREFIX) from None
+    database_timeouts()  # checked now too: a bad value fails at start, not at the first query
+    return settings
+
+
+def database_timeouts() -> DatabaseTimeouts:
+    """:class:`DatabaseTimeouts` from the environment; a bad value is one :class:`ConfigError`
+    line naming the variable."""
+    try:
+        return DatabaseTimeouts()
+    except ValidationError as exc:
+        raise _invalid(exc, f"{ENV_PREFIX}DATABASE_") from None
+
+
+def _invalid(exc: ValidationError, prefix: str) -> ConfigError:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        problems.append(f"{prefix}{field.upper()}: {error['msg']}")
+    return ConfigError("invalid settings: " + "; ".join(problems))

@@ -25,10 +25,12 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from compass.core.errors import DataError
 from compass.core.events import AdapterUpdated, PeftInfo
+from compass.core.gate import finite_metrics
 from compass.ports.storage import (
     AdapterEventRecord,
     AdapterRecord,
@@ -71,11 +73,17 @@ def announcement(
     action: str,
     reason: str,
     message_id: uuid.UUID | None = None,
+    created_at: datetime | None = None,
 ) -> AdapterUpdated:
-    """The ``adapter-updated`` message that makes ``version`` live (a fresh ``message_id``
-    unless one is given)."""
+    """The ``adapter-updated`` message that makes ``version`` live: a fresh ``message_id`` and
+    ``created_at`` now unless given (a re-announcement of a live version passes its
+    :func:`~compass.core.naming.announcement_id` and activation time); the version's finite
+    metrics only (an announcement never carries NaN or ±∞). :class:`DataError` when the version
+    recorded no PEFT settings, pydantic's ``ValidationError`` for a field the message rejects."""
+    created = {} if created_at is None else {"created_at": created_at}
     return AdapterUpdated.model_validate(
         {
+            **created,
             "message_id": message_id or uuid.uuid4(),
             "language": version.language,
             "base_model": version.base_model,
@@ -86,7 +94,7 @@ def announcement(
             "artifact_uri": version.artifact_uri,
             "manifest": version.manifest,
             "peft": peft_info(version.peft_config),
-            "metrics": {k: float(v) for k, v in version.metrics.items()},
+            "metrics": finite_metrics(version.metrics)[0],
             "previous_version": previous_version,
             "drift_id": version.drift_id,
             "action": action,

@@ -136,7 +136,8 @@ DRIFT_EVENTS = Counter(
 # ---------------------------------------------------------------------------- the worker
 WORKER_JOBS = Counter(
     "compass_worker_jobs",
-    "Drift events handled by this worker, by outcome (promoted, rejected, failed, skipped).",
+    "Drift events handled by this worker, by outcome "
+    "(promoted, rejected, failed, skipped, stopped).",
     ["outcome"],
     registry=REGISTRY,
 )

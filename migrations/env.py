@@ -13,6 +13,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import pool, text
 
+from compass.config import database_timeouts
 from compass.sql.server import make_db_engine
 from compass.sql.tables import metadata
 
@@ -49,7 +50,9 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_db_engine(_url(), poolclass=pool.NullPool)
+    # no statement timeout: a migration may wait on the migration lock or build an index
+    timeouts = database_timeouts().model_copy(update={"statement_timeout_s": 0.0})
+    engine = make_db_engine(_url(), poolclass=pool.NullPool, timeouts=timeouts)
     try:
         with engine.connect() as conn:
             _run(conn)

@@ -41,6 +41,7 @@ from streams.runtime import StreamRuntime, arm_shutdown_watchdog
 log = structlog.get_logger(__name__)
 OUTBOX_INTERVAL_S = 5.0
 LOG_END_INTERVAL_S = 1.0
+DLQ_PRODUCER_BATCH_BYTES = 512 * 1024
 
 
 class _NoFaustConsumer(BootStrategy):
@@ -71,6 +72,10 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         store="memory://",  # no Faust tables: durable state is in PostgreSQL
         datadir=str(settings.data_dir / "faust"),
+        # dead letters (≈ 0.5–350 kB each) are produced a flush at a time; aiokafka's send waits
+        # whenever a partition's batch is full, so 16 kB batches cost a round trip per 2–3
+        # letters (issue 14: goodput under bad input). Below Kafka's 1 MB message.max.bytes.
+        producer_max_batch_size=DLQ_PRODUCER_BATCH_BYTES,
     )
     dead_letters = app.topic(
         settings.topic_prompt_events_dlq,

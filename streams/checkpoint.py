@@ -8,6 +8,8 @@ place that says in which order; the docstrings elsewhere point here.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -54,34 +56,71 @@ OFFLINE = Edges(send_dead_letters=_nothing, publish_outbox=lambda: 0, ack=_nothi
 
 
 async def checkpoint(
-    decoded: Decoded, processor: BatchProcessor, *, run: Blocking, edges: Edges
+    decoded: Decoded,
+    processor: BatchProcessor,
+    *,
+    run: Blocking,
+    edges: Edges,
+    aside: Blocking | None = None,
 ) -> BatchReport:
     """Take one decoded micro-batch through every effect, in the order that makes redelivery
     harmless, and return the processor's report of it.
 
-    1. dead letters → the DLQ topic (original bytes, reason, stage; keyed by source offset);
+    1. the decoder's dead letters, started together and running *while* steps 2–5 run:
+       a. → the DLQ topic (original bytes, reason, stage; keyed by source offset), produced
+          all at once and delivered on the event loop;
+       b. → the ``dead_letters`` table, in their own transaction on a thread of their own
+          (``aside``; PostgreSQL writes them while the batch thread works on the events);
     2. sampled events → embed → nearest centroid → vector store upsert (id = uuid5(event_id));
        in the store's write-ahead log when it returns;
-    3. dead letters → ``dead_letters`` table, every valid event → usage counts and dedup rows
-       (one transaction);
+    3. every valid event → usage counts and dedup rows (one transaction);
     4. per language, base windows that became final → drift check; a drift goes to
        ``drift_events`` and the outbox in one transaction, and only a *new* row to the outbox;
     5. if a drift was recorded, the outbox relay publishes it (at least once; a failure or a
        crash leaves the row pending for the relay's timer);
-    6. events that failed deterministically in 2–4 (isolated by :func:`commit_batch`) → the
-       DLQ topic;
+    6. both parts of step 1 are awaited; events that failed deterministically in 2–4
+       (isolated by :func:`commit_batch`, which also writes them to the table) → the DLQ
+       topic;
     7. acknowledge the batch's offsets (committed only now).
 
-    Steps 2–5 are blocking and run as one call through ``run`` (:func:`commit_batch`), so a
-    shutdown lets the batch in hand finish them. An exception anywhere (a transient failure:
-    database or broker unavailable) propagates and nothing is acknowledged.
+    The order between 1 and 2–5 does not matter: every one of them is idempotent on its own
+    key and none reads another's output; what matters is that all of them are durable before
+    step 7. Steps 2–5 are blocking and run as one call through ``run`` (:func:`commit_batch`),
+    so a shutdown lets the batch in hand finish them. An exception anywhere (a transient
+    failure: database or broker unavailable) propagates and nothing is acknowledged; step 1
+    is always awaited before the checkpoint ends (its own failure logged when another one
+    propagates), so a retried batch never overlaps the writes of its previous attempt.
     """
-    await edges.send_dead_letters(decoded.dead_letters)
-    report = await run(commit_batch, processor, decoded, edges.publish_outbox)
+    letters = decoded.dead_letters
+    aside_run: Blocking = aside or asyncio.to_thread
+    side: list[asyncio.Future[Any]] = [asyncio.ensure_future(edges.send_dead_letters(letters))]
+    if letters:
+        side.append(asyncio.ensure_future(aside_run(processor.store_dead_letters, letters)))
+    events = Decoded(decoded.events, [], decoded.origins, decoded.sampled)
+    try:
+        report = await run(commit_batch, processor, events, edges.publish_outbox)
+    except asyncio.CancelledError:
+        for task in side:
+            task.cancel()
+        raise
+    except Exception:
+        await _settle(side, raise_first=False)
+        raise
+    await _settle(side, raise_first=True)
     if report.poison:
         await edges.send_dead_letters(report.poison)
     await edges.ack()
-    return report
+    return dataclasses.replace(report, n_dead=len(letters))
+
+
+async def _settle(tasks: Sequence[asyncio.Future[Any]], *, raise_first: bool) -> None:
+    """Wait for every task; then raise the first failure, or only log them."""
+    await asyncio.wait(tasks)
+    errors = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
+    for error in errors[1:] if raise_first else errors:
+        log.warning("stream.dead_letters_failed", error=repr(error)[:300])
+    if raise_first and errors:
+        raise errors[0]  # type: ignore[misc]
 
 
 class StageFailed(Exception):

@@ -28,7 +28,7 @@ def export_batch(report: BatchReport, decision: RateDecision, decoded: Decoded) 
         lag_events=decision.lag_events,
         lag_seconds=decision.lag_seconds,
         drift_languages=[event.language for event in report.drift_events],
-        dead_letter_reasons=[letter.reason for letter in decoded.dead_letters],
+        dead_letter_reasons=[letter.reason for letter in [*decoded.dead_letters, *report.poison]],
         arrival_rate=decision.arrival_rate,
         capacity=decision.capacity,
         event_lag_seconds=decision.event_lag_seconds,

@@ -12,7 +12,15 @@ until one of three bounds is reached:
 
 A flush is one :func:`streams.checkpoint.checkpoint` over the merged batch; its ``ack``
 acknowledges every consumed batch in it, in consumption order, after the effects are durable.
-Nothing here does I/O.
+
+Dead letters are spread over the flushes of a consumed batch: a consumed batch split into
+several flushes (its sample would overfill one) would otherwise put all its dead letters in
+the first, whose dead-letter writes (topic and table, which the checkpoint runs beside the
+events' steps) would then take far longer than its events and hold up the flushes behind it.
+So a flush takes at most as many dead letters as it has events, and the rest wait for the next
+flush — except that a flush carrying a consumed batch's ``ack`` takes every dead letter
+gathered before it (its offsets are committed only after they are written). Nothing here does
+I/O.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from datetime import datetime
 import numpy as np
 
 from compass.core.events import DeadLetter, PromptEvent
-from streams.stages import Decoded, RawMessage
+from streams.stages import Decoded, RawMessage, duplicate_dead_letter
 
 Ack = Callable[[], Awaitable[None]]
 
@@ -64,6 +72,7 @@ class Gatherer:
     clock: Callable[[], float] = time.monotonic
     _events: list[PromptEvent] = field(default_factory=list)
     _dead: list[DeadLetter] = field(default_factory=list)
+    _dead_due: int = 0
     _origins: dict[str, RawMessage] = field(default_factory=dict)
     _sampled: set[str] = field(default_factory=set)
     _acks: list[Ack] = field(default_factory=list)
@@ -72,6 +81,7 @@ class Gatherer:
     _opened_at: float | None = None
     _newest: datetime | None = None
     _oldest: datetime | None = None
+    _firsts: dict[str, PromptEvent] = field(default_factory=dict)
 
     def add(
         self,
@@ -86,6 +96,7 @@ class Gatherer:
         part is durable (flushes complete in order)."""
         if self._opened_at is None:
             self._opened_at = self.clock()
+        decoded, chosen = self._reused_ids_dead_lettered(decoded, chosen)
         self._events.extend(decoded.events)
         self._dead.extend(decoded.dead_letters)
         for event_id, origin in decoded.origins.items():
@@ -100,12 +111,34 @@ class Gatherer:
                 self._oldest = at
         if ack is not None:
             self._acks.append(ack)
+            self._dead_due = len(self._dead)  # written before this ack, so in the next flush
         for message in messages:
             if message.partition is not None and message.offset is not None:
                 key = (message.topic, message.partition)
                 if message.offset + 1 > self._positions.get(key, -1):
                     self._positions[key] = message.offset + 1
         self._n_messages += len(decoded.events) + len(decoded.dead_letters)
+
+    def _reused_ids_dead_lettered(
+        self, decoded: Decoded, chosen: np.ndarray
+    ) -> tuple[Decoded, np.ndarray]:
+        """Issue 14: an event whose ``event_id`` already waits here with *other* content (a
+        re-used id, from an earlier consumed batch of this flush) becomes its
+        ``duplicate_event_id`` dead letter, keyed by its own message; the same content is a
+        redelivery and stays (de-duplicated later). One dict look-up per event."""
+        keep = [True] * len(decoded.events)
+        dead: list[DeadLetter] = []
+        for i, event in enumerate(decoded.events):
+            first = self._firsts.setdefault(event.event_id, event)
+            if first is not event and first.content_digest != event.content_digest:
+                keep[i] = False
+                origin = decoded.origins.get(event.event_id)
+                dead.append(duplicate_dead_letter(event, origin, first))
+        if not dead:
+            return decoded, chosen
+        events = [e for e, k in zip(decoded.events, keep, strict=True) if k]
+        mask = np.asarray(chosen, dtype=bool)[np.asarray(keep, dtype=bool)]
+        return Decoded(events, [*decoded.dead_letters, *dead], decoded.origins), mask
 
     @property
     def n_sampled(self) -> int:
@@ -127,21 +160,27 @@ class Gatherer:
         return self.full() or self.clock() - self._opened_at >= self.max_wait_s
 
     def take(self) -> Flush | None:
-        """Everything waiting, as one :class:`Flush` (``None`` when nothing waits)."""
+        """Everything waiting, as one :class:`Flush` (``None`` when nothing waits) — but for
+        dead letters beyond the flush's share (see the module docstring), which keep waiting."""
         if self._opened_at is None:
             return None
+        n_events = len(self._events)
+        share = len(self._dead) if not n_events else max(self._dead_due, n_events)
+        dead, held = self._dead[:share], self._dead[share:]
         flush = Flush(
-            decoded=Decoded(self._events, self._dead, self._origins, frozenset(self._sampled)),
+            decoded=Decoded(self._events, dead, self._origins, frozenset(self._sampled)),
             acks=self._acks,
             positions=self._positions,
-            n_messages=self._n_messages,
+            n_messages=n_events + len(dead),
             n_sampled=len(self._sampled),
             opened_at=self._opened_at,
             newest=self._newest,
             oldest=self._oldest,
             by_size=self.full(),
         )
-        self._events, self._dead, self._origins, self._sampled = [], [], {}, set()
-        self._acks, self._positions, self._n_messages = [], {}, 0
-        self._opened_at, self._newest, self._oldest = None, None, None
+        self._events, self._dead, self._origins, self._sampled = [], held, {}, set()
+        self._acks, self._positions, self._n_messages, self._dead_due = [], {}, len(held), 0
+        self._opened_at = self.clock() if held else None
+        self._newest, self._oldest = None, None
+        self._firsts = {}
         return flush

@@ -9,7 +9,7 @@ runs it on its batch thread so that embedding does not stall the event loop and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -62,8 +62,9 @@ class BatchReport:
     drift_events: list[DriftEvent] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     poison: list[DeadLetter] = field(default_factory=list)
-    """Valid events dead-lettered because processing them failed (``processing_error``);
-    they are in ``n_valid``, not in ``n_dead`` (which counts the decoder's dead letters)."""
+    """Valid events dead-lettered after decoding — processing them failed (``processing_error``)
+    or their ``event_id`` was counted before with other content (``duplicate_event_id``); they
+    are in ``n_valid``, not in ``n_dead`` (which counts the decoder's dead letters)."""
 
     @staticmethod
     def merge(
@@ -87,7 +88,7 @@ class BatchReport:
             windows_checked=sum(p.windows_checked for p in parts),
             drift_events=[e for p in parts for e in p.drift_events],
             stage_seconds=seconds,
-            poison=poison,
+            poison=poison + [letter for part in parts for letter in part.poison],
         )
 
 
@@ -109,6 +110,10 @@ class PreparedBatch:
     observations: list[UsageObservation]
     n_late: int
     seconds: dict[str, float] = field(default_factory=dict)
+    origins: Mapping[str, stages.RawMessage] = field(default_factory=dict)
+    conflicts: list[DeadLetter] = field(default_factory=list)
+    """``duplicate_event_id`` dead letters: ids repeated in the batch with other content (found
+    by :meth:`BatchProcessor.prepare`), then those counted before (:meth:`store_counts`)."""
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,20 @@ class BatchProcessor:
         started = time.perf_counter()
         record = self.maps.current()
         events = stages.unique_events(decoded.events)
+        conflicts = [  # only across gathered polls: decode_messages catches them within one
+            stages.duplicate_dead_letter(event, None, first)
+            for event, first in stages.conflicting_repeats(decoded.events)
+        ]
         rate = self.controller.rate
         if decoded.sampled is None:
             mask = self.sampler.choose(events)
         else:
             mask = np.fromiter((e.event_id in decoded.sampled for e in events), bool, len(events))
+        reused = self._reused_ids(
+            [e for e, keep in zip(events, mask.tolist(), strict=True) if keep]
+        )
+        if reused:  # counted before with other content: never embedded, never a vector point
+            mask &= np.fromiter((e.event_id not in reused for e in events), bool, len(events))
         chosen = [e for e, keep in zip(events, mask.tolist(), strict=True) if keep]
         t0 = time.perf_counter()
         # shedding means the consumer is saturated: leave it a core (docs/streaming.md)
@@ -220,10 +234,22 @@ class BatchProcessor:
             n_late=sum(
                 self.policy.is_late(e.occurred_at, self.watermarks.get(e.language)) for e in events
             ),
+            origins=decoded.origins,
+            conflicts=conflicts,
         )
         batch.seconds["embed"] = embed_seconds
         batch.seconds["prepare"] = time.perf_counter() - started - embed_seconds
         return batch
+
+    def _reused_ids(self, chosen: list[PromptEvent]) -> set[str]:
+        """Issue 14: the sampled events whose ``event_id`` was counted in an earlier flush with
+        other content. Embedding one would overwrite the first event's point (uuid5 of the id)
+        before the count step dead-letters it (``duplicate_event_id``); one indexed read of the
+        sampled ids only (redeliveries with the same content pass)."""
+        if not chosen:
+            return set()
+        with self.uow_factory() as uow:
+            return uow.usage.reused_ids([(e.event_id, e.content_digest) for e in chosen])
 
     def store_vectors(self, batch: PreparedBatch) -> None:
         """Upsert the points (in Qdrant's write-ahead log once this returns)."""
@@ -235,11 +261,22 @@ class BatchProcessor:
 
     def store_counts(self, batch: PreparedBatch) -> int:
         """Dead letters and usage counts in one transaction; the number of events newly
-        counted (a redelivered event is not counted again)."""
+        counted (a redelivered event is not counted again). An event whose ``event_id`` was
+        counted before with other content is not counted: its ``duplicate_event_id`` dead
+        letter joins ``batch.conflicts``, written in the same transaction (the report's
+        ``poison``, which the checkpoint sends to the DLQ topic)."""
         started = time.perf_counter()
         with self.uow_factory() as uow:
             uow.dead_letters.record_dead_letters(batch.dead_letters)
-            n_counted = uow.usage.record_usage(batch.observations)
+            recorded = uow.usage.record_usage_checked(batch.observations)
+            n_counted = recorded.counted
+            if recorded.conflicts:
+                by_id = {e.event_id: e for e in batch.events}
+                batch.conflicts.extend(
+                    stages.duplicate_dead_letter(by_id[i], batch.origins.get(i))
+                    for i in dict.fromkeys(recorded.conflicts)
+                )
+            uow.dead_letters.record_dead_letters(batch.conflicts)
             uow.commit()
         batch.seconds["count"] = time.perf_counter() - started
         return n_counted
@@ -297,6 +334,7 @@ class BatchProcessor:
             stage_seconds=dict(batch.seconds),
             windows_checked=verdicts.windows_checked,
             drift_events=verdicts.drift_events,
+            poison=list(batch.conflicts),
         )
 
     def _maybe_flush(self) -> None:

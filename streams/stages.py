@@ -85,6 +85,7 @@ def decode_messages(
     events: list[PromptEvent] = []
     dead: list[DeadLetter] = []
     origins: dict[str, RawMessage] = {}
+    firsts: dict[str, PromptEvent] = {}  # an id again with other content: duplicate_event_id
     for message in messages:
         outcome = decode_prompt_event(
             message.value or b"",
@@ -99,6 +100,10 @@ def decode_messages(
         )
         if isinstance(outcome, DeadLetter):
             dead.append(outcome)
+        elif (first := firsts.setdefault(outcome.event_id, outcome)) is not outcome and (
+            first.content_digest != outcome.content_digest
+        ):
+            dead.append(duplicate_dead_letter(outcome, message, first))
         else:
             events.append(outcome)
             origins.setdefault(outcome.event_id, message)
@@ -122,6 +127,28 @@ def processing_dead_letter(
     )
 
 
+def duplicate_dead_letter(
+    event: PromptEvent, origin: RawMessage | None, first: PromptEvent | None = None
+) -> DeadLetter:
+    """The dead letter (reason ``duplicate_event_id``, stage ``dedup``) of an event whose
+    ``event_id`` was already seen with *other* content (:attr:`PromptEvent.content_digest`):
+    ``first`` earlier in the batch, or counted before (``None``). A redelivery — same content —
+    is no such thing: it is counted once, silently."""
+    raw = origin.value if origin is not None and origin.value else encode(event)
+    where = "earlier in this batch" if first is not None else "by an event counted before"
+    detail = (
+        f"event_id {event.event_id!r} is already used {where} with other content "
+        f"(sha256 of this content {event.content_digest.hex()[:16]}…)"
+    )
+    return dead_letter_for(
+        raw,
+        InvalidEventError("duplicate_event_id", detail, stage="dedup"),
+        source_topic=origin.topic if origin is not None else "prompt-events",
+        partition=None if origin is None else origin.partition,
+        offset=None if origin is None else origin.offset,
+    )
+
+
 def dead_letter_key(letter: DeadLetter) -> bytes:
     """A stable key so DLQ consumers can drop re-sent copies."""
     return f"{letter.source_topic}:{letter.partition}:{letter.offset}".encode()
@@ -135,6 +162,18 @@ def unique_events(events: Iterable[PromptEvent]) -> list[PromptEvent]:
         if event.event_id not in seen:
             seen.add(event.event_id)
             out.append(event)
+    return out
+
+
+def conflicting_repeats(events: Iterable[PromptEvent]) -> list[tuple[PromptEvent, PromptEvent]]:
+    """(event, the first with its ``event_id``) for each later event whose content differs from
+    the first's (a re-used id); same content is a redelivery, not listed."""
+    firsts: dict[str, PromptEvent] = {}
+    out = []
+    for event in events:
+        first = firsts.setdefault(event.event_id, event)
+        if first is not event and first.content_digest != event.content_digest:
+            out.append((event, first))
     return out
 
 
@@ -215,6 +254,7 @@ def usage_observations(
                 semantic_map_version=map_version,
                 sampled=bool(chosen),
                 weight=1.0,
+                content_digest=event.content_digest,
             )
         )
     return out

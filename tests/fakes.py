@@ -48,6 +48,7 @@ class MemoryState:
     """Everything a :class:`MemoryStore` holds; tests may read it directly."""
 
     processed: dict[str, datetime] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)
     usage: dict[_UsageKey, ClusterCount] = field(default_factory=dict)
     maps: dict[int, SemanticMapRecord] = field(default_factory=dict)
     drift: dict[uuid.UUID, DriftRecord] = field(default_factory=dict)
@@ -70,11 +71,16 @@ class _Repository:
 
 
 class MemoryUsageRepository(_Repository, ports.UsageRepository):
-    def record_usage(self, events: Sequence[UsageObservation]) -> int:
-        new = 0
+    def record_usage_checked(self, events: Sequence[UsageObservation]) -> ports.RecordedUsage:
+        new, conflicts = 0, []
         for event in events:
             if event.event_id in self.s.processed:
+                seen = self.s.digests.get(event.event_id)
+                if seen is not None and event.content_digest not in (None, seen):
+                    conflicts.append(event.event_id)
                 continue
+            if event.content_digest is not None:
+                self.s.digests[event.event_id] = event.content_digest
             if not 0.0 < event.weight < float("inf"):
                 raise DataError(f"event {event.event_id}: weight must be positive")
             self.s.processed[event.event_id] = _now()
@@ -88,7 +94,12 @@ class MemoryUsageRepository(_Repository, ports.UsageRepository):
             total, sampled = self.s.usage.get(key, ClusterCount(0.0, 0))
             self.s.usage[key] = ClusterCount(total + event.weight, sampled + int(event.sampled))
             new += 1
-        return new
+        return ports.RecordedUsage(new, conflicts)
+
+    def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
+        return {
+            i for i, d in events if self.s.digests.get(i) is not None and self.s.digests[i] != d
+        }
 
     def usage_distribution(
         self, language: str, since: datetime, until: datetime, semantic_map_version: int
@@ -348,6 +359,13 @@ class MemoryJobRepository(_Repository, ports.JobRepository):
             last_error=error[:4000], finished_at=None if retry else _now(),
         )  # fmt: skip
 
+    def release_job(self, job_id: int, worker: str, reason: str) -> None:
+        job = self._held(job_id, worker)
+        self.s.jobs[job.drift_id] = replace(
+            job, status="queued", lease_until=None, attempts=max(job.attempts - 1, 0),
+            last_error=reason[:4000], finished_at=None,
+        )  # fmt: skip
+
 
 class MemoryOutboxRepository(_Repository, ports.OutboxRepository):
     def add_outbox(self, topic: str, key: str, payload: Mapping[str, Any]) -> int:
@@ -412,6 +430,8 @@ class MemoryMaintenanceRepository(_Repository, ports.MaintenanceRepository):
             for name, keys in gone.items():
                 for key in keys:
                     del tables[name][key]
+            for key in gone["processed_events"]:
+                self.s.digests.pop(key, None)
         return PurgeResult(**{name: len(keys) for name, keys in gone.items()})
 
 

@@ -4,7 +4,9 @@
 - ``pg_admin_url``: the PostgreSQL server (``COMPASS_DATABASE_URL``, else a session pgserver).
 - ``database_url``: a fresh, empty database per test module, dropped afterwards.
 - ``vector_store``: a fresh Qdrant Edge store (384-d) per test.
-- ``cache_dir``: a persistent cache (models, embeddings) so repeated runs are fast.
+- ``cache_dir``: a persistent cache (models, embeddings) so repeated runs are fast:
+  ``COMPASS_TEST_CACHE_DIR``, else ``<repository>/.data/test-cache`` (where
+  scripts/install-test-tools.sh fetches the gettext catalogs; ``make clean`` removes it).
 - gettext catalogs: fetched once into the cache (``compass data fetch --gettext``, also run by
   scripts/install-test-tools.sh) and named by ``COMPASS_GETTEXT_DIR`` for the whole session, so
   no test reads whatever catalogs the machine happens to have installed.
@@ -26,7 +28,7 @@ from compass.kafka.broker import EmbeddedBroker
 from compass.qdrant.store import QdrantEdgeStore, VectorStore
 from compass.sql.server import EmbeddedPostgres, temporary_database
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("COMPASS_TEST_CACHE_DIR", REPO_ROOT / ".data" / "test-cache"))
 os.environ.setdefault("COMPASS_GETTEXT_DIR", str(gettext_locale_dir(TEST_CACHE)))
 

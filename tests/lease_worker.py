@@ -25,6 +25,7 @@ from compass.ports.storage import NewAdapterVersion
 from compass.sql.unit_of_work import open_store
 from workers.adapter_worker import AdapterWorker, WorkerOutcome, WorkerSettings
 from workers.runner import DriftConsumer
+from workers.stopping import Checkpoint
 
 
 class SleepingWorker(AdapterWorker):
@@ -35,7 +36,7 @@ class SleepingWorker(AdapterWorker):
         self.settings = settings
         self.job_s = job_s
 
-    def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
+    def _run(self, drift: DriftEvent, job_id: int, checkpoint: Checkpoint) -> WorkerOutcome:
         print(f"started {drift.drift_id}", flush=True)
         time.sleep(self.job_s)
         s = self.settings

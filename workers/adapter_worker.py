@@ -11,15 +11,16 @@ held-out texts of the window that the selection never saw (:mod:`workers.held_ou
 intervals are stored with the version's metrics (``gate_*``). A candidate that fails is stored
 as ``rejected`` with its metrics, so the history shows why nothing changed. Continual updates
 replay the parent's training texts stratified by their clusters, in proportion to the parent's
-reference distribution. Results are
-typed end to end: :class:`Evaluation` (the held-out losses and timings), :class:`TrainingOutcome`
-(the saved version and its PEFT settings, from the training config) and :class:`WorkerOutcome`.
+reference distribution. Results are typed end to end: :class:`Evaluation` (the held-out losses
+and timings), :class:`TrainingOutcome` (the saved version and its PEFT settings, from the training
+config) and :class:`WorkerOutcome`. A stop (SIGTERM) ends a job between steps (workers.stopping).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ from workers.held_out import (
     without_held_out,
 )
 from workers.leases import LeaseKeeper
+from workers.stopping import Checkpoint, JobStopped, give_back
 
 log = structlog.get_logger(__name__)
 
@@ -164,7 +166,7 @@ class WorkerOutcome:
     """What became of one drift event; ``evaluation`` and ``decision`` for a recorded version."""
 
     drift_id: uuid.UUID
-    status: Literal["skipped", "promoted", "rejected", "failed"]
+    status: Literal["skipped", "promoted", "rejected", "failed", "stopped"]
     version: int | None = None
     evaluation: Evaluation | None = None
     decision: GateDecision | None = None
@@ -193,7 +195,8 @@ class AdapterWorker:
         self._base: Any = None
 
     # ------------------------------------------------------------------ the job
-    def handle(self, drift: DriftEvent) -> WorkerOutcome:
+    def handle(self, drift: DriftEvent, stop: threading.Event | None = None) -> WorkerOutcome:
+        """Claim and run the drift event's job; once ``stop`` is set, give it back unwritten."""
         s = self.settings
         with self._uow_factory() as uow:
             # the streams app records a drift event before publishing it; recording it again
@@ -208,7 +211,11 @@ class AdapterWorker:
             return WorkerOutcome(drift.drift_id, "skipped", reason="claimed or finished")
         try:
             with LeaseKeeper(self._uow_factory, job.job_id, s.worker_name, s.lease):
-                outcome = self._run(drift, job.job_id)
+                outcome = self._run(drift, job.job_id, Checkpoint(stop))
+        except JobStopped as stopped:
+            self._base = None  # a stopped training may have left LoRA layers on the base model
+            give_back(self._uow_factory, job.job_id, s.worker_name, stopped)
+            return WorkerOutcome(drift.drift_id, "stopped", reason=str(stopped))
         except Exception as exc:
             metrics.job_stage("idle")
             with self._uow_factory() as uow:
@@ -264,7 +271,7 @@ class AdapterWorker:
             )
         return SelectedData(adapter, live, target, texts, report, reference, tuple(clusters))
 
-    def _run(self, drift: DriftEvent, job_id: int) -> WorkerOutcome:
+    def _run(self, drift: DriftEvent, job_id: int, checkpoint: Checkpoint) -> WorkerOutcome:
         s = self.settings
         started = time.perf_counter()
         map_version, salt = drift.semantic_map_version, str(drift.drift_id)
@@ -284,7 +291,8 @@ class AdapterWorker:
         )  # fmt: skip
         new_eval = [item.text for item in gate_new]
         old_eval = [item.text for item in held_out_sample(before, s.eval_texts, salt)]
-        trained = self._train_and_evaluate(drift, live, selected, new_eval, old_eval)
+        checkpoint.check("after selecting")
+        trained = self._train_and_evaluate(drift, live, selected, new_eval, old_eval, checkpoint)
         metrics.job_stage("gating")
         evaluation = trained.evaluation
         non_finite = evaluation.non_finite()
@@ -393,6 +401,7 @@ class AdapterWorker:
         selected: SelectedData,
         new_eval: Sequence[str],
         old_eval: Sequence[str],
+        checkpoint: Checkpoint,
     ) -> TrainingOutcome:
         from compass.lm.evaluation.perplexity import TextNll, text_nll
         from compass.lm.training import continue_adapter, load_adapter, save_adapter, train_adapter
@@ -425,6 +434,7 @@ class AdapterWorker:
         live_new = score(model_now, new_eval)
         live_old = score(model_now, old_eval) if old_eval else empty
         evaluation += time.perf_counter() - clock
+        checkpoint.check("before training")
 
         provenance = {
             "language": drift.language,
@@ -439,19 +449,20 @@ class AdapterWorker:
             candidate = continue_adapter(
                 previous, texts, earlier_texts, s.training, earlier_clusters, progress=False,
                 provenance=provenance, reference_shares=shares or None,
-                on_step=metrics.training_step,
+                on_step=checkpoint.on_step,
             )  # fmt: skip
         else:
             if previous is not None:
                 previous.detach()
             candidate = train_adapter(base, texts, s.training, progress=False,
                                       provenance=provenance,
-                                      on_step=metrics.training_step)  # fmt: skip
+                                      on_step=checkpoint.on_step)  # fmt: skip
         metrics.job_stage("evaluating")
         clock = time.perf_counter()
         candidate_new = score(candidate.model, new_eval)
         candidate_old = score(candidate.model, old_eval) if old_eval else empty
         evaluation += time.perf_counter() - clock
+        checkpoint.check("before saving the candidate")
 
         dtype = weights_dtype(candidate.model)  # before detach() takes the LoRA layers off
         adapter_dir = self._artifacts.version_dir(drift.language, str(drift.drift_id))

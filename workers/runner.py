@@ -73,17 +73,18 @@ class DriftConsumer:
     ) -> WorkerOutcome | None:
         """Handle one drift event. While another worker holds its job (this is a redelivery
         after a rebalance), wait: that worker finishes it, or dies and its lease expires and
-        the job is claimed here. ``None`` when ``stop`` is set meanwhile."""
+        the job is claimed here. ``None`` when ``stop`` is set meanwhile, or when it stopped
+        the job between training steps (given back unwritten: :mod:`workers.stopping`)."""
         while True:
             self.busy = True
             try:
                 with metrics.running_job() as timer:
-                    outcome = worker.handle(drift)
+                    outcome = worker.handle(drift, stop)
             finally:
                 self.busy = False
             if outcome.status != "skipped":
                 metrics.record_job(outcome.status, timer.seconds)
-                return outcome
+                return None if outcome.status == "stopped" else outcome
             if not held_elsewhere(self.uow_factory, drift.drift_id):
                 metrics.record_job("skipped")
                 return outcome
@@ -124,7 +125,7 @@ class DriftConsumer:
                         else:
                             worker = worker or self.worker_factory()
                             outcome = self._handle(worker, drift, stop)
-                            if outcome is None:  # stopped while another worker held the job
+                            if outcome is None:  # stopped: the job was not done here
                                 return outcomes  # not committed: the event is redelivered
                             outcomes.append(outcome)
                         relay.drain()

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -155,6 +157,27 @@ class PromptEvent(_Event):
     def point_id(self) -> uuid.UUID:
         """Vector-store id: uuid5 of the event id, so a redelivered event upserts in place."""
         return event_point_id(self.event_id)
+
+    @cached_property
+    def content_digest(self) -> bytes:
+        """SHA-256 (32 bytes) of what the event says, to tell a redelivery (same digest) from a
+        re-used ``event_id`` (a different one, dead-lettered ``duplicate_event_id``).
+
+        Over the decoded, canonical content — ``schema_version``, ``occurred_at`` (UTC,
+        ISO 8601), ``language`` (the canonical tag), ``text``, ``source`` and ``metadata`` — as
+        JSON with sorted keys, so key order, spacing, escapes, a time zone offset or an alias
+        tag (``iw`` for ``he``), and unknown top-level fields (ignored by the v1 contract) do not
+        change it. ``event_id`` itself is not in it (it is the key)."""
+        content = {
+            "schema_version": self.schema_version,
+            "occurred_at": self.occurred_at.isoformat(),
+            "language": self.language,
+            "text": self.text,
+            "source": self.source,
+            "metadata": self.metadata,
+        }
+        canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
 
 
 def event_point_id(event_id: str) -> uuid.UUID:

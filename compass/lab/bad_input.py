@@ -10,7 +10,10 @@ is valid, merely old.
 
 Not malformed, so not here: extra top-level fields (the v1 contract ignores unknown fields, see
 docs/schemas/README.md) and a redelivered event with the same id *and* content (a duplicate,
-counted once). A re-used id with *different* content is :func:`conflicting_duplicates`'s.
+counted once). A re-used id with *different* content is the kind ``duplicate_event_id``: it
+re-uses the id of :func:`duplicate_original`, a valid event to send (and count) before the
+corpus, on the same partition (key ``fr``) so that it is counted first; without it the first
+such message stands in as the original and is counted instead.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ HUGE_BYTES = 10 * 1024 * 1024
 HUGE_EVERY = 500
 """One 10 MB message per this many malformed ones."""
 LANGUAGE_KEYS = (b"fr", b"de", b"es")
+ORIGINAL_ID = "bad-original"
+"""The event id the ``duplicate_event_id`` kind re-uses (:func:`duplicate_original`)."""
+DUPLICATE_KIND = "duplicate_event_id"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,16 @@ def _nested(depth: int) -> dict[str, Any]:
 def _metadata_literal(literal: bytes) -> Callable[[dict[str, Any]], bytes]:
     """A body whose ``metadata.x`` is ``literal``, written into the JSON text as it is."""
     return lambda body: _json(body | {"metadata": {"x": 0}}).replace(b'"x": 0', b'"x": ' + literal)
+
+
+def _reused_id(body: dict[str, Any]) -> bytes:
+    """The original's id with another text (its own number in it: every one differs)."""
+    return _json(body | {"event_id": ORIGINAL_ID, "text": f"{body['text']} ({body['event_id']})"})
+
+
+def duplicate_original(now: datetime) -> tuple[bytes, bytes]:
+    """(key, value) of the valid event whose id the ``duplicate_event_id`` kind re-uses."""
+    return b"fr", _json(_body(0, now) | {"event_id": ORIGINAL_ID})
 
 
 def _raw(value: bytes) -> Callable[[dict[str, Any]], bytes]:
@@ -142,6 +158,8 @@ KINDS: dict[str, tuple[str, Callable[[dict[str, Any]], bytes]]] = {
     "far_future": ("timestamp_in_future", _with(occurred_at="2999-01-01T00:00:00Z")),
     "far_past": ("timestamp_too_old", _with(occurred_at="1975-06-01T00:00:00Z")),
     # schema versions from the future
+    # the id of an event counted before, with other content (send duplicate_original first)
+    DUPLICATE_KIND: ("duplicate_event_id", _reused_id),
     "schema_version_2": ("unsupported_schema_version", _with(schema_version=2)),
     "schema_version_999": ("unsupported_schema_version", _with(schema_version=999)),
     # metadata
@@ -175,7 +193,8 @@ def malformed_corpus(
             kind = order.pop()
             reason, spoil = KINDS[kind]
             value = spoil(_body(i, now))
-        out.append(BadMessage(LANGUAGE_KEYS[i % len(LANGUAGE_KEYS)], value, kind, reason))
+        key = b"fr" if kind == DUPLICATE_KIND else LANGUAGE_KEYS[i % len(LANGUAGE_KEYS)]
+        out.append(BadMessage(key, value, kind, reason))
     return out
 
 

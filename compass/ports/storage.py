@@ -56,6 +56,19 @@ class UsageObservation:
     semantic_map_version: int
     sampled: bool = True
     weight: float = 1.0
+    content_digest: bytes | None = None
+    """SHA-256 of the event's content (:attr:`compass.core.events.PromptEvent.content_digest`),
+    kept with its dedup row; ``None``: not checked (the id alone decides)."""
+
+
+@dataclass(frozen=True)
+class RecordedUsage:
+    """What :meth:`UsageRepository.record_usage_checked` did: ``counted`` events were new;
+    ``conflicts`` are the ids (in batch order) already seen with a *different* content digest —
+    a re-used ``event_id``, not a redelivery: not counted, for the caller to dead-letter."""
+
+    counted: int
+    conflicts: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- semantic maps
@@ -266,10 +279,22 @@ class PurgeResult:
 
 
 class UsageRepository(abc.ABC):
-    @abc.abstractmethod
     def record_usage(self, events: Sequence[UsageObservation]) -> int:
         """Count each event not seen before (by ``event_id``) in its (language, cluster, window,
         map version); redelivered events change nothing. Returns how many events were new."""
+        return self.record_usage_checked(events).counted
+
+    @abc.abstractmethod
+    def record_usage_checked(self, events: Sequence[UsageObservation]) -> RecordedUsage:
+        """:meth:`record_usage`, and the ids already seen whose stored content digest differs
+        from the observation's (both known); within ``events`` the first of an id counts."""
+
+    @abc.abstractmethod
+    def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
+        """Of ``(event_id, content_digest)`` pairs, the ids already stored with *another*
+        digest (a re-used ``event_id``); read-only, one indexed look-up. The stream asks before
+        it embeds a sampled event, so a re-use never overwrites the first event's vector point
+        (uuid5 of the id)."""
 
     @abc.abstractmethod
     def usage_distribution(
@@ -413,6 +438,14 @@ class JobRepository(abc.ABC):
     @abc.abstractmethod
     def fail_job(self, job_id: int, worker: str, error: str, *, retry: bool = True) -> None:
         """Record ``error``; with ``retry`` the job is queued again, else it is ``failed``."""
+
+    @abc.abstractmethod
+    def release_job(self, job_id: int, worker: str, reason: str) -> None:
+        """Give ``worker``'s running job back unfinished, without spending an attempt: queued
+        again (claimable at once), its lease cleared, ``attempts`` one less (the claim that
+        ended here is not counted) and ``reason`` kept as its last error. For a cooperative stop
+        only; a job that crashed goes through :meth:`fail_job` (or its lease expires) and keeps
+        its attempt. :class:`DataError` when the job is no longer held by ``worker``."""
 
 
 class OutboxRepository(abc.ABC):

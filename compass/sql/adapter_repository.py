@@ -482,6 +482,18 @@ class SqlJobRepository(JobRepository):
         if result.rowcount == 0:
             raise DataError(f"job {job_id} is not held by {worker!r} (lease lost?)")
 
+    def release_job(self, job_id: int, worker: str, reason: str) -> None:
+        result = self._conn.execute(
+            text(
+                "UPDATE training_jobs SET status = 'queued', lease_until = NULL, "
+                "attempts = GREATEST(attempts - 1, 0), last_error = :reason, finished_at = NULL "
+                "WHERE id = :j AND worker = :worker AND status = 'running'"
+            ),
+            {"j": job_id, "worker": worker, "reason": reason[:4000]},
+        )
+        if result.rowcount == 0:
+            raise DataError(f"job {job_id} is not held by {worker!r} (lease lost?)")
+
     def _get_job(self, drift_id: uuid.UUID) -> TrainingJob | None:
         row = self._conn.execute(
             text(f"SELECT {_JOB_COLUMNS} FROM training_jobs WHERE drift_id = :d"), {"d": drift_id}

@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL, Engine
 
-from compass.config import Settings
+from compass.config import DatabaseTimeouts, Settings, database_timeouts
 from compass.core.errors import InfraError
 
 log = structlog.get_logger(__name__)
@@ -74,10 +74,48 @@ def database_url(settings: Settings, *, start_embedded: bool = True) -> str:
     return embedded.start() if start_embedded else embedded.url
 
 
-def make_db_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
-    """An engine on ``url``; ``pre_ping`` tests each connection at checkout (a round trip per
-    transaction: the stream turns it off and retries a flush that meets a dead connection)."""
-    return create_engine(url, pool_pre_ping=pre_ping, future=True, **kwargs)
+def make_db_engine(
+    url: str,
+    *,
+    pre_ping: bool = True,
+    timeouts: DatabaseTimeouts | None = None,
+    **kwargs: Any,
+) -> Engine:
+    """An engine on ``url`` whose connections cannot hang forever: ``timeouts`` (default: from
+    the ``COMPASS_DATABASE_*`` variables, :class:`~compass.config.DatabaseTimeouts`) become libpq
+    options — connect timeout, TCP keepalives, ``tcp_user_timeout`` and the session's
+    ``statement_timeout`` (:func:`connect_options`). ``connect_args`` given by the caller win
+    over them. ``pre_ping`` tests each connection at checkout (a round trip per transaction:
+    the stream turns it off and retries a flush that meets a dead connection)."""
+    options = connect_options(timeouts or database_timeouts(), url)
+    options.update(kwargs.pop("connect_args", {}))
+    return create_engine(url, pool_pre_ping=pre_ping, future=True, connect_args=options, **kwargs)
+
+
+def connect_options(timeouts: DatabaseTimeouts, url: str) -> dict[str, Any]:
+    """libpq connection parameters for ``timeouts`` (a value of 0 leaves its option out); the
+    statement timeout goes into ``options`` after any ``options`` the URL already has."""
+    out: dict[str, Any] = {}
+    if timeouts.connect_timeout_s > 0:
+        out["connect_timeout"] = max(2, timeouts.connect_timeout_s)  # libpq's minimum is 2
+    if timeouts.keepalive_idle_s > 0:
+        idle = timeouts.keepalive_idle_s
+        out |= {
+            "keepalives": 1,
+            "keepalives_idle": idle,
+            "keepalives_interval": max(1, idle // 3),
+            "keepalives_count": 3,
+        }
+    if timeouts.tcp_user_timeout_s > 0:
+        out["tcp_user_timeout"] = max(1, round(timeouts.tcp_user_timeout_s * 1000))  # ms
+    if timeouts.statement_timeout_s > 0:
+        ms = max(1, round(timeouts.statement_timeout_s * 1000))
+        given = make_url(url).query.get("options")
+        given = given[-1] if isinstance(given, tuple) else given
+        out["options"] = (
+            f"{given} -c statement_timeout={ms}" if given else (f"-c statement_timeout={ms}")
+        )
+    return out
 
 
 def describe_url(url: str) -> str:
@@ -87,7 +125,7 @@ def describe_url(url: str) -> str:
 
 def check_connection(url: str, timeout_s: int = 5) -> str:
     """Run a trivial query; return the server version or raise one clear :class:`InfraError`."""
-    engine = make_db_engine(url, connect_args={"connect_timeout": timeout_s})
+    engine = make_db_engine(url, connect_args={"connect_timeout": max(2, timeout_s)})
     try:
         with engine.connect() as conn:
             return str(conn.execute(text("SHOW server_version")).scalar_one())

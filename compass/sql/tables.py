@@ -11,7 +11,8 @@ live in constraints so that every writer, not only this code, keeps them:
   that refuses changes to anything but the status of a stored version.
 - ``training_jobs``: ``unique(drift_id)`` (one job per drift event).
 - ``semantic_maps``: a partial unique index allowing one active map.
-- ``processed_events``: primary key on ``event_id`` (a redelivered event is counted once).
+- ``processed_events``: primary key on ``event_id`` (a redelivered event is counted once); its
+  ``content_digest`` tells a redelivery from a re-used id (``duplicate_event_id``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class ProcessedEventRow(Base):
 
     event_id: Mapped[str] = mapped_column(Text, primary_key=True)
     processed_at: Mapped[dt.datetime] = _now()
+    # SHA-256 of the event's content (migration 0006); NULL for rows written before it
+    content_digest: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         Index("ix_processed_events_processed_at_brin", "processed_at", postgresql_using="brin"),

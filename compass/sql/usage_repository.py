@@ -4,7 +4,11 @@
 ``processed_events`` as one array (``ON CONFLICT DO NOTHING RETURNING`` tells which are new),
 then one upsert adds the counts of the new events, aggregated per (language, window, map,
 cluster), to ``usage_counts`` — in the caller's transaction, so a redelivered event is never
-counted twice and a crash between the two statements counts nothing.
+counted twice and a crash between the two statements counts nothing. Each dedup row keeps the
+event's content digest: an id seen before with *another* digest is a re-used ``event_id``
+(``record_usage_checked`` names them, with one more statement only in batches that hold ids
+already seen), which the stream dead-letters (``duplicate_event_id``) instead of dropping it as
+a redelivery.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Result
 
 from compass.core.errors import DataError
-from compass.ports.storage import ClusterCount, UsageObservation, UsageRepository
+from compass.ports.storage import (
+    ClusterCount,
+    RecordedUsage,
+    UsageObservation,
+    UsageRepository,
+)
 from compass.sql.common import require_aware, utc
 
 
@@ -34,18 +43,40 @@ def text_array_literal(values: Iterable[str]) -> str:
     return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
 
 
+def _differs(a: bytes | None, b: bytes | None) -> bool:
+    return a is not None and b is not None and a != b
+
+
+def _digests(events: Iterable[UsageObservation]) -> str:
+    """The events' content digests as one text array of hex (``""``: none, stored NULL)."""
+    return text_array_literal(
+        "" if e.content_digest is None else e.content_digest.hex() for e in events
+    )
+
+
 def _int_array_literal(values: Iterable[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
 _INSERT_PROCESSED = text(
     """
-    INSERT INTO processed_events (event_id)
-    SELECT unnest(CAST(:ids AS text[]))
+    INSERT INTO processed_events (event_id, content_digest)
+    SELECT i, decode(NULLIF(d, ''), 'hex')
+      FROM unnest(CAST(:ids AS text[]), CAST(:digests AS text[])) AS b(i, d)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
     """
 )
+
+_CONFLICTS = text(
+    """
+    SELECT p.event_id
+      FROM processed_events p
+      JOIN unnest(CAST(:ids AS text[]), CAST(:digests AS text[])) AS b(i, d) ON p.event_id = b.i
+     WHERE p.content_digest <> decode(b.d, 'hex')
+    """
+)
+"""Of the ids already seen (only those, with a digest), those stored with another digest."""
 
 _UPSERT_COUNTS = text(
     """
@@ -68,7 +99,8 @@ _STAGE_TABLE = text(
     """
     CREATE TEMP TABLE IF NOT EXISTS usage_stage (
         event_id text, language text, window_start timestamptz, window_seconds integer,
-        semantic_map_version integer, cluster integer, weight double precision, sampled boolean
+        semantic_map_version integer, cluster integer, weight double precision, sampled boolean,
+        content_digest bytea
     ) ON COMMIT DELETE ROWS
     """
 )
@@ -76,8 +108,8 @@ _STAGE_TABLE = text(
 _COUNT_STAGED = text(
     """
     WITH fresh AS (
-        INSERT INTO processed_events (event_id)
-        SELECT event_id FROM usage_stage
+        INSERT INTO processed_events (event_id, content_digest)
+        SELECT event_id, content_digest FROM usage_stage
         ON CONFLICT (event_id) DO NOTHING
         RETURNING event_id
     ), counted AS (
@@ -99,7 +131,7 @@ _COUNT_STAGED = text(
 )
 _COPY_STAGE = (
     "COPY usage_stage (event_id, language, window_start, window_seconds, semantic_map_version,"
-    " cluster, weight, sampled) FROM STDIN"
+    " cluster, weight, sampled, content_digest) FROM STDIN"
 )
 
 
@@ -107,21 +139,30 @@ class SqlUsageRepository(UsageRepository):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def record_usage(self, events: Sequence[UsageObservation]) -> int:
-        """Two statements per batch: the new event ids (``ON CONFLICT DO NOTHING RETURNING``),
-        then one upsert of the counts aggregated over the new events only."""
+    def record_usage_checked(self, events: Sequence[UsageObservation]) -> RecordedUsage:
+        """Two statements per batch: the new event ids with their content digests (``ON
+        CONFLICT DO NOTHING RETURNING``), then one upsert of the counts aggregated over the new
+        events only. Only when some ids were already seen *and* carry a digest, a third reads
+        which of those were stored with another digest (a re-used ``event_id``); an id repeated
+        inside ``events`` with another digest than its first occurrence is one too."""
         if not events:
-            return 0
+            return RecordedUsage(0)
         first: dict[str, UsageObservation] = {}
+        conflicts: list[str] = []
         for event in events:
-            first.setdefault(event.event_id, event)
+            seen = first.setdefault(event.event_id, event)
+            if seen is not event and _differs(seen.content_digest, event.content_digest):
+                conflicts.append(event.event_id)
         new_ids = self._conn.execute(
-            _INSERT_PROCESSED, {"ids": text_array_literal(first)}
+            _INSERT_PROCESSED,
+            {"ids": text_array_literal(first), "digests": _digests(first.values())},
         ).scalars()
         totals: dict[_CountKey, list[float]] = {}
         n_new = 0
+        new_ids_seen: set[str] = set()
         for event_id in new_ids:
             n_new += 1
+            new_ids_seen.add(event_id)
             event = first[event_id]
             key = (
                 event.language,
@@ -138,8 +179,10 @@ class SqlUsageRepository(UsageRepository):
             slot[0] += event.weight
             if event.sampled:
                 slot[1] += 1
+        if n_new < len(first):
+            conflicts[:0] = self._conflicts(first, new_ids_seen)
         if not totals:
-            return 0
+            return RecordedUsage(0, conflicts)
         keys = sorted(totals)  # one lock order for every writer: no deadlocks between batches
         self._conn.execute(
             _UPSERT_COUNTS,
@@ -155,12 +198,37 @@ class SqlUsageRepository(UsageRepository):
                 "sampled": _int_array_literal(int(totals[k][1]) for k in keys),
             },
         )
-        return n_new
+        return RecordedUsage(n_new, conflicts)
+
+    def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
+        if not events:
+            return set()
+        rows = self._conn.execute(
+            _CONFLICTS,
+            {
+                "ids": text_array_literal(i for i, _ in events),
+                "digests": text_array_literal(d.hex() for _, d in events),
+            },
+        ).scalars()
+        return set(rows)
+
+    def _conflicts(self, first: dict[str, UsageObservation], new: set[str]) -> list[str]:
+        """The ids of ``first`` seen before this batch whose stored digest is another one."""
+        seen = [e for i, e in first.items() if i not in new and e.content_digest is not None]
+        if not seen:
+            return []
+        rows = self._conn.execute(
+            _CONFLICTS,
+            {"ids": text_array_literal(e.event_id for e in seen), "digests": _digests(seen)},
+        ).scalars()
+        found = set(rows)
+        return [e.event_id for e in seen if e.event_id in found]
 
     def record_usage_staged(self, events: Sequence[UsageObservation]) -> int:
         """``record_usage`` through ``COPY`` into a session-local staging table and one
-        statement that inserts the new ids and adds their counts (the same guarantee: a
-        redelivered id is counted never again; same transaction). Measured against
+        statement that inserts the new ids (with their digests) and adds their counts (the same
+        guarantee: a redelivered id is counted never again; same transaction; no conflict check,
+        see :meth:`record_usage_checked`). Measured against
         :meth:`record_usage` in ``benchmarks/bench_usage_ingest.py``."""
         if not events:
             return 0
@@ -186,6 +254,7 @@ class SqlUsageRepository(UsageRepository):
                         e.cluster,
                         e.weight,
                         e.sampled,
+                        e.content_digest,
                     )
                 )
         return int(self._conn.execute(_COUNT_STAGED).scalar_one())

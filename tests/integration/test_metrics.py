@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -267,12 +268,12 @@ def test_prometheus_scrapes_stream_and_relay_counters_matching_the_database(
     stream_port, relay_port = free_port(), free_port()
     env = _settings_env(prefix, broker_bootstrap, migrated_database_url, cache_dir)
     stream = _start(
-        [str(REPO / ".venv/bin/compass"), "streams"],
+        [sys.executable, "-m", "compass.cli", "streams"],
         {**env, "COMPASS_METRICS_PORT": str(stream_port), "COMPASS_DATA_DIR": str(tmp_path / "s")},
         tmp_path / "stream.log",
     )
     relay = _start(
-        [str(REPO / ".venv/bin/compass"), "relay", "--interval", "0.2"],
+        [sys.executable, "-m", "compass.cli", "relay", "--interval", "0.2"],
         {**env, "COMPASS_METRICS_PORT": str(relay_port), "COMPASS_DATA_DIR": str(tmp_path / "r")},
         tmp_path / "relay.log",
     )
@@ -342,7 +343,7 @@ def test_a_dead_agent_takes_its_process_down_with_a_nonzero_exit(
         COMPASS_STREAM_EMBEDDING_CACHE="/proc/no-such-dir/cache.sqlite",
         COMPASS_DATA_DIR=str(tmp_path / "d"),
     )
-    process = _start([str(REPO / ".venv/bin/compass"), "streams"], env, tmp_path / "d.log")
+    process = _start([sys.executable, "-m", "compass.cli", "streams"], env, tmp_path / "d.log")
     try:
         returncode = process.wait(timeout=120)
     finally:

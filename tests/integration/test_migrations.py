@@ -36,6 +36,10 @@ TABLES = {
 }
 HEAD_TABLES = TABLES | {"adapter_events"}  # migration 0005 (issue 11)
 VIEWS = {"adapter_history", "drift_history", "language_distribution", "live_adapters"}
+HEAD_VIEWS = VIEWS | {  # migration 0007 (issue 14)
+    "semantic_map_versions", "training_job_status", "dead_letter_log", "outbox_status",
+    "adapter_lifecycle",
+}  # fmt: skip
 
 
 def objects(url: str) -> tuple[set[str], set[str]]:
@@ -52,8 +56,9 @@ def objects(url: str) -> tuple[set[str], set[str]]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert migrate.current(database_url) is None
     assert migrate.upgrade(database_url) == migrate.head()
-    assert objects(database_url) == (HEAD_TABLES, VIEWS)
+    assert objects(database_url) == (HEAD_TABLES, HEAD_VIEWS)
     for revision, (tables, views) in [
+        ("0005", (HEAD_TABLES, VIEWS)),
         ("0002", (TABLES, VIEWS)),
         ("0001", (TABLES, set())),
         ("base", (set(), set())),
@@ -72,7 +77,37 @@ def test_upgrade_downgrade_upgrade(database_url: str) -> None:
         engine.dispose()
     assert migrate.upgrade(database_url, "0001") == "0001"
     assert migrate.upgrade(database_url) == migrate.head()
-    assert objects(database_url) == (HEAD_TABLES, VIEWS)
+    assert objects(database_url) == (HEAD_TABLES, HEAD_VIEWS)
+
+
+def _reader_may_select(url: str) -> dict[str, bool]:
+    engine = make_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT c.relname, has_table_privilege('compass_reader', c.oid, 'SELECT') "
+                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v')"
+                )
+            ).all()
+        return {str(name): bool(may) for name, may in rows}
+    finally:
+        engine.dispose()
+
+
+def test_the_reader_role_reads_views_only_from_0007_and_everything_before(
+    database_url: str,
+) -> None:
+    """0007 takes ``SELECT`` on every table from ``compass_reader`` and grants it on the views;
+    its downgrade gives the 0003 grants back (every table and view readable)."""
+    migrate.upgrade(database_url)
+    head = _reader_may_select(database_url)
+    assert {n for n, may in head.items() if may} == HEAD_VIEWS
+    migrate.downgrade(database_url, "0006")
+    assert all(_reader_may_select(database_url).values())
+    migrate.upgrade(database_url)
+    assert _reader_may_select(database_url) == head
 
 
 def test_models_match_the_migrations(migrated_database_url: str) -> None:
@@ -160,4 +195,4 @@ def test_concurrent_upgrades_of_several_databases_and_of_one(fresh_databases: li
         assert process.returncode == 0, err
         assert out.strip().splitlines()[-1] == migrate.head()
     for url in fresh_databases:
-        assert objects(url) == (HEAD_TABLES, VIEWS)
+        assert objects(url) == (HEAD_TABLES, HEAD_VIEWS)

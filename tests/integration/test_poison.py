@@ -312,12 +312,12 @@ def _wrapped_uow(
 
 def _poisoned_uow(store: SqlStore, stage: str) -> Callable[[], UnitOfWork]:
     def usage(real: Any) -> dict[str, Callable[..., Any]]:
-        def record_usage(observations: Sequence[Any]) -> int:
+        def record_usage_checked(observations: Sequence[Any]) -> Any:
             if stage == "count" and any(o.event_id == f"evt-{MARKED}" for o in observations):
                 raise Poisoned("count")
-            return int(real.record_usage(observations))
+            return real.record_usage_checked(observations)
 
-        return {"record_usage": record_usage}
+        return {"record_usage_checked": record_usage_checked}
 
     def drift(real: Any) -> dict[str, Callable[..., Any]]:
         def record_drift_event(event: Any) -> bool:
@@ -419,12 +419,12 @@ def test_a_transient_failure_is_retried_never_dead_lettered(s: Services) -> None
     down = [True]
 
     def usage(real: Any) -> dict[str, Callable[..., Any]]:
-        def record_usage(observations: Sequence[Any]) -> int:
+        def record_usage_checked(observations: Sequence[Any]) -> Any:
             if down[0]:
                 raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
-            return int(real.record_usage(observations))
+            return real.record_usage_checked(observations)
 
-        return {"record_usage": record_usage}
+        return {"record_usage_checked": record_usage_checked}
 
     factory = _wrapped_uow(s.store, usage=usage)
     processor = _processor(s, uow_factory=factory)

@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -97,13 +98,16 @@ def _counted(store: SqlStore, languages: list[str]) -> dict[str, int]:
     return out
 
 
+CLI = [sys.executable, "-m", "compass.cli"]
+
+
 def _run_streams(env: dict[str, str], data_dir: Path, done: Callable[[], bool]) -> str:
     """A ``compass streams`` process until ``done()``, then SIGTERM; returns its log."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "streams.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            ["timeout", "-k", "5", str(RUN_TIMEOUT_S), str(REPO / ".venv/bin/compass"), "streams"],
+            ["timeout", "-k", "5", str(RUN_TIMEOUT_S), *CLI, "streams"],
             cwd=REPO,
             env={**os.environ, **env, "COMPASS_DATA_DIR": str(data_dir)},
             stdout=log_file,
@@ -280,7 +284,7 @@ def test_client_cli_and_kcat_events_are_all_counted(
         "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in FILE_LINES)
     )
     cli = subprocess.run(
-        [str(REPO / ".venv/bin/compass"), "produce", str(jsonl), "--rate", "200"],
+        [*CLI, "produce", str(jsonl), "--rate", "200"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -13,31 +13,27 @@ The same flow against a real vLLM server: tests/integration/test_vllm_serve_sync
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from compass.bootstrap import open_publisher, outbox_relay
 from compass.config import Settings
-from compass.core.events import AdapterUpdated, PeftInfo, encode
-from compass.core.naming import announcement_id
+from compass.core.events import AdapterUpdated, encode
 from compass.corpora.chatterbot import load_chatterbot
 from compass.kafka.broker import ensure_topics, topic_specs
 from compass.kafka.subscribe import Subscription, subscribe_adapter_updated
 from compass.lifecycle import AdapterLifecycle
-from compass.lm.training.artifacts import read_metadata
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.lm.training.service import train_to_folder
-from compass.ports.storage import NewAdapterVersion
 from compass.serving import ServeSync, build_engine
 from compass.serving.live import read_live_adapters
 from compass.sql.unit_of_work import open_store
+from tests.integration.storage_support import announce_folder
 
 pytestmark = pytest.mark.integration
 
@@ -65,47 +61,6 @@ def adapters(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
             progress=False,
         ).path  # fmt: skip
     return out
-
-
-def _announce(uow_factory: Any, settings: Settings, folder: Path) -> AdapterUpdated:
-    """Store and activate a version with its outbox row (as the worker does); relay it."""
-    meta = read_metadata(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    peft = {k: v for k, v in meta["peft"].items() if k in PeftInfo.model_fields}
-    with uow_factory() as uow:
-        adapter = uow.adapters.get_or_create_adapter("fr", BASE)
-        live = uow.adapters.active_version("fr", BASE)
-        version = uow.adapters.create_version(
-            adapter.adapter_id,
-            NewAdapterVersion(
-                artifact_uri=folder.resolve().as_uri(),
-                artifact_sha256=hashlib.sha256(
-                    json.dumps(manifest, sort_keys=True).encode()
-                ).hexdigest(),
-                sampler="compass",
-                base_model_revision=meta["base_model_revision"],
-                manifest=manifest,
-                peft_config=meta["peft"],
-                parent_version=live.number if live else None,
-            ),
-        )
-        version = uow.adapters.activate_version(adapter.adapter_id, version.number)
-        message = AdapterUpdated(
-            message_id=announcement_id(version.version_id, version.artifact_sha256),
-            language="fr", base_model=BASE, base_model_revision=version.base_model_revision,
-            adapter_id=f"fr:{BASE}", version=version.number, adapter_name=version.adapter_name,
-            artifact_uri=version.artifact_uri, manifest=version.manifest,
-            peft=PeftInfo.model_validate(peft),
-            previous_version=live.number if live else None,
-        )  # fmt: skip
-        uow.outbox.add_outbox(TOPIC, "fr", message.model_dump(mode="json"))
-        uow.commit()
-    publisher = open_publisher(settings)
-    try:
-        assert outbox_relay(uow_factory, publisher).drain() == 1
-    finally:
-        publisher.close()
-    return message
 
 
 def _consume(
@@ -144,7 +99,7 @@ def test_serve_sync_on_the_peft_engine(
 
     # 1. a new adapter: loaded, routed, answers differently from the base model
     t0 = time.perf_counter()
-    first = _announce(uow_factory, settings, adapters["a"])  # commit + relay
+    first = announce_folder(uow_factory, settings, adapters["a"], topic=TOPIC)  # commit + relay
     t1 = time.perf_counter()
     delivered: list[float] = []
     assert _consume(subscription, sync, delivered) == ["applied"]
@@ -170,7 +125,7 @@ def test_serve_sync_on_the_peft_engine(
     weights = tampered / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
-    second = _announce(uow_factory, settings, tampered)
+    second = announce_folder(uow_factory, settings, tampered, topic=TOPIC)
     weights.write_bytes(bytes(data))
     assert _consume(subscription, sync) == ["refused"]
     assert sync.outcomes[-1].reason.startswith("artifact_corrupt: adapter_model.safetensors")
@@ -179,7 +134,7 @@ def test_serve_sync_on_the_peft_engine(
     assert not (serving_cache / second.adapter_name).exists()
 
     # 4. a good new version replaces the first one, which is unloaded after the grace period
-    third = _announce(uow_factory, settings, adapters["b"])
+    third = announce_folder(uow_factory, settings, adapters["b"], topic=TOPIC)
     assert _consume(subscription, sync) == ["applied"]
     assert sync.routes() == {"fr": third.adapter_name}
     assert engine.loaded() == {third.adapter_name}
@@ -215,7 +170,7 @@ def test_serve_sync_on_the_peft_engine(
     assert sync.answer("fr", PROMPT) == third_answer
 
     # 5. a rank above the engine's maximum (16): refused with its reason
-    _announce(uow_factory, settings, adapters["big"])
+    announce_folder(uow_factory, settings, adapters["big"], topic=TOPIC)
     assert _consume(subscription, sync) == ["refused"]
     assert sync.outcomes[-1].reason == "rank_too_high: r=32 > the engine's maximum 16"
     assert sync.routes() == {"fr": third.adapter_name}

@@ -134,23 +134,28 @@ def test_outbox_batches_are_not_handed_to_two_relays(store: SqlStore) -> None:
 
 
 # --------------------------------------------------------------------------- reader role
-def test_reader_role_can_read_everything_and_write_nothing(store: SqlStore) -> None:
+def test_reader_role_reads_the_views_only_and_writes_nothing(store: SqlStore) -> None:
+    """Migration 0007: every view readable, every table refused (issue 14)."""
     with store.engine.connect() as conn:
-        names = list(
+        kinds = dict(
             conn.execute(
                 text(
-                    "SELECT table_name FROM information_schema.tables "
+                    "SELECT table_name, table_type FROM information_schema.tables "
                     "WHERE table_schema = current_schema()"
                 )
-            ).scalars()
+            ).all()
         )
-    assert {"adapter_history", "drift_history", "language_distribution", "live_adapters"} <= set(
-        names
-    )
-    for name in names:
+    views = {n for n, kind in kinds.items() if kind == "VIEW"}
+    assert {"adapter_history", "drift_history", "language_distribution", "live_adapters"} <= views
+    for name, kind in kinds.items():
         with store.engine.connect() as conn:
             conn.execute(text("SET ROLE compass_reader"))
-            conn.execute(text(f"SELECT * FROM {name} LIMIT 1")).all()
+            if kind == "VIEW":
+                conn.execute(text(f"SELECT * FROM {name} LIMIT 1")).all()
+                continue
+            with pytest.raises(sqlalchemy.exc.ProgrammingError) as caught:
+                conn.execute(text(f"SELECT * FROM {name} LIMIT 1"))
+            assert isinstance(caught.value.orig, psycopg.errors.InsufficientPrivilege), name
     writes = [
         "INSERT INTO adapters (language, base_model) VALUES ('xx', 'y')",
         "UPDATE adapters SET base_model = 'y'",

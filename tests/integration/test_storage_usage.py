@@ -194,3 +194,73 @@ def test_purge_deletes_only_old_rows(store: SqlStore, map_version: int) -> None:
     assert done == dry
     assert scalar(store, "SELECT count(*) FROM usage_counts WHERE language = 'ro'") == 0
     assert scalar(store, "SELECT count(*) FROM usage_counts WHERE language = 'de'") > 0
+
+
+# --------------------------------------------------------------------------- re-used event ids
+def test_a_reused_event_id_with_other_content_is_a_conflict_not_a_redelivery(
+    store: SqlStore, map_version: int
+) -> None:
+    """Issue 14: the dedup row keeps the content digest. The same id with the same digest is a
+    redelivery (nothing counted, no conflict); with another digest a conflict (not counted,
+    named); a row or an observation without a digest is never called a conflict."""
+
+    def obs(event_id: str, digest: bytes | None) -> UsageObservation:
+        return UsageObservation(event_id, "gl", 0, WINDOW, 3600, map_version, content_digest=digest)
+
+    a, b = b"\xaa" * 32, b"\xbb" * 32
+    with store() as uow:
+        first = uow.usage.record_usage_checked(
+            [obs("gl-1", a), obs("gl-2", a), obs("gl-legacy", None), obs("gl-1", b)]
+        )
+        assert (first.counted, first.conflicts) == (3, ["gl-1"])  # in-batch: the later one
+        uow.commit()
+    with store() as uow:
+        stored = uow.connection.execute(
+            text("SELECT event_id, content_digest FROM processed_events WHERE event_id LIKE 'gl-%'")
+        ).all()
+        assert {(i, None if d is None else bytes(d)) for i, d in stored} == {
+            ("gl-1", a), ("gl-2", a), ("gl-legacy", None),
+        }  # fmt: skip
+    with store() as uow:
+        again = uow.usage.record_usage_checked(
+            [
+                obs("gl-1", a),
+                obs("gl-2", b),
+                obs("gl-legacy", b),
+                obs("gl-3", None),
+                obs("gl-1", None),
+            ]
+        )
+        assert (again.counted, again.conflicts) == (1, ["gl-2"])
+        assert uow.usage.record_usage([obs("gl-2", b)]) == 0  # the plain call: counts only
+        uow.commit()
+    with store() as uow:
+        assert sql_helpers.window_counts(uow, "gl", WINDOW) == {0: (4.0, 4)}
+
+
+def test_the_conflict_check_runs_only_when_ids_were_seen_before(
+    store: SqlStore, map_version: int
+) -> None:
+    """The hot path keeps its two statements: a batch of new ids sends no third one."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    obs = [
+        UsageObservation(f"eu-{i}", "eu", 0, WINDOW, 3600, map_version, content_digest=bytes(32))
+        for i in range(5)
+    ]
+    with store() as uow:
+        engine = uow.connection.engine
+
+        def seen(*args: Any) -> None:
+            statements.append(str(args[2]))
+
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            assert uow.usage.record_usage_checked(obs).counted == 5
+            assert len(statements) == 2
+            assert uow.usage.record_usage_checked(obs[:2]).conflicts == []
+            assert len(statements) == 4  # the insert (nothing new), then the check
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        uow.rollback()

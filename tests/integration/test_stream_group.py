@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -52,7 +53,6 @@ from compass.qdrant.store import QdrantEdgeStore
 from compass.sql.unit_of_work import SqlStore
 from tests.integration.test_metrics import _get, _start, _stop, _wait
 from tests.integration.test_streams import (
-    REPO,
     Env,
     _dead_letters,
     _store_with_map,
@@ -63,7 +63,7 @@ pytestmark = pytest.mark.integration
 
 SCENARIO = Scenario(events={"es": 300, "fr": 300, "ko": 300})  # partitions 0, 1, 2
 N_BAD = 21
-COMPASS = str(REPO / ".venv" / "bin" / "compass")
+COMPASS = [sys.executable, "-m", "compass.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_two_processes_in_one_group_count_every_event_once_across_a_rebalance(
     def start(name: str, run: int) -> subprocess.Popen[bytes]:
         dirs[name].mkdir(exist_ok=True)
         return _start(
-            [COMPASS, "streams"],
+            [*COMPASS, "streams"],
             {**base, "COMPASS_DATA_DIR": str(dirs[name]),
              "COMPASS_METRICS_PORT": str(ports[name])},
             tmp_path / f"{name}{run}.log",

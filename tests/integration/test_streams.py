@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -255,7 +256,7 @@ def first_run(
         COMPASS_DATABASE_URL=migrated_database_url, COMPASS_STREAM_APP_ID=f"{env.prefix}-a"
     )
     return _run_worker(
-        [str(REPO / ".venv" / "bin" / "compass"), "streams"],
+        [sys.executable, "-m", "compass.cli", "streams"],
         vars_,
         tmp_path_factory.mktemp("stream-a"),
         _complete(store, N_BAD),
@@ -269,7 +270,7 @@ def replay_run(env: Env, store: SqlStore, first_run: Run, migrated_database_url:
         COMPASS_DATABASE_URL=migrated_database_url, COMPASS_STREAM_APP_ID=f"{env.prefix}-b"
     )
     return _run_worker(
-        [str(REPO / ".venv" / "bin" / "faust"), "-A", "streams.app", "worker", "-l", "warn",
+        [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "warn",
          "--without-web"],
         vars_,
         first_run.data_dir,  # same vector store path
@@ -378,7 +379,7 @@ def test_d_quarter_sampling_still_detects_the_shift_without_false_alarms(
         store = _store_with_map(url, env.semantic_map)
         drift_topic = _topic_settings(env).topic_drift_events + "-quarter"
         run = _run_worker(
-            [str(REPO / ".venv" / "bin" / "compass"), "streams", "--sample-rate", "0.25"],
+            [sys.executable, "-m", "compass.cli", "streams", "--sample-rate", "0.25"],
             env.settings_env(
                 COMPASS_DATABASE_URL=url,
                 COMPASS_STREAM_APP_ID=f"{env.prefix}-d",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -179,7 +180,7 @@ def test_toy_embedder_and_detector_run_the_ingest_and_the_worker_selection(
     # (a) the ingest: a real ``compass streams`` process, the parts chosen by settings alone
     with open_store(migrated_database_url) as store:
         run = _run_worker(
-            [str(REPO / ".venv" / "bin" / "compass"), "streams"], env, data_dir,
+            [sys.executable, "-m", "compass.cli", "streams"], env, data_dir,
             _all_counted(store),
         )  # fmt: skip
         assert run.returncode is not None, run.log[-3000:]

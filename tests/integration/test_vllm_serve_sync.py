@@ -33,18 +33,15 @@ from typing import Any
 
 import pytest
 
-from compass.bootstrap import open_publisher, outbox_relay
 from compass.config import Settings
-from compass.core.events import AdapterUpdated, PeftInfo
-from compass.core.naming import announcement_id
 from compass.corpora.chatterbot import load_chatterbot
 from compass.kafka.broker import ensure_topics, topic_specs
 from compass.lm.models import servable_model_folder
-from compass.lm.training.artifacts import METADATA_FILE, read_metadata
+from compass.lm.training.artifacts import read_metadata
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.lm.training.service import train_to_folder
-from compass.ports.storage import NewAdapterVersion
 from compass.sql.unit_of_work import open_store
+from tests.integration.storage_support import announce_folder
 from tests.vllm_support import VllmServer, free_port, http_json, vllm_executable, vllm_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,44 +101,6 @@ def adapters(cache_dir: Path, base_folder: tuple[Path, str]) -> dict[str, Path]:
             part, folder, base_model_id=BASE, data_dir=cache_dir, config=config, progress=False
         ).path
     return out
-
-
-def _announce(uow_factory: Any, settings: Settings, folder: Path) -> AdapterUpdated:
-    """Store and activate a version with its outbox row, as the worker does; relay it."""
-    # the metadata file read as is: a tampered artifact must be announced (the worker announced
-    # it intact; the change happens afterwards, where it is stored), and serve-sync must catch it
-    meta = json.loads((folder / METADATA_FILE).read_text())
-    manifest = json.loads((folder / "manifest.json").read_text())
-    peft = {k: v for k, v in meta["peft"].items() if k in PeftInfo.model_fields}
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    with uow_factory() as uow:
-        adapter = uow.adapters.get_or_create_adapter("fr", BASE)
-        live = uow.adapters.active_version("fr", BASE)
-        version = uow.adapters.create_version(
-            adapter.adapter_id,
-            NewAdapterVersion(
-                artifact_uri=folder.resolve().as_uri(), artifact_sha256=digest, sampler="compass",
-                base_model_revision=meta["base_model_revision"], manifest=manifest,
-                peft_config=meta["peft"], parent_version=live.number if live else None,
-            ),
-        )  # fmt: skip
-        version = uow.adapters.activate_version(adapter.adapter_id, version.number)
-        message = AdapterUpdated(
-            message_id=announcement_id(version.version_id, version.artifact_sha256),
-            language="fr", base_model=BASE, base_model_revision=version.base_model_revision,
-            adapter_id=f"fr:{BASE}", version=version.number, adapter_name=version.adapter_name,
-            artifact_uri=version.artifact_uri, manifest=version.manifest,
-            peft=PeftInfo.model_validate(peft),
-            previous_version=live.number if live else None,
-        )  # fmt: skip
-        uow.outbox.add_outbox(TOPIC, "fr", message.model_dump(mode="json"))
-        uow.commit()
-    publisher = open_publisher(settings)
-    try:
-        assert outbox_relay(uow_factory, publisher).drain() == 1
-    finally:
-        publisher.close()
-    return message
 
 
 @contextlib.contextmanager
@@ -253,7 +212,7 @@ def test_serve_sync_hot_loads_adapters_into_vllm(
 
     with _serve_sync(env, sync_log, free_port()) as routes_url:
         # 1. a new adapter: loaded under its unique name, answers differently from the base
-        first = _announce(uow_factory, settings, adapters["a"])
+        first = announce_folder(uow_factory, settings, adapters["a"], topic=TOPIC)
         published = time.perf_counter()
         routed = _wait(lambda: _routes(routes_url).get("fr") == first.adapter_name, 120, "v1")
         answered = _wait(lambda: _complete(server, first.adapter_name)[0] == 200, 30, "answer")
@@ -274,7 +233,7 @@ def test_serve_sync_hot_loads_adapters_into_vllm(
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0x01
         weights.write_bytes(bytes(data))
-        second = _announce(uow_factory, settings, tampered)
+        second = announce_folder(uow_factory, settings, tampered, topic=TOPIC)
         _wait(lambda: bool(_events(sync_log, "serve_sync.refused")), 60, "refusal", interval_s=0.2)
         (refused,) = _events(sync_log, "serve_sync.refused")
         assert refused["adapter"] == second.adapter_name
@@ -286,7 +245,7 @@ def test_serve_sync_hot_loads_adapters_into_vllm(
         assert _complete(server, first.adapter_name)[1] == first_answer
 
         # 3. a good version replaces the first, which vLLM unloads after the grace period
-        third = _announce(uow_factory, settings, adapters["b"])
+        third = announce_folder(uow_factory, settings, adapters["b"], topic=TOPIC)
         published = time.perf_counter()
         switched = _wait(lambda: _routes(routes_url).get("fr") == third.adapter_name, 120, "v3")
         assert {first.adapter_name, third.adapter_name} <= set(server.models())  # grace period

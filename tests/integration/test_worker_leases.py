@@ -3,6 +3,8 @@
 * the lease is renewed while a job runs longer than the lease (:class:`workers.leases.LeaseKeeper`),
   and a job whose holder stops renewing is taken over, with ``lease of <worker> expired`` kept as
   its last error; claims are bounded (``max_attempts``);
+* a cooperative stop (SIGTERM) gives the job back without spending an attempt, however often;
+  crashes (an exception, an expired lease) spend them and fail the job at ``max_attempts``;
 * two worker processes (``python -m tests.lease_worker``: the real Kafka consumer, claim, lease
   renewal and completion; the training replaced by a 4 s sleep) and three drift events on a
   two-partition ``drift-events`` topic of the embedded broker: every job is done exactly once; a
@@ -27,10 +29,13 @@ import pytest
 from sqlalchemy import text
 
 from compass.config import Settings
+from compass.core.errors import DataError
 from compass.core.events import DriftEvent, encode
 from compass.kafka.broker import ensure_topics, topic_specs
+from compass.ports.storage import TrainingJob
 from compass.sql.unit_of_work import SqlStore, open_store
 from workers.leases import LeaseKeeper, held_elsewhere
+from workers.stopping import JobStopped, give_back
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +128,46 @@ def test_attempts_are_bounded_and_the_last_error_kept(store: SqlStore) -> None:
         job = uow.jobs.get_job(drift.drift_id)
     assert job is not None and job.status == "failed" and job.attempts == 2
     assert job.last_error == "lease of w2 expired" and job.finished_at is not None
+
+
+def test_a_stopped_job_keeps_its_attempts_and_a_crashed_one_spends_them(store: SqlStore) -> None:
+    """Five cooperative stops (``workers.stopping.give_back``, as on SIGTERM) leave the job
+    queued with no attempt spent; then three crashes — two exceptions (``fail_job``) and a
+    worker that died (its lease expired) — fail it, as before."""
+    max_attempts = Settings.model_fields["worker_max_attempts"].default
+    assert max_attempts == 3
+    drift = _recorded(store)
+
+    def job() -> TrainingJob:
+        with store() as uow:
+            found = uow.jobs.get_job(drift.drift_id)
+        assert found is not None
+        return found
+
+    for n in range(5):  # five rolling deploys, each stopping the job mid-training
+        claimed = _claim(store, drift, f"deploy-{n}", 30, max_attempts=max_attempts)
+        assert claimed is not None and claimed.attempts == 1
+        give_back(store, claimed.job_id, f"deploy-{n}", JobStopped(f"after training step {n}"))
+        stopped = job()
+        assert (stopped.status, stopped.attempts, stopped.lease_until) == ("queued", 0, None)
+        assert stopped.last_error == f"stopped: after training step {n}"
+    with pytest.raises(DataError, match="not held"):  # a stop cannot give back twice
+        give_back(store, claimed.job_id, "deploy-4", JobStopped("again"))
+
+    for n in range(2):  # two crashes by an exception
+        claimed = _claim(store, drift, f"crash-{n}", 30, max_attempts=max_attempts)
+        assert claimed is not None and claimed.attempts == n + 1
+        with store() as uow:
+            uow.jobs.fail_job(claimed.job_id, f"crash-{n}", "RuntimeError: CUDA out of memory")
+            uow.commit()
+        assert (job().status, job().attempts) == ("queued", n + 1)
+    killed = _claim(store, drift, "killed", 0.2, max_attempts=max_attempts)  # SIGKILLed
+    assert killed is not None and killed.attempts == 3
+    time.sleep(0.3)  # nobody renews
+    assert _claim(store, drift, "next", 30, max_attempts=max_attempts) is None
+    failed = job()
+    assert (failed.status, failed.attempts) == ("failed", 3)
+    assert failed.last_error == "lease of killed expired" and failed.finished_at is not None
 
 
 # ------------------------------------------------------------------------ two worker processes

@@ -4,8 +4,10 @@ embedding cache).
 
 Accounting, message by message (each one's partition and offset is known from the producer):
 every malformed message is in the ``dead_letters`` table *and* the DLQ topic, exactly once, with
-the reason its kind must get (:data:`compass.lab.bad_input.KINDS`, 60 kinds, and 10 MB values);
+the reason its kind must get (:data:`compass.lab.bad_input.KINDS`, 61 kinds, and 10 MB values);
 every valid event is counted once and is one vector point; no valid event is dead-lettered.
+The kind ``duplicate_event_id`` re-uses the id of one more valid event, sent first
+(:func:`~compass.lab.bad_input.duplicate_original`): it is counted, its re-uses are not.
 The throughput comparison with a clean run is ``benchmarks/bench_bad_input.py``'s.
 """
 
@@ -27,7 +29,15 @@ from compass.core.events import DeadLetter, decode, utc_now
 from compass.core.semantic_map import SemanticMap
 from compass.embedders.factory import load_embedder
 from compass.kafka.broker import ensure_topics, topic_specs
-from compass.lab.bad_input import HUGE_KIND, KINDS, MAX_EVENT_AGE_S, malformed_corpus, mix
+from compass.lab.bad_input import (
+    HUGE_KIND,
+    KINDS,
+    MAX_EVENT_AGE_S,
+    ORIGINAL_ID,
+    duplicate_original,
+    malformed_corpus,
+    mix,
+)
 from compass.lab.scenario import Message, Scenario, build_stream, pool_texts, scenario_texts
 from compass.lab.stream_harness import (
     WorkerRun,
@@ -111,18 +121,21 @@ def outcome(
         )  # fmt: skip
         settings = Settings(**settings_from_env(env))  # type: ignore[arg-type]
         ensure_topics(broker_bootstrap, topic_specs(settings))
+        original = duplicate_original(now)  # before the corpus: its id is re-used there
         positions = produce(
-            broker_bootstrap, settings.topic_prompt_events, [(m.key, m.value) for m in mixed]
+            broker_bootstrap,
+            settings.topic_prompt_events,
+            [original] + [(m.key, m.value) for m in mixed],
         )
         expected = {
             pos: (m.kind, m.reason)
-            for pos, m in zip(positions, mixed, strict=True)
+            for pos, m in zip(positions[1:], mixed, strict=True)
             if not isinstance(m, Message)
         }
 
         def done() -> bool:
             return (
-                _count(url, "SELECT count(*) FROM processed_events") >= N_VALID
+                _count(url, "SELECT count(*) FROM processed_events") >= N_VALID + 1
                 and _count(url, "SELECT count(*) FROM dead_letters") >= N_BAD
             )
 
@@ -138,7 +151,12 @@ def outcome(
             processed_valid = int(
                 uow.connection.execute(
                     text("SELECT count(*) FROM processed_events WHERE event_id = ANY(:ids)"),
-                    {"ids": [m.event.event_id for m in valid if m.event is not None]},
+                    {
+                        "ids": [
+                            ORIGINAL_ID,
+                            *(m.event.event_id for m in valid if m.event is not None),
+                        ]
+                    },
                 ).scalar_one()
             )
             counted = int(
@@ -174,9 +192,9 @@ def test_the_run_completed_and_stopped_cleanly(outcome: Outcome) -> None:
 
 
 def test_every_valid_event_is_counted_once_and_is_one_point(outcome: Outcome) -> None:
-    assert outcome.processed_valid == N_VALID
-    assert outcome.counted == N_VALID
-    assert outcome.points == N_VALID
+    assert outcome.processed_valid == N_VALID + 1  # and the original of the re-used id
+    assert outcome.counted == N_VALID + 1
+    assert outcome.points == N_VALID + 1
 
 
 def test_every_malformed_message_is_in_the_table_once_with_its_reason(outcome: Outcome) -> None:

@@ -18,6 +18,8 @@ trigger lives in the test's own database and is gone with it.
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from compass.core.events import AdapterUpdated
+from compass.core.events import AdapterUpdated, DriftEvent
 from compass.infra.net import free_port
 from compass.kafka.broker import EmbeddedBroker
 from compass.kafka.subscribe import Received, subscribe_adapter_updated
@@ -223,39 +225,50 @@ def _job(engine: Engine) -> dict[str, Any]:
         )
 
 
-@pytest.mark.timeout(2400)
-def test_worker_killed_mid_training_and_before_commit_leaves_one_version_and_no_orphan(
-    fresh_database: str, engine: Engine, cache_dir: Path, tmp_path: Path
-) -> None:
-    import random
-    import sys
+WORKER = [sys.executable, "-m", "tests.reliability.worker_process"]
 
-    from compass.core.events import DriftEvent
-    from compass.serving.fetch import fetch_artifact
-    from compass.serving.live import read_live_adapters
+
+def _worker_world(
+    database_url: str, cache_dir: Path, tmp_path: Path
+) -> tuple[DriftEvent, dict[str, str], Path]:
+    """Seed :mod:`tests.reliability.worker_process`'s world in ``tmp_path/world``; return a drift
+    event on it, the environment that runs a worker process on it, and the event's artifact
+    folder."""
     from tests.reliability import worker_process as wp
 
     root = tmp_path / "world"
-    map_version = wp.seed_world(fresh_database, root, cache_dir)
+    map_version = wp.seed_world(database_url, root, cache_dir)
     drift = DriftEvent(
         drift_id=uuid.uuid4(), language=wp.LANGUAGE, window_start=wp.T0,
         window_end=wp.T0 + wp.WINDOW, statistic=0.2, threshold=0.05, n_events=60,
         n_sampled=60, semantic_map_version=map_version,
     )  # fmt: skip
     env = {
-        "COMPASS_DATABASE_URL": fresh_database,
+        "COMPASS_DATABASE_URL": database_url,
         "RELIABILITY_ROOT": str(root),
         "RELIABILITY_DRIFT": drift.model_dump_json(),
         "COMPASS_TEST_CACHE_DIR": str(cache_dir),
         "COMPASS_LOG_LEVEL": "INFO",
     }
-    command = [sys.executable, "-m", "tests.reliability.worker_process"]
-    artifact = root / "adapters" / wp.LANGUAGE / str(drift.drift_id)
+    return drift, env, root / "adapters" / wp.LANGUAGE / str(drift.drift_id)
+
+
+@pytest.mark.timeout(2400)
+def test_worker_killed_mid_training_and_before_commit_leaves_one_version_and_no_orphan(
+    fresh_database: str, engine: Engine, cache_dir: Path, tmp_path: Path
+) -> None:
+    import random
+
+    from compass.serving.fetch import fetch_artifact
+    from compass.serving.live import read_live_adapters
+    from tests.reliability import worker_process as wp
+
+    drift, env, artifact = _worker_world(fresh_database, cache_dir, tmp_path)
     install_fault_point(engine, "version_insert", "adapter_versions", "BEFORE INSERT")
     runs: list[ManagedProcess] = []
 
     def start() -> ManagedProcess:
-        runs.append(ManagedProcess(command, env, tmp_path / f"worker-{len(runs)}.log").start())
+        runs.append(ManagedProcess(WORKER, env, tmp_path / f"worker-{len(runs)}.log").start())
         return runs[-1]
 
     try:
@@ -314,4 +327,62 @@ def test_worker_killed_mid_training_and_before_commit_leaves_one_version_and_no_
         points=0, recovery_s=[round(recovery, 1)],
         notes="3 claims of one job (lease 6 s); one version, one outbox row; no row for the "
         "orphan artifact, so serving never sees it",
+    ).record()  # fmt: skip
+
+
+@pytest.mark.timeout(1800)
+def test_worker_stopped_by_sigterm_mid_training_gives_the_job_back_and_exits_at_once(
+    fresh_database: str, engine: Engine, cache_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM during a long training: the worker stops after the step it is in, writes no
+    artifact, version or outbox row, queues the job again (no lease to wait out) and exits 0
+    within seconds; the next worker claims the job at once and promotes its version."""
+    drift, env, artifact = _worker_world(fresh_database, cache_dir, tmp_path)
+    # minutes of training on this machine: only a cooperative stop ends it within seconds
+    first = ManagedProcess(
+        WORKER, {**env, "RELIABILITY_TRAINING_STEPS": "2000"}, tmp_path / "worker-0.log"
+    ).start()
+    second = ManagedProcess(WORKER, env, tmp_path / "worker-1.log")
+    try:
+        wait_until(
+            lambda: "training started" in first.log_tail() or not first.alive(), 600, "training"
+        )
+        assert first.alive(), first.log_tail()
+        time.sleep(1.0)  # inside the step loop
+        assert first.process is not None
+        sent = time.monotonic()
+        first.process.send_signal(signal.SIGTERM)
+        code = first.process.wait(timeout=60)
+        stop_s = time.monotonic() - sent
+        assert code == 0, first.log_tail()
+        assert "outcome stopped None worker stopping (after training step" in first.log_tail()
+        assert stop_s < 15.0, f"the worker took {stop_s:.1f} s to stop"  # the demo's grace
+        with engine.connect() as connection:
+            job = connection.execute(
+                text("SELECT status, attempts, lease_until, last_error FROM training_jobs")
+            ).one()
+            outbox = connection.execute(text("SELECT count(*) FROM outbox")).scalar_one()
+        assert (job.status, job.attempts, job.lease_until) == ("queued", 0, None)  # not spent
+        assert job.last_error.startswith("stopped: worker stopping (after training step")
+        assert _versions(engine) == [] and outbox == 0
+        assert not artifact.exists()
+        # the next worker claims the given-back job at once (no lease to expire) and ends it
+        restarted = time.monotonic()
+        second.start()
+        assert second.process is not None
+        assert second.process.wait(timeout=900) == 0, second.log_tail()
+        recovery = time.monotonic() - restarted
+    finally:
+        for run in (first, second):
+            if run.alive():
+                run.kill()
+    assert "outcome promoted 1" in second.log_tail(), second.log_tail()
+    assert _job(engine) == {"status": "succeeded", "attempts": 1}  # the stop spent none
+    assert [v["drift_id"] for v in _versions(engine)] == [drift.drift_id]
+    Ledger(
+        fault="adapter worker SIGTERM mid-training (cooperative stop)",
+        sent=1, valid=1, malformed=0, counted=1, dead_lettered=0, duplicates=0, points=0,
+        recovery_s=[round(stop_s, 1), round(recovery, 1)],
+        notes="stopped after the running step and exited 0 with nothing written; the job was "
+        "queued again (its claim given back, no attempt spent) and the next worker promoted it",
     ).record()  # fmt: skip

@@ -12,6 +12,7 @@ are stored verbatim (or dead-lettered) and every table is intact.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -172,24 +173,42 @@ def test_injection_strings_are_inert_everywhere(
     assert maps == 1
 
 
+def _documented_views() -> set[str]:
+    """The ``### name`` headings of the "Views" section of docs/sql.md."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sql.md").read_text()
+    section = doc.split("\n## Views\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^### ([a-z_]+)$", section, re.MULTILINE))
+
+
 def test_the_analysts_role_reads_only_documented_objects_and_writes_nothing(
     store: tuple[SqlStore, SemanticMap],
 ) -> None:
-    """``compass_reader`` (docs/sql.md): everything it can read is documented there; it can
-    write nothing, create nothing, read no server file or password hash, and become no one
-    else."""
+    """``compass_reader`` (docs/sql.md): it can read exactly the documented views — every one
+    of them, and no table (``SELECT`` on each refused); it can write nothing, create nothing,
+    read no server file or password hash, and become no one else."""
     sql, _ = store
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "sql.md").read_text()
+    views = _documented_views()
     with sql.engine.connect() as conn:
-        readable = conn.execute(
-            text(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'p') "
-                "AND has_table_privilege('compass_reader', c.oid, 'SELECT')"
-            )
-        ).scalars()
-        undocumented = [n for n in readable if n != "alembic_version" and f"### {n}\n" not in doc]
-    assert not undocumented
+        readable = set(
+            conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+                    "AND c.relkind IN ('r', 'v', 'm', 'p') "
+                    "AND has_table_privilege('compass_reader', c.oid, 'SELECT')"
+                )
+            ).scalars()
+        )
+        tables = set(
+            conn.execute(
+                text(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+                )
+            ).scalars()
+        )
+    assert len(views) >= 9 and "alembic_version" in tables and "dead_letters" in tables
+    assert readable == views
     refused = [
         "INSERT INTO processed_events (event_id) VALUES ('x')",
         "UPDATE semantic_maps SET active = false",
@@ -212,18 +231,21 @@ def test_the_analysts_role_reads_only_documented_objects_and_writes_nothing(
     login = sqlalchemy.make_url(str(sql.engine.url)).set(username=analyst, password=None)
     engine = sqlalchemy.create_engine(login)
     try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT count(*) FROM live_adapters")).all()  # reading works
-        for statement in refused:
+        for view in sorted(views):  # reading every documented view works
+            with engine.connect() as conn:
+                conn.execute(text(f"SELECT * FROM {view} LIMIT 1")).all()
+        for statement in [f"SELECT * FROM {table} LIMIT 1" for table in sorted(tables)] + refused:
             with engine.connect() as conn:
                 with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
                     conn.execute(text(statement))
                 assert isinstance(caught.value.orig, psycopg.errors.InsufficientPrivilege), (
                     statement, caught.value.orig,
                 )  # fmt: skip
-        with engine.connect() as conn:  # not the owner: PostgreSQL grants nothing (a warning)
-            conn.execute(text(f"GRANT SELECT, INSERT ON adapters TO {analyst}"))
-            conn.commit()
+        with engine.connect() as conn:  # no right on the table at all: nothing to grant
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
+                conn.execute(text(f"GRANT SELECT, INSERT ON adapters TO {analyst}"))
+            assert isinstance(caught.value.orig, psycopg.errors.InsufficientPrivilege)
+        with engine.connect() as conn:
             assert not conn.execute(
                 text(f"SELECT has_table_privilege('{analyst}', 'adapters', 'INSERT')")
             ).scalar_one()

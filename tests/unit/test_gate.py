@@ -68,6 +68,35 @@ def test_an_announcement_never_carries_a_non_finite_metric() -> None:
         decode(raw, AdapterUpdated)
 
 
+def test_the_announcement_builder_leaves_non_finite_metrics_out_and_keeps_a_given_time() -> None:
+    from datetime import UTC, datetime
+
+    from compass.core.errors import DataError
+    from compass.lifecycle import announcement
+    from compass.ports.storage import AdapterVersionRecord
+
+    fields = {name: None for name in AdapterVersionRecord.__dataclass_fields__}
+    version = AdapterVersionRecord(**{
+        **fields, "language": "fr", "base_model": "m", "number": 2, "artifact_uri": "file:///a",
+        "artifact_sha256": "ab12" * 16, "base_model_revision": "r", "manifest": {},
+        "metrics": {"candidate_new_loss": 2.5, "train_final_loss": math.inf},
+        "peft_config": {"r": 8, "alpha": 16.0, "target_modules": ["q_proj"]},
+    })  # type: ignore[arg-type]  # fmt: skip
+    went_live = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    message = announcement(
+        version, previous_version=None, action="promote", reason="", created_at=went_live
+    )
+    assert message.metrics == {"candidate_new_loss": 2.5}  # inf left out, not a refusal
+    assert message.created_at == went_live and message.adapter_name == "fr-v2-ab12ab12"
+    fresh = announcement(version, previous_version=1, action="rollback", reason="why")
+    assert fresh.created_at > went_live and fresh.message_id != message.message_id
+    with pytest.raises(DataError, match="PEFT settings are incomplete"):
+        announcement(
+            AdapterVersionRecord(**{**version.__dict__, "peft_config": {}}),
+            previous_version=None, action="promote", reason="",
+        )  # fmt: skip
+
+
 def _paired(gain: float, spread: float, n: int = 64, forgetting: float = 0.0, seed: int = 0):
     from compass.core.gate import PairedLosses
 

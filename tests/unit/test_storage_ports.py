@@ -121,6 +121,18 @@ def test_memory_store_keeps_the_guarantees_the_loop_relies_on() -> None:
         assert uow.outbox.mark_published([message]) == 1
         with pytest.raises(DataError, match="not held"):
             uow.jobs.fail_job(job.job_id, "w1", "late")
+        with pytest.raises(DataError, match="not held"):
+            uow.jobs.release_job(job.job_id, "w1", "late")
+        earlier = {"window_start": window - timedelta(hours=1), "window_end": window}
+        other = drift.model_copy(update={"drift_id": uuid.uuid4(), **earlier})
+        assert uow.drift.record_drift_event(other)
+        held = uow.jobs.claim_job(other.drift_id, "w1", timedelta(minutes=5), max_attempts=1)
+        assert held is not None and held.attempts == 1
+        uow.jobs.release_job(held.job_id, "w1", "stopped: deploy")  # gives the claim back
+        back = uow.jobs.get_job(other.drift_id)
+        assert back is not None and (back.status, back.attempts) == ("queued", 0)
+        assert back.last_error == "stopped: deploy" and back.lease_until is None
+        assert uow.jobs.claim_job(other.drift_id, "w2", timedelta(1), max_attempts=1) is not None
 
 
 def test_memory_vector_store_searches_by_cosine_and_filters() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from compass.core.events import PromptEvent
 from compass.core.windows import WindowPolicy
+from streams import stages
 from streams.controller import FlushStats, SamplingController
 from streams.gather import Gatherer
 from streams.shedding import StratifiedSampler, is_sampled, sample_unit
@@ -228,3 +229,34 @@ def test_event_time_lag_reveals_a_backlog_the_broker_does_not_report() -> None:
     assert live.last.lag_events is not None and live.last.lag_events > 100_000
     backfill = SamplingController(max_lag_s=30.0, min_rate=0.001)
     assert flush(backfill, 86_400.0) > 0.5  # a day old: a replay, its timestamps say nothing
+
+
+def test_dead_letters_are_spread_over_a_batch_s_flushes_and_all_in_before_its_ack() -> None:
+    """A consumed batch split into three flushes: each flush takes at most as many dead
+    letters as events, and the flush that carries the batch's ack takes the rest."""
+    gatherer = Gatherer(embed_batch=64, max_events=5_000, max_wait_s=1.0, clock=lambda: 0.0)
+    events = _events("fr", 150, T0, 1, "d")
+    dead = stages.decode_messages(
+        [RawMessage("t", 0, i, None, b"{") for i in range(300)],
+        max_text_chars=100, max_event_bytes=1000,
+    ).dead_letters  # fmt: skip
+    acked: list[str] = []
+
+    async def ack() -> None:
+        acked.append("batch")
+
+    parts = [(events[:64], dead, None), (events[64:128], [], None), (events[128:], [], ack)]
+    flushes = []
+    for part_events, part_dead, part_ack in parts:
+        gatherer.add(Decoded(part_events, part_dead), np.ones(len(part_events), bool), part_ack)
+        flushes.append(gatherer.take())
+    sizes = [(len(f.decoded.events), len(f.decoded.dead_letters), len(f.acks)) for f in flushes]
+    assert sizes == [(64, 64, 0), (64, 64, 0), (22, 172, 1)]
+    assert [f.n_messages for f in flushes] == [128, 128, 194]
+    letters = [letter for f in flushes for letter in f.decoded.dead_letters]
+    assert [letter.offset for letter in letters] == list(range(300))  # each once, in order
+    assert gatherer.take() is None and gatherer.n_waiting == 0
+    # a consumed batch of dead letters only, acked in one flush: all of them at once
+    gatherer.add(Decoded([], dead[:5]), np.ones(0, bool), ack)
+    only = gatherer.take()
+    assert only is not None and len(only.decoded.dead_letters) == 5 and len(only.acks) == 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -109,20 +110,35 @@ def test_drift_event_has_a_stable_id_and_carries_the_changes() -> None:
 
 
 # ------------------------------------------------------------------------------ checkpoint
-class _Recorder:
-    """Stands for the processor and the broker edges; records the order of the calls."""
+@dataclass(frozen=True)
+class _Report:
+    result: tuple[int, int]
+    poison: list[object] = field(default_factory=list)
+    n_dead: int = 0
 
-    def __init__(self, drift: bool, fail_at: str | None = None) -> None:
+
+class _Recorder:
+    """Stands for the processor and the broker edges; records the order of the calls.
+
+    ``hold`` (a step name): the dead letters' table write and topic delivery wait until that
+    step has run — they only finish if they run beside the steps, not before them."""
+
+    def __init__(self, drift: bool, fail_at: str | None = None, hold: str | None = None) -> None:
         self.calls: list[str] = []
         self.drift = drift
         self.fail_at = fail_at
+        self.hold = hold
+        self.reached = threading.Event()
 
     def _note(self, name: str) -> None:
         self.calls.append(name)
+        if name == self.hold:
+            self.reached.set()
         if name == self.fail_at:
             raise RuntimeError(name)
 
     def prepare(self, decoded: stages.Decoded) -> str:
+        assert not decoded.dead_letters  # they are written beside the steps, not in them
         self._note("prepare")
         return "batch"
 
@@ -137,11 +153,24 @@ class _Recorder:
         self._note("drift")
         return Verdicts(1, [object()] if self.drift else [])  # type: ignore[list-item]
 
-    def report(self, batch: str, counted: int, verdicts: Verdicts) -> SimpleNamespace:
-        return SimpleNamespace(result=(counted, verdicts.windows_checked), poison=[])
+    def report(self, batch: str, counted: int, verdicts: Verdicts) -> _Report:
+        return _Report(result=(counted, verdicts.windows_checked))
+
+    def store_dead_letters(self, letters: list[object]) -> None:
+        if self.hold is not None:
+            assert self.reached.wait(5), "the table write ran alone, not beside the steps"
+        self._note("table")
 
     def edges(self) -> Edges:
-        async def send(letters: object) -> None:
+        async def send(letters: list[object]) -> None:
+            if not letters:
+                return
+            if self.hold is not None:
+                for _ in range(1000):
+                    if self.reached.is_set():
+                        break
+                    await asyncio.sleep(0.005)
+                assert self.reached.is_set(), "the delivery ran alone, not beside the steps"
             self._note("dlq")
 
         async def ack() -> None:
@@ -158,33 +187,72 @@ async def _thread(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-def _run(recorder: _Recorder) -> Any:
-    decoded = stages.Decoded([], [])
+def _letters(n: int) -> list[Any]:
+    return [
+        stages.decode_messages(
+            [_raw(b"{", i)], max_text_chars=100, max_event_bytes=1000
+        ).dead_letters[0]
+        for i in range(n)
+    ]
+
+
+def _run(recorder: _Recorder, dead: int = 0) -> Any:
+    decoded = stages.Decoded([], _letters(dead))
     return asyncio.run(
         checkpoint(decoded, recorder, run=_thread, edges=recorder.edges())  # type: ignore[arg-type]
     )
 
 
+STEPS = ["prepare", "vectors", "counts", "drift", "relay"]
+
+
 def test_checkpoint_runs_the_effects_in_order_and_acks_last() -> None:
     recorder = _Recorder(drift=True)
     assert _run(recorder).result == (3, 1)
-    assert recorder.calls == ["dlq", "prepare", "vectors", "counts", "drift", "relay", "ack"]
+    assert recorder.calls == [*STEPS, "ack"]
     quiet = _Recorder(drift=False)
     _run(quiet)
-    assert quiet.calls == ["dlq", "prepare", "vectors", "counts", "drift", "ack"]
+    assert quiet.calls == ["prepare", "vectors", "counts", "drift", "ack"]
+
+
+def test_dead_letters_are_written_beside_the_steps_and_acked_after_both() -> None:
+    """Topic and table run while the steps run (each waits here until the counts are written,
+    so it could not finish if it ran before them); the ack waits for all of them."""
+    recorder = _Recorder(drift=True, hold="counts")
+    report = _run(recorder, dead=3)
+    assert report.n_dead == 3
+    assert [c for c in recorder.calls if c in STEPS] == STEPS
+    assert {"dlq", "table"} <= set(recorder.calls)
+    assert recorder.calls[-1] == "ack" and recorder.calls.count("ack") == 1
 
 
 def test_a_failed_step_stops_the_checkpoint_before_the_ack() -> None:
     """With no event to blame (an empty batch here), a failure propagates and nothing is
-    acknowledged: the runtime retries the batch."""
+    acknowledged: the runtime retries the batch — after the dead letters' writes are done, so
+    a retry never overlaps them."""
     for step in ("vectors", "counts", "drift"):
-        recorder = _Recorder(drift=True, fail_at=step)
+        recorder = _Recorder(drift=True, fail_at=step, hold=step)
         with pytest.raises(RuntimeError, match=step):
-            _run(recorder)
-        assert recorder.calls[-1] == step and "ack" not in recorder.calls
+            _run(recorder, dead=2)
+        assert "ack" not in recorder.calls
+        assert {"dlq", "table", step} <= set(recorder.calls)
+
+
+def test_a_failed_dead_letter_delivery_is_not_acknowledged() -> None:
+    recorder = _Recorder(drift=False)
+    edges = recorder.edges()
+
+    async def broken(letters: object) -> None:
+        raise ConnectionError("dlq down")
+
+    decoded = stages.Decoded([], _letters(2))
+    failing = Edges(broken, edges.publish_outbox, edges.ack)
+    with pytest.raises(ConnectionError):
+        asyncio.run(checkpoint(decoded, recorder, run=_thread, edges=failing))  # type: ignore[arg-type]
+    assert "ack" not in recorder.calls and "table" in recorder.calls
 
 
 def test_a_failed_outbox_publish_leaves_the_row_to_the_relay_and_acks() -> None:
     recorder = _Recorder(drift=True, fail_at="relay")
     _run(recorder)
-    assert recorder.calls == ["dlq", "prepare", "vectors", "counts", "drift", "relay", "ack"]
+    assert recorder.calls == [*STEPS, "ack"]

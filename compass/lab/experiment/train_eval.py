@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
             heldout = [heldout[int(k * step)] for k in range(args.heldout_limit)]
         row.update(runner.bits_per_byte(heldout, clusters))
         row["n_heldout"] = len(heldout)
-        items = unit["mc_items"][: args.mc_items] if args.mc_items else unit["mc_items"]
+        items = unit["mc_items"] if args.mc_items is None else unit["mc_items"][: args.mc_items]
         row.update(runner.multiple_choice(items))
         row["eval_seconds"] = time.perf_counter() - eval_started
         row.update(

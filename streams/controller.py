@@ -13,13 +13,16 @@ mean with a *time* constant (``tau_s``), so that it does not depend on how often
 * ``arrival`` — events per second arriving: events processed in the interval plus the change of
   the backlog over it, or for live traffic the events' production rate if that is larger.
 
-The backlog is the consumer's own measurement, two ways, the larger winning: log end minus the
-position it has processed, per partition (the log end is read with ListOffsets every second and
-from fetch responses; Tansu's ListOffsets can under-report, so the larger of the two is used);
-and, for live traffic, the event-time lag (wall clock minus the newest ``occurred_at``
-processed) times the rate at which those events were produced (events per second of event time
-in the flush). The second needs no broker figure at all, reacts within one flush, and is
-ignored for events older than :data:`EVENT_TIME_HORIZON` × ``max_lag_s`` (a backfill).
+The backlog is the consumer's own measurement: log end minus the position it has processed,
+per partition (the log end is read with ListOffsets every second and from the fetch responses'
+high-water marks; Tansu's ListOffsets can under-report, so the larger of the two is used). Only
+when no log end is known yet, it is estimated from event time: the event-time lag (wall clock
+minus the newest ``occurred_at`` processed) times the rate at which those events were produced
+(events per second of event time in the flush), ignored for events older than
+:data:`EVENT_TIME_HORIZON` × ``max_lag_s`` (a backfill). That estimate assumes production goes on
+at the same density until now, so once a burst has ended it over-counts without bound (it read
+1–5 million while 200,000 waited, ``benchmarks/bench_ingest.py``): it never overrides an offset
+figure. The event-time density still raises the arrival estimate for live traffic.
 
 At rate ``r`` the stream processes ``C(r) = 1 / (path_cost + r · embed_cost)`` events/s. The
 target is the largest ``r`` with ``C(r) · headroom ≥ arrival + excess / drain_s``, where
@@ -152,10 +155,10 @@ class SamplingController:
             produced = stats.n_events / max(stats.event_span_seconds, 1e-3)
             self.event_arrival = self._mean(self.event_arrival, produced, dt)
         lag = stats.lag_events
-        if live and self.event_arrival is not None:
+        if lag is None and live and self.event_arrival is not None:
+            # no offset figure: estimate from event time (an upper bound once a burst ends)
             assert stats.event_lag_seconds is not None
-            waiting = int(max(0.0, stats.event_lag_seconds) * self.event_arrival)
-            lag = waiting if lag is None else max(lag, waiting)
+            lag = int(max(0.0, stats.event_lag_seconds) * self.event_arrival)
         grown = 0 if lag is None or self._last_lag is None else lag - self._last_lag
         self.arrival = self._mean(self.arrival, max(0.0, (stats.n_events + grown) / dt), dt)
         if live and self.event_arrival is not None:

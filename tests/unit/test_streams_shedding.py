@@ -231,6 +231,23 @@ def test_event_time_lag_reveals_a_backlog_the_broker_does_not_report() -> None:
     assert flush(backfill, 86_400.0) > 0.5  # a day old: a replay, its timestamps say nothing
 
 
+def test_an_offset_lag_is_never_overridden_by_the_event_time_estimate() -> None:
+    """A burst produced at 6,400/s and drained 30 s later: the event-time estimate would say
+    ~190,000 wait, the consumer's offsets say 5,000; the lag is the offsets' figure, so the
+    rate is not held at the floor by a backlog that does not exist (it read 1-5 M in a drain
+    of 200,000 before)."""
+    controller = SamplingController(max_lag_s=30.0, min_rate=0.001)
+    for _ in range(3):
+        controller.update(
+            FlushStats(
+                n_events=64, n_embedded=64, embed_seconds=0.09, busy_seconds=0.1,
+                interval_seconds=0.1, saturated=True, lag_events=5_000,
+                event_lag_seconds=30.0, event_span_seconds=0.01,
+            )
+        )  # fmt: skip
+    assert controller.last.lag_events == 5_000
+
+
 def test_dead_letters_are_spread_over_a_batch_s_flushes_and_all_in_before_its_ack() -> None:
     """A consumed batch split into three flushes: each flush takes at most as many dead
     letters as events, and the flush that carries the batch's ack takes the rest."""

@@ -28,6 +28,7 @@ from compass.config import Settings
 from compass.core.errors import DataError, ModelLoadError
 from compass.core.events import AdapterUpdated, PeftInfo
 from compass.core.semantic_map import SemanticMap
+from compass.lab.usage_world import UsageWorld
 from compass.lm.training.artifacts import read_metadata
 from compass.lm.training.config import AdapterTrainingConfig
 from compass.lm.training.service import train_to_folder
@@ -189,8 +190,8 @@ def test_a_base_model_that_does_not_exist_offline_is_one_clear_error(
         assert "\n" not in str(caught.value)  # one line
 
 
-def _versions(world_: dict[str, object]) -> list[tuple[int, str]]:
-    with world_["uow"]() as uow:  # type: ignore[operator]
+def _versions(world_: UsageWorld) -> list[tuple[int, str]]:
+    with world_.uow_factory() as uow:
         adapter = uow.adapters.get_adapter("fr", BASE)
         return (
             []
@@ -200,7 +201,7 @@ def _versions(world_: dict[str, object]) -> list[tuple[int, str]]:
 
 
 def test_the_worker_with_a_missing_base_model_fails_the_job_and_writes_nothing(
-    world: dict[str, object],  # noqa: F811
+    world: UsageWorld,  # noqa: F811
     cache_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -214,14 +215,14 @@ def test_the_worker_with_a_missing_base_model_fails_the_job_and_writes_nothing(
 
 
 def test_a_truncated_live_artifact_fails_the_job_and_the_live_version_stays(
-    world: dict[str, object],  # noqa: F811
+    world: UsageWorld,  # noqa: F811
     adapter: Path,
     cache_dir: Path,
     tmp_path: Path,
 ) -> None:
     folder, _ = _spoiled(adapter, tmp_path, "fr-live", "truncated_listed")
     manifest = {n: _sha(folder / n) for n in ("adapter_config.json", "adapter_model.safetensors")}
-    with world["uow"]() as uow:  # type: ignore[operator]
+    with world.uow_factory() as uow:
         record = uow.adapters.get_or_create_adapter("fr", BASE)
         live = uow.adapters.create_version(
             record.adapter_id,
@@ -236,6 +237,6 @@ def test_a_truncated_live_artifact_fails_the_job_and_the_live_version_stays(
     outcome = _worker(world, cache_dir).handle(_drift(world, shift=12))
     assert outcome.status == "failed", outcome
     assert _versions(world) == before
-    with world["uow"]() as uow:  # type: ignore[operator]
+    with world.uow_factory() as uow:
         still = uow.adapters.active_version("fr", BASE)
     assert still is not None and still.number == live.number

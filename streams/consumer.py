@@ -92,6 +92,7 @@ class PromptConsumer:
             self.runtime.commit = self.commit
             idle_ms = int(self.take_within_s * 1000)
             batch_size = self.settings.stream_batch_size
+            first = True
             while True:
                 # a flush waiting for the one in flight starts within DEFERRED_POLL_MS of its end
                 timeout_ms = DEFERRED_POLL_MS if self.runtime.flush_deferred else idle_ms
@@ -99,6 +100,14 @@ class PromptConsumer:
                 if not fetched:
                     await self.runtime.flush_if_due()
                     continue
+                if first:  # how far behind this worker starts (fetch high-water marks)
+                    first = False
+                    self.runtime.start_behind(
+                        sum(
+                            max(0, (consumer.highwater(tp) or 0) - records[-1].offset - 1)
+                            for tp, records in fetched.items()
+                        )
+                    )
                 messages = [
                     RawMessage(r.topic, r.partition, r.offset, r.key, r.value)
                     for records in fetched.values()

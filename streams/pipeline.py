@@ -159,6 +159,7 @@ class BatchProcessor:
         self.controller = controller or SamplingController(
             forced_rate=settings.stream_sample_rate,
             min_rate=settings.stream_min_sample_rate,
+            floor_embed_share=settings.stream_floor_embed_share,
             max_lag_s=settings.stream_max_lag_s,
         )
         self.sampler = StratifiedSampler(

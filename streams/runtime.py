@@ -373,6 +373,14 @@ class StreamRuntime:
             await self.commit(batch.positions)
 
     # ------------------------------------------------------------------ lag
+    def start_behind(self, backlog: int) -> None:
+        """The consumer's first fetch found ``backlog`` events behind it: shed from the first
+        flush when that is more than one flush (:meth:`SamplingController.start_behind`)."""
+        if self.processor is not None and self.processor.controller.start_behind(
+            backlog, self.gatherer.max_events
+        ):
+            log.info("stream.starting_behind", backlog=backlog, rate=self.processor.controller.rate)
+
     def observe_log_end(self, ends: Mapping[tuple[str, int], int]) -> None:
         """Record log-end offsets the consumer saw (ListOffsets, fetch high-water marks); the
         largest figure seen for a partition wins (Tansu's ListOffsets can under-report)."""

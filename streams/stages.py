@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,9 +41,9 @@ from compass.ports.vector_store import VectorPoint
 from streams.shedding import is_sampled
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    """One consumed record, as the broker gave it."""
+class RawMessage(NamedTuple):
+    """One consumed record, as the broker gave it (a named tuple: one is built per message,
+    and a frozen dataclass's ``__init__`` cost several times more)."""
 
     topic: str
     partition: int | None

@@ -90,11 +90,21 @@ def control_problem(value: str) -> str | None:
 def is_visibly_empty(value: str) -> bool:
     """True when ``value`` shows nothing: only whitespace, zero-width and format characters
     (U+200B, U+200D, U+2060, U+FEFF …), combining marks with no base, controls, unassigned
-    code points or :data:`INVISIBLE_LETTERS` (Unicode general categories Z*, Cc, Cf, Cs, Mn, Me)."""
-    return all(
-        c.isspace() or c in INVISIBLE_LETTERS or unicodedata.category(c) in _INVISIBLE_CATEGORIES
-        for c in value
-    )
+    code points or :data:`INVISIBLE_LETTERS` (Unicode general categories Z*, Cc, Cf, Cs, Mn, Me).
+
+    Stops at the first visible character; printable ASCII other than the space is visible
+    without a Unicode lookup (every prompt is checked, and most start with one)."""
+    for c in value:
+        if c < "\x7f":
+            if c > " ":
+                return False
+        elif not (
+            c.isspace()
+            or c in INVISIBLE_LETTERS
+            or unicodedata.category(c) in _INVISIBLE_CATEGORIES
+        ):
+            return False
+    return True
 
 
 def clean_string(value: str) -> str:

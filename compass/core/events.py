@@ -58,6 +58,7 @@ from compass.core.edge import (
     control_problem,
     is_visibly_empty,
     loads_json,
+    string_problem,
 )
 from compass.core.errors import InvalidEventError, UnknownLanguageError
 from compass.core.languages import normalize_language
@@ -121,7 +122,11 @@ class _Event(BaseModel):
 
 
 class PromptEvent(_Event):
-    """What a user asked, in which language, when (topic ``prompt-events``, key = language)."""
+    """What a user asked, in which language, when (topic ``prompt-events``, key = language).
+
+    Its string fields are checked by one validator each (the edge policy of the module
+    docstring; the base class's all-field check is narrowed to ``source``): a prompt event is
+    the stream's per-message cost, and each validator is a Python call from pydantic-core."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -135,23 +140,33 @@ class PromptEvent(_Event):
 
     @field_validator("text")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
+    def _text(cls, value: str) -> str:
+        """Storable, not visibly empty, no control character — in that order (a text of NUL
+        only is ``invalid_text``, of zero-width characters and ESC ``empty_text``)."""
+        problem = string_problem(value)
+        if problem:
+            raise ValueError(f"value {problem}")
         if is_visibly_empty(value):
             raise ValueError("text is empty (only whitespace, zero-width or format characters)")
-        return value
-
-    @field_validator("text", "event_id", "source")
-    @classmethod
-    def _no_controls(cls, value: str | None) -> str | None:
-        problem = None if value is None else control_problem(value)
+        problem = control_problem(value)
         if problem:
             raise ValueError(problem)
         return value
 
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, value: str) -> str:
+        return _clean_field(value)
+
+    @field_validator("source")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:  # replaces _Event._storable ("*")
+        return None if value is None else _clean_field(value)
+
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return check_metadata(value)
+        return check_metadata(value)  # bounds, then every string and number in it
 
     @property
     def point_id(self) -> uuid.UUID:
@@ -168,16 +183,38 @@ class PromptEvent(_Event):
         JSON with sorted keys, so key order, spacing, escapes, a time zone offset or an alias
         tag (``iw`` for ``he``), and unknown top-level fields (ignored by the v1 contract) do not
         change it. ``event_id`` itself is not in it (it is the key)."""
-        content = {
-            "schema_version": self.schema_version,
-            "occurred_at": self.occurred_at.isoformat(),
-            "language": self.language,
-            "text": self.text,
-            "source": self.source,
-            "metadata": self.metadata,
-        }
-        canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
+        return hashlib.sha256(canonical_content(self).encode("utf-8", "surrogatepass")).digest()
+
+
+def canonical_content(event: PromptEvent) -> str:
+    """The text :attr:`PromptEvent.content_digest` hashes: exactly ``json.dumps`` of
+    ``{schema_version, occurred_at, language, text, source, metadata}`` with ``sort_keys=True,
+    ensure_ascii=False, separators=(",", ":")`` (migration 0006 stored digests of that form),
+    built here from its parts — about 3× faster, and the digest is computed for every counted
+    event (a test checks the two agree on generated events)."""
+    metadata = "null" if event.metadata is None else _CANONICAL.encode(event.metadata)
+    source = "null" if event.source is None else _json_string(event.source)
+    return (
+        f'{{"language":{_json_string(event.language)},"metadata":{metadata},'
+        f'"occurred_at":{_json_string(event.occurred_at.isoformat())},'
+        f'"schema_version":{int(event.schema_version)},"source":{source},'
+        f'"text":{_json_string(event.text)}}}'
+    )
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+_json_string = _CANONICAL.encode  # a str's JSON literal, as inside json.dumps(ensure_ascii=False)
+
+
+def _clean_field(value: str) -> str:
+    """A single-line identifier-like field: storable and free of control characters."""
+    problem = string_problem(value)
+    if problem:
+        raise ValueError(f"value {problem}")
+    problem = control_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def event_point_id(event_id: str) -> uuid.UUID:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -82,13 +83,12 @@ class WindowPolicy:
 
     def window_start(self, at: datetime) -> datetime:
         """Start of the aligned base window containing ``at`` (epoch-aligned, UTC)."""
-        seconds = int(at.timestamp() // self.base_seconds) * self.base_seconds
-        return datetime.fromtimestamp(seconds, UTC)
+        return _epoch_datetime(int(at.timestamp() // self.base_seconds) * self.base_seconds)
 
     def block_start(self, at: datetime) -> datetime:
         """Start of the aligned block containing ``at``."""
-        seconds = int(at.timestamp() // self.block_seconds) * self.block_seconds
-        return datetime.fromtimestamp(seconds, UTC)
+        size = self.base_seconds // self.blocks_per_window
+        return _epoch_datetime(int(at.timestamp() // size) * size)
 
     def closed_boundaries(self, before: datetime | None, after: datetime) -> list[datetime]:
         """Base-window ends that the watermark moving from ``before`` to ``after`` closes.
@@ -112,8 +112,15 @@ class WindowPolicy:
         """Was the base window of an event at ``at`` already final at ``watermark``?"""
         if watermark is None:
             return False
-        end = self.window_start(at) + self.base
-        return end + timedelta(seconds=self.allowed_lateness_seconds) <= watermark
+        end = int(at.timestamp() // self.base_seconds + 1) * self.base_seconds  # epoch seconds
+        return end + self.allowed_lateness_seconds <= watermark.timestamp()
+
+
+@lru_cache(maxsize=4096)
+def _epoch_datetime(seconds: int) -> datetime:
+    """The UTC datetime of whole epoch ``seconds`` (window and block starts are few and
+    recur for every event in them: the stream asks for one per event)."""
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,7 @@ def _closed_near(
     last = policy.window_start(after - lateness)
     reach = policy.base * (policy.max_span_windows + 1)
     ranges = [(first, policy.window_start(before) + reach)]
-    ranges += [(policy.window_start(t), policy.window_start(t) + reach) for t in set(times)]
+    ranges += [(start, start + reach) for start in {policy.window_start(t) for t in times}]
     out: set[datetime] = set()
     for low, high in ranges:
         boundary = max(first, low)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 from compass.core.events import DeadLetter, DriftEvent
 from compass.core.naming import adapter_name as serving_name
@@ -38,8 +38,7 @@ JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed
 
 
 # --------------------------------------------------------------------------- usage
-@dataclass(frozen=True)
-class UsageObservation:
+class UsageObservation(NamedTuple):
     """One prompt event, counted once in its (language, cluster, window).
 
     ``sampled`` says the event was embedded and assigned ``cluster``; when the stream sheds load

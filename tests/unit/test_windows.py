@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from compass.core import windows
 from compass.core.windows import (
@@ -73,6 +75,33 @@ def test_closed_boundaries_respect_allowed_lateness() -> None:
     assert POLICY.is_late(T0 + timedelta(seconds=30), T0 + timedelta(seconds=70))
     assert not POLICY.is_late(T0 + timedelta(seconds=30), T0 + timedelta(seconds=69))
     assert not POLICY.is_late(T0, None)
+    # at the microsecond: the watermark exactly at end + lateness makes it late, 1 µs before not
+    assert POLICY.is_late(
+        T0 + timedelta(seconds=59, microseconds=999_999), T0 + timedelta(seconds=70)
+    )
+    assert not POLICY.is_late(T0, T0 + timedelta(seconds=69, microseconds=999_999))
+
+
+HOURLY = WindowPolicy(base_seconds=3600, allowed_lateness_seconds=0, blocks_per_window=4)
+
+
+@given(
+    at=st.datetimes(datetime(1971, 1, 1), datetime(8999, 1, 1), timezones=st.just(UTC)),
+    ahead_us=st.integers(-(10**12), 10**12),
+    policy=st.sampled_from([POLICY, BLOCKS, HOURLY]),
+)
+def test_window_arithmetic_on_epoch_seconds_agrees_with_datetimes(
+    at: datetime, ahead_us: int, policy: WindowPolicy
+) -> None:
+    """``window_start``/``block_start``/``is_late`` compute on epoch seconds (they run per
+    event); the datetime definitions are the reference."""
+    start = policy.window_start(at)
+    assert start <= at < start + policy.base and start.timestamp() % policy.base_seconds == 0
+    block = policy.block_start(at)
+    assert block <= at < block + timedelta(seconds=policy.block_seconds) and block >= start
+    watermark = at + timedelta(microseconds=ahead_us)
+    lateness = timedelta(seconds=policy.allowed_lateness_seconds)
+    assert policy.is_late(at, watermark) == (start + policy.base + lateness <= watermark)
 
 
 @dataclass(frozen=True)

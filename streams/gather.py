@@ -99,16 +99,21 @@ class Gatherer:
         decoded, chosen = self._reused_ids_dead_lettered(decoded, chosen)
         self._events.extend(decoded.events)
         self._dead.extend(decoded.dead_letters)
-        for event_id, origin in decoded.origins.items():
-            self._origins.setdefault(event_id, origin)
+        if self._origins:  # an id's first origin stays (merged in C, not per event in Python)
+            merged = dict(decoded.origins)
+            merged.update(self._origins)
+            self._origins = merged
+        else:
+            self._origins = dict(decoded.origins)
         pairs = zip(decoded.events, chosen.tolist(), strict=True)
         self._sampled.update(event.event_id for event, keep in pairs if keep)
-        for event in decoded.events:
-            at = event.occurred_at
-            if self._newest is None or at > self._newest:
-                self._newest = at
-            if self._oldest is None or at < self._oldest:
-                self._oldest = at
+        if decoded.events:
+            times = [event.occurred_at for event in decoded.events]
+            newest, oldest = max(times), min(times)
+            if self._newest is None or newest > self._newest:
+                self._newest = newest
+            if self._oldest is None or oldest < self._oldest:
+                self._oldest = oldest
         if ack is not None:
             self._acks.append(ack)
             self._dead_due = len(self._dead)  # written before this ack, so in the next flush

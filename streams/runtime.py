@@ -220,7 +220,10 @@ class StreamRuntime:
             last = end >= len(events)
             part_events = events[start:end]  # with their own origins only: an id's origin in
             # another part (another flush) would key its dead letter with the wrong position
-            origins = {e.event_id: decoded.origins[e.event_id] for e in part_events}
+            if start == 0 and end >= len(events):
+                origins = decoded.origins  # the whole batch: every origin is its own
+            else:
+                origins = {e.event_id: decoded.origins[e.event_id] for e in part_events}
             part = Decoded(part_events, decoded.dead_letters if first else [], origins)
             self.gatherer.add(part, chosen, (ack or OFFLINE.ack) if last else None,
                               messages if last else ())  # fmt: skip

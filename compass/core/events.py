@@ -47,6 +47,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    PrivateAttr,
     ValidationError,
     field_validator,
 )
@@ -307,10 +308,20 @@ class DeadLetter(_Event):
     detail: str
     raw_b64: str
     received_at: UtcDatetime = Field(default_factory=utc_now)
+    _raw: bytes | None = PrivateAttr(None)  # the bytes behind raw_b64, when built here
+
+    def __eq__(self, other: object) -> bool:
+        """Equal fields (the cached bytes are only a decoded copy of ``raw_b64``)."""
+        if not isinstance(other, DeadLetter):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = _Event.__hash__
 
     @property
     def raw(self) -> bytes:
-        return base64.b64decode(self.raw_b64)
+        """The original bytes (as kept: at most :data:`DEAD_LETTER_MAX_RAW_BYTES`)."""
+        return self._raw if self._raw is not None else base64.b64decode(self.raw_b64)
 
 
 EventT = TypeVar("EventT", bound=BaseModel)
@@ -477,15 +488,21 @@ def dead_letter_for(
         note = f" [raw truncated: {len(data)} bytes, sha256 {digest}]"
         data = data[:DEAD_LETTER_MAX_RAW_BYTES]
     detail = clean_string(str(error.detail))[: DEAD_LETTER_MAX_DETAIL_CHARS - len(note)] + note
-    return DeadLetter(
+    # built without validation: every string above is cleaned and bounded, the base64 is ASCII,
+    # the position is the broker's — validating again cost as much as the rest (a 256 KB raw's
+    # base64 scanned for NUL and surrogates); tests check the result equals a validated one
+    letter = DeadLetter.model_construct(
         source_topic=clean_string(source_topic)[:200],
-        partition=partition,
-        offset=offset,
+        partition=None if partition is None else int(partition),
+        offset=None if offset is None else int(offset),
         stage=clean_string(error.stage)[:50],
         reason=clean_string(error.reason)[:50],
         detail=detail,
         raw_b64=base64.b64encode(data).decode("ascii"),
+        received_at=utc_now(),
     )
+    letter._raw = data
+    return letter
 
 
 def decode_prompt_event(

@@ -122,3 +122,29 @@ def test_every_reason_code_is_documented_with_an_example() -> None:
         "processing_error",
         "duplicate_event_id",
     }
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=st.binary(max_size=300) | st.none(),
+    detail=st.text(),
+    reason=st.text(max_size=80),
+    stage=st.text(max_size=80),
+    topic=st.text(max_size=300),
+    offset=st.none() | st.integers(0, 2**62),
+)
+def test_a_dead_letter_built_without_validation_is_what_validation_accepts(
+    raw: bytes | None, detail: str, reason: str, stage: str, topic: str, offset: int | None
+) -> None:
+    """``dead_letter_for`` skips pydantic's validation (it cleans and bounds every field
+    itself): the letter must be exactly what validating its fields gives, and keep the bytes."""
+    from compass.core.errors import InvalidEventError
+    from compass.core.events import dead_letter_for
+
+    letter = dead_letter_for(
+        raw, InvalidEventError(reason, detail, stage=stage), source_topic=topic, offset=offset
+    )
+    validated = DeadLetter.model_validate(letter.model_dump())
+    assert validated == letter and validated.model_dump() == letter.model_dump()
+    assert letter.raw == validated.raw == (raw or b"")
+    assert _storable(letter.model_dump())

@@ -33,7 +33,6 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from aiokafka.structs import OffsetAndMetadata
 
 from compass.config import Settings
-from streams.stages import RawMessage
 
 if TYPE_CHECKING:
     from streams.runtime import StreamRuntime
@@ -108,11 +107,7 @@ class PromptConsumer:
                             for tp, records in fetched.items()
                         )
                     )
-                messages = [
-                    RawMessage(r.topic, r.partition, r.offset, r.key, r.value)
-                    for records in fetched.values()
-                    for r in records
-                ]
+                messages = [r for records in fetched.values() for r in records]
                 await self.runtime.handle(messages, self.dlq)
         finally:
             self.runtime.commit = None

@@ -33,7 +33,7 @@ from datetime import datetime
 import numpy as np
 
 from compass.core.events import DeadLetter, PromptEvent
-from streams.stages import Decoded, RawMessage, duplicate_dead_letter
+from streams.stages import Decoded, Message, duplicate_dead_letter
 
 Ack = Callable[[], Awaitable[None]]
 
@@ -73,7 +73,7 @@ class Gatherer:
     _events: list[PromptEvent] = field(default_factory=list)
     _dead: list[DeadLetter] = field(default_factory=list)
     _dead_due: int = 0
-    _origins: dict[str, RawMessage] = field(default_factory=dict)
+    _origins: dict[str, Message] = field(default_factory=dict)
     _sampled: set[str] = field(default_factory=set)
     _acks: list[Ack] = field(default_factory=list)
     _positions: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -88,7 +88,7 @@ class Gatherer:
         decoded: Decoded,
         chosen: np.ndarray,
         ack: Ack | None,
-        messages: Sequence[RawMessage] = (),
+        messages: Sequence[Message] = (),
     ) -> None:
         """Events of one consumed batch with the sampling mask over them; a consumed batch
         split over several flushes (its sample would overfill one) gives its ``ack`` and its

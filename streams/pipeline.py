@@ -110,7 +110,7 @@ class PreparedBatch:
     observations: list[UsageObservation]
     n_late: int
     seconds: dict[str, float] = field(default_factory=dict)
-    origins: Mapping[str, stages.RawMessage] = field(default_factory=dict)
+    origins: Mapping[str, stages.Message] = field(default_factory=dict)
     conflicts: list[DeadLetter] = field(default_factory=list)
     """``duplicate_event_id`` dead letters: ids repeated in the batch with other content (found
     by :meth:`BatchProcessor.prepare`), then those counted before (:meth:`store_counts`)."""

@@ -37,7 +37,7 @@ from streams.controller import FlushStats, RateDecision
 from streams.exporter import export_batch, export_retry
 from streams.gather import Flush, Gatherer
 from streams.pipeline import BatchProcessor, BatchReport
-from streams.stages import Decoded, RawMessage, dead_letter_key, decode_messages
+from streams.stages import Decoded, Message, dead_letter_key, decode_messages
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -194,7 +194,7 @@ class StreamRuntime:
     # ------------------------------------------------------------------ consumed batches
     async def handle(
         self,
-        messages: list[RawMessage],
+        messages: Sequence[Message],
         dlq: Any,
         ack: Callable[[], Awaitable[None]] | None = None,
     ) -> None:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -41,9 +41,24 @@ from compass.ports.vector_store import VectorPoint
 from streams.shedding import is_sampled
 
 
+class Message(Protocol):
+    """What the stream reads of a consumed record: aiokafka's ``ConsumerRecord`` as the
+    consumer hands it over (no copy per message), or a :class:`RawMessage`."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int | None: ...
+    @property
+    def offset(self) -> int | None: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 class RawMessage(NamedTuple):
-    """One consumed record, as the broker gave it (a named tuple: one is built per message,
-    and a frozen dataclass's ``__init__`` cost several times more)."""
+    """One record as the broker gave it, built by hand (tests, tools): a :class:`Message`."""
 
     topic: str
     partition: int | None
@@ -60,7 +75,7 @@ class Decoded:
 
     events: list[PromptEvent]
     dead_letters: list[DeadLetter]
-    origins: Mapping[str, RawMessage] = field(default_factory=dict)
+    origins: Mapping[str, Message] = field(default_factory=dict)
     sampled: frozenset[str] | None = None
     """Ids of the events chosen for embedding when the batch was gathered
     (:mod:`streams.gather`); ``None``: the processor's sampler chooses when it prepares it."""
@@ -71,7 +86,7 @@ class Decoded:
 
 
 def decode_messages(
-    messages: Sequence[RawMessage],
+    messages: Sequence[Message],
     *,
     max_text_chars: int,
     max_event_bytes: int,
@@ -85,7 +100,7 @@ def decode_messages(
     now = now or utc_now()
     events: list[PromptEvent] = []
     dead: list[DeadLetter] = []
-    origins: dict[str, RawMessage] = {}
+    origins: dict[str, Message] = {}
     firsts: dict[str, PromptEvent] = {}  # an id again with other content: duplicate_event_id
     for message in messages:
         outcome = decode_prompt_event(
@@ -112,7 +127,7 @@ def decode_messages(
 
 
 def processing_dead_letter(
-    event: PromptEvent, origin: RawMessage | None, *, stage: str, error: BaseException
+    event: PromptEvent, origin: Message | None, *, stage: str, error: BaseException
 ) -> DeadLetter:
     """The dead letter of a valid event that failed deterministically at ``stage`` (reason
     ``processing_error``, the exception's type and message as the detail), with its original
@@ -129,7 +144,7 @@ def processing_dead_letter(
 
 
 def duplicate_dead_letter(
-    event: PromptEvent, origin: RawMessage | None, first: PromptEvent | None = None
+    event: PromptEvent, origin: Message | None, first: PromptEvent | None = None
 ) -> DeadLetter:
     """The dead letter (reason ``duplicate_event_id``, stage ``dedup``) of an event whose
     ``event_id`` was already seen with *other* content (:attr:`PromptEvent.content_digest`):

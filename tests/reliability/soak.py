@@ -86,6 +86,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--outage", type=float, default=30.0, help="Seconds of each outage.")
     parser.add_argument("--sample-every", type=float, default=5.0, help="Sampling period (s).")
     parser.add_argument("--warmup", type=float, default=60.0, help="Left out of the slopes (s).")
+    parser.add_argument(
+        "--faults",
+        default="broker paused,postgres cut,stream SIGKILL",
+        help="The faults' cycle, comma-separated (e.g. the SIGKILL last, so that the stream's "
+        "memory slope spans most of the run).",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-doc", action="store_true", help="Leave docs/reliability.md as is.")
     return parser.parse_args()
@@ -225,7 +231,10 @@ class Soak:
             args.rate,
         )
         producer.start()  # fmt: skip
-        kinds = ["broker paused", "postgres cut", "stream SIGKILL"]
+        kinds = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
+        unknown = set(kinds) - {"broker paused", "postgres cut", "stream SIGKILL"}
+        if unknown or not kinds:
+            raise SystemExit(f"unknown faults {sorted(unknown)} (or none) in --faults")
         next_fault = args.fault_every
         while not producer.finished.is_set():
             if self.now() >= next_fault and self.now() < args.minutes * 60 - 60:

@@ -83,12 +83,11 @@ class WindowPolicy:
 
     def window_start(self, at: datetime) -> datetime:
         """Start of the aligned base window containing ``at`` (epoch-aligned, UTC)."""
-        return _epoch_datetime(int(at.timestamp() // self.base_seconds) * self.base_seconds)
+        return _epoch_datetime(_aligned(at, self.base_seconds))
 
     def block_start(self, at: datetime) -> datetime:
         """Start of the aligned block containing ``at``."""
-        size = self.base_seconds // self.blocks_per_window
-        return _epoch_datetime(int(at.timestamp() // size) * size)
+        return _epoch_datetime(_aligned(at, self.block_seconds))
 
     def closed_boundaries(self, before: datetime | None, after: datetime) -> list[datetime]:
         """Base-window ends that the watermark moving from ``before`` to ``after`` closes.
@@ -112,8 +111,13 @@ class WindowPolicy:
         """Was the base window of an event at ``at`` already final at ``watermark``?"""
         if watermark is None:
             return False
-        end = int(at.timestamp() // self.base_seconds + 1) * self.base_seconds  # epoch seconds
+        end = _aligned(at, self.base_seconds) + self.base_seconds  # epoch seconds
         return end + self.allowed_lateness_seconds <= watermark.timestamp()
+
+
+def _aligned(at: datetime, size: int) -> int:
+    """Epoch seconds of the start of the ``size``-second slot holding ``at``."""
+    return int(at.timestamp() // size) * size
 
 
 @lru_cache(maxsize=4096)

@@ -341,29 +341,8 @@ class SqlDeadLetterRepository(DeadLetterRepository):
             cursor.close()
 
     def record_dead_letter(self, letter: DeadLetter) -> bool:
-        inserted = self._conn.execute(
-            text(
-                """
-                INSERT INTO dead_letters (source, partition, "offset", stage, reason, detail, raw,
-                                          received_at)
-                VALUES (:source, :partition, :offset, :stage, :reason, :detail, :raw,
-                        :received_at)
-                ON CONFLICT DO NOTHING
-                RETURNING id
-                """
-            ),
-            {
-                "source": letter.source_topic,
-                "partition": letter.partition,
-                "offset": letter.offset,
-                "stage": letter.stage,
-                "reason": letter.reason,
-                "detail": letter.detail,
-                "raw": letter.raw,
-                "received_at": letter.received_at,
-            },
-        ).scalar_one_or_none()
-        return inserted is not None
+        """One letter through the batch statement; whether it was new."""
+        return self.record_dead_letters([letter]) == 1
 
 
 # =========================================================================== unit of work

@@ -155,23 +155,45 @@ class ManagedProcess:
 
     def rss_mb(self) -> float | None:
         """Resident memory of the process and its descendants in MiB (``/proc``), or None."""
+        memory = self.memory_mb()
+        return None if memory is None else memory["rss"]
+
+    def memory_mb(self) -> dict[str, float] | None:
+        """``rss``, ``anon`` and ``file`` resident MiB of the process and its descendants, or
+        None when it is gone (see :func:`memory_kib`)."""
         if not self.alive():
             return None
-        total = 0
+        total = {"rss": 0, "anon": 0, "file": 0}
         for pid in [self.pid, *_descendants(self.pid)]:
-            total += rss_kib(pid) or 0
-        return total / 1024.0
+            for key, kib in (memory_kib(pid) or {}).items():
+                total[key] += kib
+        return {key: kib / 1024.0 for key, kib in total.items()}
 
 
 def rss_kib(pid: int) -> int | None:
     """``VmRSS`` of ``pid`` in KiB, from ``/proc/<pid>/status`` (None when gone)."""
+    memory = memory_kib(pid)
+    return None if memory is None else memory["rss"]
+
+
+_STATUS_FIELDS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+
+
+def memory_kib(pid: int) -> dict[str, int] | None:
+    """Resident memory of ``pid`` in KiB from ``/proc/<pid>/status`` (None when gone):
+    ``rss`` (``VmRSS``) and its two main parts (proc(5)): ``anon`` (``RssAnon``, the process's
+    own heap and stacks: what a leak grows) and ``file`` (``RssFile``, pages of mapped files —
+    libraries and memory-mapped data such as the vector store's segments — which are page cache
+    the kernel reclaims under pressure and reads back on demand)."""
+    out = {"rss": 0, "anon": 0, "file": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+            key = _STATUS_FIELDS.get(line.split(":", 1)[0])
+            if key is not None:
+                out[key] = int(line.split()[1])
     except (OSError, ValueError):
         return None
-    return 0
+    return out
 
 
 def _descendants(pid: int) -> list[int]:

@@ -5,14 +5,16 @@ Processes: ``compass streams`` (through a TCP proxy to PostgreSQL), ``compass re
 Tansu broker of this run. Faults, in turn, every ``--fault-every`` seconds: the broker paused
 (SIGSTOP) for 30 s, PostgreSQL cut for 30 s (connections reset, port refused), the stream
 SIGKILLed and restarted. Sampled every ``--sample-every`` seconds: each process's resident memory
-(``VmRSS`` of the process and its children) and the stream's lag (valid events the broker has
+(``VmRSS`` of the process and its children, and its anonymous part ``RssAnon``: heap and stacks,
+without the pages of mapped files) and the stream's lag (valid events the broker has
 acknowledged minus events counted in PostgreSQL).
 
 Reported (``benchmarks/results/soak.json`` and the soak block of ``docs/reliability.md``):
 
-- memory slope per process in MB/hour: least-squares line (:func:`scipy.stats.linregress`)
-  over the samples after the first ``--warmup`` seconds, per process lifetime (a restarted
-  stream starts a new one); the longest lifetime's slope is the one reported;
+- memory slopes per process in MB/hour and MB per 1,000 events counted, of RSS and of its
+  anonymous part: least-squares lines (:func:`scipy.stats.linregress`) over the samples after
+  the first ``--warmup`` seconds, per process lifetime (a restarted stream starts a new one);
+  the longest lifetime's slopes are the ones reported;
 - per fault, the seconds from its end until the stream counts again and its lag is back to at
   most one batch plus two seconds of traffic (the steady state's own lag), and the largest lag
   it caused;
@@ -49,8 +51,8 @@ from tests.reliability.helpers import (
     build_scenario_data,
     count_points,
     create_topics,
+    memory_kib,
     paused,
-    rss_kib,
     store_semantic_map,
     stream_env,
     wait_until,
@@ -76,6 +78,8 @@ class Sample:
     lag: int
     counted: int
     rss_mb: dict[str, float] = field(default_factory=dict)
+    anon_mb: dict[str, float] = field(default_factory=dict)
+    """The anonymous part of ``rss_mb`` (``RssAnon``: heap and stacks, not mapped files)."""
 
 
 def _parse() -> argparse.Namespace:
@@ -155,17 +159,20 @@ class Soak:
         self.lifetimes.append((label, self.now()))
 
     def sample(self, producer: SteadyProducer) -> Sample:
-        rss = {}
-        stream = self.streams[-1]
-        if (value := stream.rss_mb()) is not None:
-            rss[f"stream#{len(self.streams) - 1}"] = value
-        if (value := self.relay.rss_mb()) is not None:
-            rss["relay"] = value
-        if self.broker.pid is not None and (kib := rss_kib(self.broker.pid)) is not None:
-            rss["broker"] = kib / 1024.0
+        memory: dict[str, dict[str, float]] = {}
+        if (value := self.streams[-1].memory_mb()) is not None:
+            memory[f"stream#{len(self.streams) - 1}"] = value
+        if (value := self.relay.memory_mb()) is not None:
+            memory["relay"] = value
+        if self.broker.pid is not None and (kib := memory_kib(self.broker.pid)) is not None:
+            memory["broker"] = {key: v / 1024.0 for key, v in kib.items()}
         counted = self.processed()
         lag = self.valid_prefix[min(producer.attempted, len(self.messages))] - counted
-        sample = Sample(round(self.now(), 1), lag, counted, rss)
+        sample = Sample(
+            round(self.now(), 1), lag, counted,
+            {label: m["rss"] for label, m in memory.items()},
+            {label: m["anon"] for label, m in memory.items()},
+        )  # fmt: skip
         self.samples.append(sample)
         return sample
 
@@ -268,37 +275,39 @@ class Soak:
         }  # fmt: skip
 
     def slopes(self) -> dict[str, dict[str, Any]]:
-        """Per process, the longest lifetime's least-squares RSS slope (MB/hour) after warm-up,
-        with its first and last RSS and the lifetime's length."""
+        """Per process, the longest lifetime's least-squares slopes after warm-up: of RSS and of
+        its anonymous part (MB/hour, and MB per 1,000 events counted), with the first and last
+        values and the lifetime's length."""
         from scipy.stats import linregress
 
-        series: dict[str, list[tuple[float, float]]] = {}
+        series: dict[str, list[tuple[float, float, float]]] = {}
         counted_at: dict[float, int] = {}
         for s in self.samples:
             counted_at[s.t_s] = s.counted
             for label, mb in s.rss_mb.items():
-                series.setdefault(label, []).append((s.t_s, mb))
+                series.setdefault(label, []).append((s.t_s, mb, s.anon_mb.get(label, 0.0)))
         out: dict[str, dict[str, Any]] = {}
         for label, points in series.items():
             start = points[0][0]
-            kept = [(t, mb) for t, mb in points if t - start >= self.args.warmup]
+            kept = [p for p in points if p[0] - start >= self.args.warmup]
             if len(kept) < 5:
                 continue
             name = re.sub(r"#\d+$", "", label)
             span = kept[-1][0] - kept[0][0]
             if name in out and out[name]["span_s"] >= span:
                 continue
-            fit = linregress([t / 3600.0 for t, _ in kept], [mb for _, mb in kept])
-            xs = [counted_at[t] / 1000.0 for t, _ in kept]
-            per_1000 = (
-                float(linregress(xs, [mb for _, mb in kept]).slope)
-                if len(set(xs)) > 1
-                else float("nan")
-            )
-            out[name] = {"slope_mb_per_hour": round(float(fit.slope), 2), "span_s": round(span),
-                         "mb_per_1000_events": round(per_1000, 2),
-                         "rss_first_mb": round(kept[0][1], 1), "rss_last_mb": round(kept[-1][1], 1),
-                         "lifetime": label}  # fmt: skip
+            hours = [t / 3600.0 for t, _, _ in kept]
+            xs = [counted_at[t] / 1000.0 for t, _, _ in kept]
+            row: dict[str, Any] = {"span_s": round(span), "lifetime": label}
+            for part, column in (("rss", 1), ("anon", 2)):
+                ys = [p[column] for p in kept]
+                row[f"{part}_slope_mb_per_hour"] = round(float(linregress(hours, ys).slope), 2)
+                row[f"{part}_mb_per_1000_events"] = (
+                    round(float(linregress(xs, ys).slope), 2) if len(set(xs)) > 1 else None
+                )
+                row[f"{part}_first_mb"] = round(ys[0], 1)
+                row[f"{part}_last_mb"] = round(ys[-1], 1)
+            out[name] = row
         return out
 
     def close(self) -> None:
@@ -329,6 +338,10 @@ def _exact(ledger: Ledger) -> bool:
     return True
 
 
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
 def write_doc(result: dict[str, Any], doc: Path = DOC) -> None:
     """Replace the block between ``<!-- soak:begin -->`` and ``<!-- soak:end -->``."""
     ledger = result["ledger"]
@@ -341,13 +354,17 @@ def write_doc(result: dict[str, Any], doc: Path = DOC) -> None:
         f"{ledger['points']}; exact: **{result['exact']}**. Lag back to zero "
         f"{result['drain_after_traffic_s']} s after the traffic stopped.",
         "",
-        "| process | RSS slope (MB/hour) | MB per 1,000 events counted | RSS first → last (MB) "
-        "| over (s) |",
-        "|---|---|---|---|---|",
+        "| process | RSS slope (MB/hour) | anon slope (MB/hour) | RSS MB per 1,000 events "
+        "| anon MB per 1,000 events | RSS first → last (MB) | anon first → last (MB) | over (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in sorted(result["memory_slope_mb_per_hour"].items()):
-        lines.append(f"| {name} | {s['slope_mb_per_hour']:+.1f} | {s['mb_per_1000_events']:+.2f} "
-                     f"| {s['rss_first_mb']} → {s['rss_last_mb']} | {s['span_s']} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {s['rss_slope_mb_per_hour']:+.1f} | {s['anon_slope_mb_per_hour']:+.1f} "
+            f"| {_signed(s['rss_mb_per_1000_events'])} | {_signed(s['anon_mb_per_1000_events'])} "
+            f"| {s['rss_first_mb']} → {s['rss_last_mb']} | {s['anon_first_mb']} → "
+            f"{s['anon_last_mb']} | {s['span_s']} |"
+        )
     lines += ["", "| fault | at (s) | lasted (s) | lag back to steady (s) | max lag (events) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for f in result["faults"]:

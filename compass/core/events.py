@@ -37,9 +37,10 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -112,6 +113,26 @@ UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
 LanguageCode = Annotated[str, AfterValidator(_language)]
 
 
+_MISSING = object()
+
+
+class _computed_once(cached_property[bytes]):
+    """:class:`functools.cached_property` without Python 3.11's lock: it takes an ``RLock``
+    for every first computation (removed in 3.12, CPython gh-87634), and the stream computes
+    each event's digest exactly once — that lock cost as much as the SHA-256 in a profile of
+    the stream. Models that use it list it in ``ignored_types`` (not a field). Two threads
+    computing at once would both store the same value."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        cache = instance.__dict__
+        value = cache.get(self.attrname, _MISSING)
+        if value is _MISSING:
+            value = cache[self.attrname] = self.func(instance)
+        return value
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -129,7 +150,7 @@ class PromptEvent(_Event):
     docstring; the base class's all-field check is narrowed to ``source``): a prompt event is
     the stream's per-message cost, and each validator is a Python call from pydantic-core."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", ignored_types=(_computed_once,))
 
     schema_version: Literal[1] = PROMPT_EVENT_SCHEMA_VERSION
     event_id: str = Field(min_length=1, max_length=200)
@@ -169,12 +190,20 @@ class PromptEvent(_Event):
     def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return check_metadata(value)  # bounds, then every string and number in it
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with ``update``, without the cached :attr:`content_digest` (pydantic copies
+        the instance dict, where the digest is cached, so it would describe the original)."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy.__dict__.pop("content_digest", None)
+        return copy
+
     @property
     def point_id(self) -> uuid.UUID:
         """Vector-store id: uuid5 of the event id, so a redelivered event upserts in place."""
         return event_point_id(self.event_id)
 
-    @cached_property
+    @_computed_once
     def content_digest(self) -> bytes:
         """SHA-256 (32 bytes) of what the event says, to tell a redelivery (same digest) from a
         re-used ``event_id`` (a different one, dead-lettered ``duplicate_event_id``).

@@ -40,6 +40,22 @@ def test_the_content_digest_ignores_form_and_sees_content() -> None:
         assert PromptEvent.model_validate(base | change).content_digest != digest
 
 
+def test_the_digest_is_computed_once_and_a_changed_copy_gets_its_own() -> None:
+    event = PromptEvent(event_id="e", occurred_at=AT, language="fr", text="a")
+    digest = event.content_digest
+    assert event.content_digest is digest  # cached on the instance
+    changed = event.model_copy(update={"text": "b"})
+    assert changed.text == "b"
+    assert changed.content_digest == changed.model_copy().content_digest
+    assert (
+        changed.content_digest
+        == PromptEvent(event_id="e", occurred_at=AT, language="fr", text="b").content_digest
+        != digest
+    )
+    assert event.model_copy().content_digest == digest
+    assert event == PromptEvent.model_validate(event.model_dump())  # the cache is not a field
+
+
 _metadata = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")),

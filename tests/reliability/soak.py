@@ -275,40 +275,7 @@ class Soak:
         }  # fmt: skip
 
     def slopes(self) -> dict[str, dict[str, Any]]:
-        """Per process, the longest lifetime's least-squares slopes after warm-up: of RSS and of
-        its anonymous part (MB/hour, and MB per 1,000 events counted), with the first and last
-        values and the lifetime's length."""
-        from scipy.stats import linregress
-
-        series: dict[str, list[tuple[float, float, float]]] = {}
-        counted_at: dict[float, int] = {}
-        for s in self.samples:
-            counted_at[s.t_s] = s.counted
-            for label, mb in s.rss_mb.items():
-                series.setdefault(label, []).append((s.t_s, mb, s.anon_mb.get(label, 0.0)))
-        out: dict[str, dict[str, Any]] = {}
-        for label, points in series.items():
-            start = points[0][0]
-            kept = [p for p in points if p[0] - start >= self.args.warmup]
-            if len(kept) < 5:
-                continue
-            name = re.sub(r"#\d+$", "", label)
-            span = kept[-1][0] - kept[0][0]
-            if name in out and out[name]["span_s"] >= span:
-                continue
-            hours = [t / 3600.0 for t, _, _ in kept]
-            xs = [counted_at[t] / 1000.0 for t, _, _ in kept]
-            row: dict[str, Any] = {"span_s": round(span), "lifetime": label}
-            for part, column in (("rss", 1), ("anon", 2)):
-                ys = [p[column] for p in kept]
-                row[f"{part}_slope_mb_per_hour"] = round(float(linregress(hours, ys).slope), 2)
-                row[f"{part}_mb_per_1000_events"] = (
-                    round(float(linregress(xs, ys).slope), 2) if len(set(xs)) > 1 else None
-                )
-                row[f"{part}_first_mb"] = round(ys[0], 1)
-                row[f"{part}_last_mb"] = round(ys[-1], 1)
-            out[name] = row
-        return out
+        return memory_slopes(self.samples, self.args.warmup)
 
     def close(self) -> None:
         for process in [*self.streams, self.relay]:
@@ -317,6 +284,49 @@ class Soak:
         self.proxy.close()
         self.broker.stop()
         self.engine.dispose()
+
+
+def memory_slopes(samples: list[Sample], warmup: float) -> dict[str, dict[str, Any]]:
+    """Per process, its longest lifetime's least-squares slopes over the samples after the first
+    ``warmup`` seconds: of RSS and of its anonymous part (MB/hour, and MB per 1,000 events
+    counted), the same over the lifetime's second half only (MB/hour: without one-off steps
+    such as error paths loaded at the first outage), with the first and last values and the
+    lifetime's length."""
+    from scipy.stats import linregress
+
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    counted_at: dict[float, int] = {}
+    for s in samples:
+        counted_at[s.t_s] = s.counted
+        for label, mb in s.rss_mb.items():
+            series.setdefault(label, []).append((s.t_s, mb, s.anon_mb.get(label, 0.0)))
+    out: dict[str, dict[str, Any]] = {}
+    for label, points in series.items():
+        start = points[0][0]
+        kept = [p for p in points if p[0] - start >= warmup]
+        if len(kept) < 5:
+            continue
+        name = re.sub(r"#\d+$", "", label)
+        span = kept[-1][0] - kept[0][0]
+        if name in out and out[name]["span_s"] >= span:
+            continue
+        hours = [t / 3600.0 for t, _, _ in kept]
+        xs = [counted_at[t] / 1000.0 for t, _, _ in kept]
+        row: dict[str, Any] = {"span_s": round(span), "lifetime": label}
+        half = len(kept) // 2
+        for part, column in (("rss", 1), ("anon", 2)):
+            ys = [p[column] for p in kept]
+            row[f"{part}_slope_mb_per_hour"] = round(float(linregress(hours, ys).slope), 2)
+            row[f"{part}_second_half_slope_mb_per_hour"] = round(
+                float(linregress(hours[half:], ys[half:]).slope), 2
+            )
+            row[f"{part}_mb_per_1000_events"] = (
+                round(float(linregress(xs, ys).slope), 2) if len(set(xs)) > 1 else None
+            )
+            row[f"{part}_first_mb"] = round(ys[0], 1)
+            row[f"{part}_last_mb"] = round(ys[-1], 1)
+        out[name] = row
+    return out
 
 
 def _ready(env: dict[str, str]) -> bool:
@@ -354,13 +364,16 @@ def write_doc(result: dict[str, Any], doc: Path = DOC) -> None:
         f"{ledger['points']}; exact: **{result['exact']}**. Lag back to zero "
         f"{result['drain_after_traffic_s']} s after the traffic stopped.",
         "",
-        "| process | RSS slope (MB/hour) | anon slope (MB/hour) | RSS MB per 1,000 events "
-        "| anon MB per 1,000 events | RSS first → last (MB) | anon first → last (MB) | over (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| process | RSS slope (MB/hour) | anon slope (MB/hour) | second half: RSS, anon "
+        "(MB/hour) | RSS MB per 1,000 events | anon MB per 1,000 events | RSS first → last (MB) "
+        "| anon first → last (MB) | over (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in sorted(result["memory_slope_mb_per_hour"].items()):
         lines.append(
             f"| {name} | {s['rss_slope_mb_per_hour']:+.1f} | {s['anon_slope_mb_per_hour']:+.1f} "
+            f"| {s['rss_second_half_slope_mb_per_hour']:+.1f}, "
+            f"{s['anon_second_half_slope_mb_per_hour']:+.1f} "
             f"| {_signed(s['rss_mb_per_1000_events'])} | {_signed(s['anon_mb_per_1000_events'])} "
             f"| {s['rss_first_mb']} → {s['rss_last_mb']} | {s['anon_first_mb']} → "
             f"{s['anon_last_mb']} | {s['span_s']} |"

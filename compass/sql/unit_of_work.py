@@ -3,7 +3,7 @@
 :class:`SqlStore` holds the engine and makes :class:`SqlUnitOfWork` objects: one connection,
 one transaction, every repository sharing it. Statements are PostgreSQL-specific on purpose
 (``ON CONFLICT``, ``unnest`` arrays, ``FOR UPDATE SKIP LOCKED``): the hot path
-(:meth:`~compass.sql.usage_repository.SqlUsageRepository.record_usage`) is two statements per
+(:meth:`~compass.sql.usage_repository.SqlUsageRepository.record_usage`) is one statement per
 batch whatever its size. Usage counts live in :mod:`compass.sql.usage_repository`, adapters and
 jobs in :mod:`compass.sql.adapter_repository`.
 """

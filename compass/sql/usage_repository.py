@@ -1,14 +1,14 @@
 """The usage counts: the streaming hot path (``record_usage``) and the reads of the drift check.
 
-``record_usage`` is two statements per batch whatever its size: the batch's event ids go to
-``processed_events`` as one array (``ON CONFLICT DO NOTHING RETURNING`` tells which are new),
-then one upsert adds the counts of the new events, aggregated per (language, window, map,
-cluster), to ``usage_counts`` — in the caller's transaction, so a redelivered event is never
-counted twice and a crash between the two statements counts nothing. Each dedup row keeps the
-event's content digest: an id seen before with *another* digest is a re-used ``event_id``
-(``record_usage_checked`` names them, with one more statement only in batches that hold ids
-already seen), which the stream dead-letters (``duplicate_event_id``) instead of dropping it as
-a redelivery.
+``record_usage`` is one statement per batch whatever its size: the batch's event ids go to
+``processed_events`` as one array (``ON CONFLICT DO NOTHING RETURNING`` tells which are new), and
+the counts of the new events, aggregated per (language, window, map, cluster) in PostgreSQL, are
+added to ``usage_counts`` by the same statement — in the caller's transaction, so a redelivered
+event is never counted twice. No row comes back to Python but the number counted. Each dedup row
+keeps the event's content digest: an id seen before with *another* digest is a re-used
+``event_id`` (``record_usage_checked`` names them, with one more statement only in batches that
+hold ids already seen), which the stream dead-letters (``duplicate_event_id``) instead of
+dropping it as a redelivery.
 """
 
 from __future__ import annotations
@@ -58,15 +58,45 @@ def _int_array_literal(values: Iterable[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
-_INSERT_PROCESSED = text(
+_COUNT_BATCH = text(
     """
-    INSERT INTO processed_events (event_id, content_digest)
-    SELECT i, decode(NULLIF(d, ''), 'hex')
-      FROM unnest(CAST(:ids AS text[]), CAST(:digests AS text[])) AS b(i, d)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    WITH b AS (
+        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:digests AS text[]),
+                             CAST(:slots AS integer[]), CAST(:weights AS numeric[]),
+                             CAST(:sampled AS boolean[]))
+               AS b(event_id, digest, slot, weight, sampled)
+    ), fresh AS (
+        INSERT INTO processed_events (event_id, content_digest)
+        SELECT event_id, decode(NULLIF(digest, ''), 'hex') FROM b
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+    ), k AS (
+        SELECT * FROM unnest(CAST(:languages AS text[]), CAST(:windows AS timestamptz[]),
+                             CAST(:seconds AS integer[]), CAST(:versions AS integer[]),
+                             CAST(:clusters AS integer[])) WITH ORDINALITY
+               AS k(language, window_start, window_seconds, semantic_map_version, cluster, slot)
+    ), counted AS (
+        INSERT INTO usage_counts AS u
+               (language, window_start, window_seconds, semantic_map_version, cluster,
+                total_count, sampled_count)
+        SELECT k.language, k.window_start, k.window_seconds, k.semantic_map_version, k.cluster,
+               sum(b.weight), count(*) FILTER (WHERE b.sampled)
+          FROM fresh JOIN b USING (event_id) JOIN k USING (slot)
+         GROUP BY 1, 2, 3, 4, 5
+         ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
+        DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
+                      sampled_count = u.sampled_count + EXCLUDED.sampled_count
+        RETURNING 1
+    )
+    SELECT count(*) FROM fresh
     """
 )
+"""One batch: ``b`` the events (unique ids, their digests as hex, the slot of their count key,
+weight, sampled), ``k`` the batch's distinct count keys (slot = position, from 1); the new ids go
+to ``processed_events`` and only theirs are counted, aggregated per key and upserted in one key
+order for every writer (no deadlock between concurrent batches). A data-modifying ``WITH`` runs
+once and to completion whether or not the outer query reads it (PostgreSQL manual, 7.8.4)."""
 
 _CONFLICTS = text(
     """
@@ -77,21 +107,6 @@ _CONFLICTS = text(
     """
 )
 """Of the ids already seen (only those, with a digest), those stored with another digest."""
-
-_UPSERT_COUNTS = text(
-    """
-    INSERT INTO usage_counts AS u
-           (language, window_start, window_seconds, semantic_map_version, cluster,
-            total_count, sampled_count)
-    SELECT * FROM unnest(CAST(:languages AS text[]), CAST(:windows AS timestamptz[]),
-                         CAST(:seconds AS integer[]), CAST(:versions AS integer[]),
-                         CAST(:clusters AS integer[]), CAST(:totals AS numeric[]),
-                         CAST(:sampled AS bigint[]))
-    ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
-    DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
-                  sampled_count = u.sampled_count + EXCLUDED.sampled_count
-    """
-)
 
 _CountKey = tuple[str, datetime, int, int, int]
 
@@ -140,30 +155,28 @@ class SqlUsageRepository(UsageRepository):
         self._conn = conn
 
     def record_usage_checked(self, events: Sequence[UsageObservation]) -> RecordedUsage:
-        """Two statements per batch: the new event ids with their content digests (``ON
-        CONFLICT DO NOTHING RETURNING``), then one upsert of the counts aggregated over the new
-        events only. Only when some ids were already seen *and* carry a digest, a third reads
-        which of those were stored with another digest (a re-used ``event_id``); an id repeated
-        inside ``events`` with another digest than its first occurrence is one too."""
+        """One statement per batch (:data:`_COUNT_BATCH`): the new event ids with their content
+        digests (``ON CONFLICT DO NOTHING``) and the counts of the new events only, aggregated
+        in PostgreSQL, in the caller's transaction. Only when some ids were already seen, a
+        second reads which of them were stored with another digest (a re-used ``event_id``);
+        an id repeated inside ``events`` with another digest than its first occurrence is one
+        too. Raises :class:`DataError` for a weight that is not positive and finite."""
         if not events:
             return RecordedUsage(0)
         first: dict[str, UsageObservation] = {}
         conflicts: list[str] = []
+        slots: dict[_CountKey, int] = {}
+        slot_of: list[int] = []
         for event in events:
             seen = first.setdefault(event.event_id, event)
-            if seen is not event and _differs(seen.content_digest, event.content_digest):
-                conflicts.append(event.event_id)
-        new_ids = self._conn.execute(
-            _INSERT_PROCESSED,
-            {"ids": text_array_literal(first), "digests": _digests(first.values())},
-        ).scalars()
-        totals: dict[_CountKey, list[float]] = {}
-        n_new = 0
-        new_ids_seen: set[str] = set()
-        for event_id in new_ids:
-            n_new += 1
-            new_ids_seen.add(event_id)
-            event = first[event_id]
+            if seen is not event:
+                if _differs(seen.content_digest, event.content_digest):
+                    conflicts.append(event.event_id)
+                continue
+            if not 0.0 < event.weight < math.inf:
+                raise DataError(
+                    f"event {event.event_id}: weight must be positive, got {event.weight}"
+                )
             key = (
                 event.language,
                 event.window_start,
@@ -171,33 +184,34 @@ class SqlUsageRepository(UsageRepository):
                 event.semantic_map_version,
                 event.cluster,
             )
-            slot = totals.get(key)
+            slot = slots.get(key)
             if slot is None:
-                slot = totals[key] = [0.0, 0]
-            if not 0.0 < event.weight < math.inf:
-                raise DataError(f"event {event_id}: weight must be positive, got {event.weight}")
-            slot[0] += event.weight
-            if event.sampled:
-                slot[1] += 1
-        if n_new < len(first):
-            conflicts[:0] = self._conflicts(first, new_ids_seen)
-        if not totals:
-            return RecordedUsage(0, conflicts)
-        keys = sorted(totals)  # one lock order for every writer: no deadlocks between batches
-        self._conn.execute(
-            _UPSERT_COUNTS,
-            {
-                "languages": text_array_literal(k[0] for k in keys),
-                "windows": text_array_literal(
-                    require_aware(k[1], "window_start").isoformat() for k in keys
-                ),
-                "seconds": _int_array_literal(k[2] for k in keys),
-                "versions": _int_array_literal(k[3] for k in keys),
-                "clusters": _int_array_literal(k[4] for k in keys),
-                "totals": "{" + ",".join(repr(float(totals[k][0])) for k in keys) + "}",
-                "sampled": _int_array_literal(int(totals[k][1]) for k in keys),
-            },
+                slot = slots[key] = len(slots) + 1  # WITH ORDINALITY counts from 1
+            slot_of.append(slot)
+        keys = list(slots)
+        n_new = int(
+            self._conn.execute(
+                _COUNT_BATCH,
+                {
+                    "ids": text_array_literal(first),
+                    "digests": _digests(first.values()),
+                    "slots": "{" + ",".join(map(str, slot_of)) + "}",
+                    "weights": "{" + ",".join(repr(float(e.weight)) for e in first.values()) + "}",
+                    "sampled": "{"
+                    + ",".join("t" if e.sampled else "f" for e in first.values())
+                    + "}",
+                    "languages": text_array_literal(k[0] for k in keys),
+                    "windows": text_array_literal(
+                        require_aware(k[1], "window_start").isoformat() for k in keys
+                    ),
+                    "seconds": _int_array_literal(k[2] for k in keys),
+                    "versions": _int_array_literal(k[3] for k in keys),
+                    "clusters": _int_array_literal(k[4] for k in keys),
+                },
+            ).scalar_one()
         )
+        if n_new < len(first):  # some seen before: a redelivery, or a re-used id
+            conflicts[:0] = self._conflicts(first)
         return RecordedUsage(n_new, conflicts)
 
     def reused_ids(self, events: Sequence[tuple[str, bytes]]) -> set[str]:
@@ -212,9 +226,10 @@ class SqlUsageRepository(UsageRepository):
         ).scalars()
         return set(rows)
 
-    def _conflicts(self, first: dict[str, UsageObservation], new: set[str]) -> list[str]:
-        """The ids of ``first`` seen before this batch whose stored digest is another one."""
-        seen = [e for i, e in first.items() if i not in new and e.content_digest is not None]
+    def _conflicts(self, first: dict[str, UsageObservation]) -> list[str]:
+        """The ids of ``first`` stored with another digest than theirs: ids seen before this
+        batch (those it just inserted carry their own digest, so they are never one)."""
+        seen = [e for e in first.values() if e.content_digest is not None]
         if not seen:
             return []
         rows = self._conn.execute(

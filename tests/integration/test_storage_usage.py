@@ -36,6 +36,7 @@ def test_record_usage_counts_each_event_once(store: SqlStore, map_version: int) 
         return UsageObservation(event_id, "de", cluster, WINDOW, 3600, map_version, **kw)
 
     batch = [obs(f"de-{i}", i % 3) for i in range(30)] + [obs("de-0", 2)]  # in-batch duplicate
+    batch.append(batch[4])  # the same object twice (a redelivery within one batch)
     batch.append(obs("de-shed", -1, sampled=False, weight=4.0))
     with store() as uow:
         assert uow.usage.record_usage(batch) == 31

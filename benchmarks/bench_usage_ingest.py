@@ -3,9 +3,9 @@
 Both sides get the same rows (with a share of redelivered duplicates) in the same batches, one
 transaction per batch as the stream commits them, in the same run on the same server:
 
-- **record_usage**: the streaming hot path — insert the event ids into ``processed_events``
-  (``ON CONFLICT DO NOTHING RETURNING``), then one aggregated upsert into ``usage_counts`` for
-  the new events only;
+- **record_usage**: the streaming hot path — one statement that inserts the event ids into
+  ``processed_events`` (``ON CONFLICT DO NOTHING RETURNING``) and upserts the counts of the new
+  events only, aggregated in PostgreSQL, into ``usage_counts``;
 - **COPY**: the raw rows copied into a bare table (no key, no index) — the floor of what writing
   these rows to PostgreSQL costs, with no de-duplication and no aggregation.
 

@@ -102,6 +102,24 @@ def live_events(rows: list[tuple[str, str]], n: int, tag: str) -> list[tuple[byt
     ]
 
 
+_STAMP = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def stamp_templates(events: list[tuple[bytes, PromptEvent]]) -> list[tuple[bytes, bytes, bytes]]:
+    """Each event encoded once around its ``occurred_at`` value: ``(key, head, tail)`` with
+    ``head + <ISO 8601 time> + tail`` the event at that time. The arrival phases stamp every
+    event with the wall clock as it is sent; copying and encoding the model per send cost the
+    producer (which shares the two cores with the worker) ≈ 10 µs of its ≈ 50 µs per event."""
+    out = []
+    for key, event in events:
+        raw = encode(event.model_copy(update={"occurred_at": _STAMP}))
+        marker = b'"occurred_at":"'
+        start = raw.index(marker) + len(marker)
+        end = raw.index(b'"', start)
+        out.append((key, raw[:start], raw[end:]))
+    return out
+
+
 def read_metrics(folder: Path) -> dict[str, Any]:
     for path in (folder / "streams").glob("metrics-*.json"):
         try:
@@ -240,13 +258,14 @@ def main() -> None:
                 t_zero = time.perf_counter()
                 for rate in args.rates:
                     n_send = int(rate * args.seconds)
-                    batch = live_events(rows, n_send, f"r{int(rate)}")
+                    batch = stamp_templates(live_events(rows, n_send, f"r{int(rate)}"))
                     begin = time.perf_counter()
                     next_poll = begin
                     points = []
-                    for i, (key, event) in enumerate(batch):
-                        stamped = event.model_copy(update={"occurred_at": datetime.now(UTC)})
-                        producer.send(topic, key=key, value=encode(stamped))
+                    for i, (key, head, tail) in enumerate(batch):
+                        # stamped with the wall clock when sent, without re-encoding the event
+                        stamp = datetime.now(UTC).isoformat().encode()
+                        producer.send(topic, key=key, value=head + stamp + tail)
                         now = time.perf_counter()
                         if now >= next_poll:
                             next_poll += 1.0

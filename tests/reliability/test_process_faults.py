@@ -179,9 +179,11 @@ class StreamRun:
         return ledger
 
     def handled(self) -> int:
-        """Events handled by every process of this run (their ``metrics-<pid>.json``, written
-        after each batch): beyond ``sent``, a batch done but not committed before a fault and
-        redelivered after it."""
+        """Events handled by every process of this run (their ``metrics-<pid>.json``): beyond
+        ``sent``, batches done but not committed before a fault and redelivered after it. The
+        file is written at most every 2 s, so a SIGKILLed process's last seconds are missing:
+        ``handled() - sent`` is a lower bound of the redeliveries (negative when the missing
+        part is larger)."""
         import json
 
         files = (self.tmp / "data" / "streams").glob("metrics-*.json")
@@ -238,11 +240,11 @@ def test_stream_killed_mid_batch_five_times_loses_and_doubles_nothing(
         run.start()
         ledger.recovery_s.append(run.recovery(producer))
     run.finish(producer, ledger)
-    redelivered = run.handled() - ledger.sent
+    redelivered = max(0, run.handled() - ledger.sent)  # a lower bound: see handled()
     ledger.notes = (
-        f"{len(run.runs)} processes, restarted after each kill; {redelivered} events redelivered"
-        f" (done, not yet committed at the kill) and counted once; {run.dlq_copies} re-sent"
-        " copies on the DLQ topic under their dead letter's key"
+        f"{len(run.runs)} processes, restarted after each kill; at least {redelivered} events"
+        " redelivered (done, not yet committed at the kill) and counted once; "
+        f"{run.dlq_copies} re-sent copies on the DLQ topic under their dead letter's key"
     )
     ledger.record()
     ledger.assert_exact()

@@ -1,6 +1,7 @@
 """The usage counts: the streaming hot path (``record_usage``) and the reads of the drift check.
 
-``record_usage`` is one statement per batch whatever its size: the batch's event ids go to
+``record_usage`` is one statement per batch whatever its size (after a ``SET LOCAL jit = off``,
+see :data:`_NO_JIT`): the batch's event ids go to
 ``processed_events`` as one array (``ON CONFLICT DO NOTHING RETURNING`` tells which are new), and
 the counts of the new events, aggregated per (language, window, map, cluster) in PostgreSQL, are
 added to ``usage_counts`` by the same statement — in the caller's transaction, so a redelivered
@@ -58,6 +59,19 @@ def _int_array_literal(values: Iterable[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
+_ADD_FRESH_COUNTS = """
+     GROUP BY 1, 2, 3, 4, 5
+     ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
+    DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
+                  sampled_count = u.sampled_count + EXCLUDED.sampled_count
+    RETURNING 1
+)
+SELECT count(*) FROM fresh
+"""
+"""The end of both batch statements: the new events' counts grouped per key, upserted in one
+key order for every writer (no deadlock between concurrent batches); the number counted."""
+
 _COUNT_BATCH = text(
     """
     WITH b AS (
@@ -82,15 +96,8 @@ _COUNT_BATCH = text(
         SELECT k.language, k.window_start, k.window_seconds, k.semantic_map_version, k.cluster,
                sum(b.weight), count(*) FILTER (WHERE b.sampled)
           FROM fresh JOIN b USING (event_id) JOIN k USING (slot)
-         GROUP BY 1, 2, 3, 4, 5
-         ORDER BY 1, 2, 3, 4, 5
-        ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
-        DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
-                      sampled_count = u.sampled_count + EXCLUDED.sampled_count
-        RETURNING 1
-    )
-    SELECT count(*) FROM fresh
     """
+    + _ADD_FRESH_COUNTS
 )
 """One batch: ``b`` the events (unique ids, their digests as hex, the slot of their count key,
 weight, sampled), ``k`` the batch's distinct count keys (slot = position, from 1); the new ids go
@@ -137,15 +144,8 @@ _COUNT_STAGED = text(
         SELECT s.language, s.window_start, s.window_seconds, s.semantic_map_version, s.cluster,
                sum(s.weight)::numeric, count(*) FILTER (WHERE s.sampled)
         FROM usage_stage s JOIN fresh USING (event_id)
-        GROUP BY 1, 2, 3, 4, 5
-        ORDER BY 1, 2, 3, 4, 5
-        ON CONFLICT (language, window_start, window_seconds, semantic_map_version, cluster)
-        DO UPDATE SET total_count = u.total_count + EXCLUDED.total_count,
-                      sampled_count = u.sampled_count + EXCLUDED.sampled_count
-        RETURNING 1
-    )
-    SELECT count(*) FROM fresh
     """
+    + _ADD_FRESH_COUNTS
 )
 _COPY_STAGE = (
     "COPY usage_stage (event_id, language, window_start, window_seconds, semantic_map_version,"

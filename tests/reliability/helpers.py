@@ -153,39 +153,28 @@ class ManagedProcess:
         except OSError:
             return ""
 
-    def rss_mb(self) -> float | None:
-        """Resident memory of the process and its descendants in MiB (``/proc``), or None."""
-        memory = self.memory_mb()
-        return None if memory is None else memory["rss"]
-
     def memory_mb(self) -> dict[str, float] | None:
-        """``rss``, ``anon`` and ``file`` resident MiB of the process and its descendants, or
-        None when it is gone (see :func:`memory_kib`)."""
+        """``rss`` and ``anon`` resident MiB of the process and its descendants, or None when it
+        is gone (see :func:`memory_kib`)."""
         if not self.alive():
             return None
-        total = {"rss": 0, "anon": 0, "file": 0}
+        total = {"rss": 0, "anon": 0}
         for pid in [self.pid, *_descendants(self.pid)]:
             for key, kib in (memory_kib(pid) or {}).items():
                 total[key] += kib
         return {key: kib / 1024.0 for key, kib in total.items()}
 
 
-def rss_kib(pid: int) -> int | None:
-    """``VmRSS`` of ``pid`` in KiB, from ``/proc/<pid>/status`` (None when gone)."""
-    memory = memory_kib(pid)
-    return None if memory is None else memory["rss"]
-
-
-_STATUS_FIELDS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+_STATUS_FIELDS = {"VmRSS": "rss", "RssAnon": "anon"}
 
 
 def memory_kib(pid: int) -> dict[str, int] | None:
-    """Resident memory of ``pid`` in KiB from ``/proc/<pid>/status`` (None when gone):
-    ``rss`` (``VmRSS``) and its two main parts (proc(5)): ``anon`` (``RssAnon``, the process's
-    own heap and stacks: what a leak grows) and ``file`` (``RssFile``, pages of mapped files —
+    """Resident memory of ``pid`` in KiB from ``/proc/<pid>/status`` (None when gone): ``rss``
+    (``VmRSS``) and its anonymous part ``anon`` (``RssAnon``, the process's own heap and stacks:
+    what a leak grows). The rest is mostly ``RssFile`` (proc(5)): pages of mapped files —
     libraries and memory-mapped data such as the vector store's segments — which are page cache
-    the kernel reclaims under pressure and reads back on demand)."""
-    out = {"rss": 0, "anon": 0, "file": 0}
+    the kernel reclaims under pressure and reads back on demand."""
+    out = {"rss": 0, "anon": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key = _STATUS_FIELDS.get(line.split(":", 1)[0])
